@@ -1,0 +1,179 @@
+"""The core contract: `GradientTransformation`, its state, and the smallest transforms.
+
+A gradient transformation is a pair of pure functions (DESIGN.md §1)::
+
+    init(params) -> state
+    update(updates, state, params=None, **extra_args) -> (new_updates, new_state)
+
+Updates are already negated: a learning-rate stage multiplies by ``-lr`` so that
+`apply_updates` is a plain addition. Every ``update`` accepts and ignores keyword
+arguments it does not use, so combinators can forward ``value=``, ``grad=`` and friends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, TypeAlias
+
+import torch
+
+from torchopt_fn import _tree
+
+__all__ = [
+    "EmptyState",
+    "GradientTransformation",
+    "GradientTransformationExtraArgs",
+    "OptState",
+    "Params",
+    "Schedule",
+    "ScalarOrSchedule",
+    "Updates",
+    "identity",
+    "set_to_zero",
+    "stateless",
+    "stateless_with_tree_map",
+    "with_extra_args_support",
+]
+
+Params: TypeAlias = Any
+"""A pytree of tensors (dict, list, tuple, NamedTuple, nested), as returned by `named_parameters`."""
+Updates: TypeAlias = Any
+"""A pytree with the structure of `Params`; `None` marks a parameter that has no update."""
+OptState: TypeAlias = Any
+"""A NamedTuple (or tuple of them) whose leaves are tensors only."""
+Schedule: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
+"""A pure function of the 0-d integer step count returning a 0-d tensor."""
+ScalarOrSchedule: TypeAlias = float | torch.Tensor | Schedule
+
+
+class TransformInitFn(Protocol):
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class TransformUpdateFn(Protocol):
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]: ...
+
+
+class GradientTransformation(NamedTuple):
+    """A pair of pure functions ``(init, update)``; see the module docstring for the contract.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.chain(tf.scale_by_adam(), tf.scale(-0.1))
+        >>> params = {"w": torch.ones(2)}
+        >>> state = tx.init(params)
+        >>> updates, state = tx.update({"w": torch.tensor([1.0, -1.0])}, state, params)
+        >>> tf.apply_updates(params, updates)["w"]
+        tensor([0.9000, 1.1000])
+    """
+
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+GradientTransformationExtraArgs = GradientTransformation
+"""Alias kept for optax compatibility: every transformation here accepts extra keyword arguments."""
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless transformation."""
+
+
+def _empty_init(params: Params) -> EmptyState:
+    del params
+    return EmptyState()
+
+
+def identity() -> GradientTransformation:
+    """Pass updates through unchanged.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.identity()
+        >>> tx.update({"w": torch.tensor([2.0])}, tx.init(None))[0]
+        {'w': tensor([2.])}
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return updates, state
+
+    return GradientTransformation(_empty_init, update_fn)
+
+
+def set_to_zero() -> GradientTransformation:
+    """Replace every update by zeros (freezes parameters, e.g. inside `partition`).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.set_to_zero()
+        >>> tx.update({"w": torch.tensor([2.0])}, tx.init(None))[0]
+        {'w': tensor([0.])}
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return _tree.tree_zeros_like(updates), state
+
+    return GradientTransformation(_empty_init, update_fn)
+
+
+def stateless(
+    f: Callable[[Updates, Params | None], Updates],
+) -> GradientTransformation:
+    """Build a stateless transformation from ``f(updates, params) -> updates``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> halve = tf.stateless(lambda u, p: tf.tree_map(lambda x: x / 2, u))
+        >>> halve.update({"w": torch.tensor([2.0])}, halve.init(None))[0]
+        {'w': tensor([1.])}
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        return f(updates, params), state
+
+    return GradientTransformation(_empty_init, update_fn)
+
+
+def stateless_with_tree_map(
+    f: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> GradientTransformation:
+    """Build a stateless transformation applying ``f(update, param)`` to every leaf.
+
+    `None` updates stay `None`; ``param`` is `None` when no params are given.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> neg = tf.stateless_with_tree_map(lambda u, p: -u)
+        >>> neg.update({"w": torch.tensor([2.0])}, neg.init(None))[0]
+        {'w': tensor([-2.])}
+    """
+
+    def g(updates: Updates, params: Params | None) -> Updates:
+        if params is None:
+            return _tree.tree_map(lambda u: f(u, None), updates)
+        return _tree.tree_map(f, updates, params)
+
+    return stateless(g)
+
+
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformation:
+    """Wrap a transformation whose ``update`` rejects extra keyword arguments so that it ignores them.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> strict = tf.GradientTransformation(lambda p: (), lambda u, s, p=None: (u, s))
+        >>> tx = tf.with_extra_args_support(strict)
+        >>> tx.update({"w": torch.ones(1)}, (), None, value=3.0)[0]
+        {'w': tensor([1.])}
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        return tx.update(updates, state, params)
+
+    return GradientTransformation(tx.init, update_fn)

@@ -1,0 +1,194 @@
+"""Combinators: `chain`, `named_chain`, `masked`, `partition`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, NamedTuple
+
+from torchopt_fn import _tree
+from torchopt_fn._base import GradientTransformation, OptState, Params, Updates
+
+__all__ = ["MaskedNode", "MaskedState", "PartitionState", "chain", "masked", "named_chain", "partition"]
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Apply transformations one after the other; the state is the tuple of their states.
+
+    Extra keyword arguments given to ``update`` are forwarded to every stage.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.chain(tf.clip_by_global_norm(1.0), tf.scale(-0.5))
+        >>> u, _ = tx.update({"w": torch.tensor([3.0, 4.0])}, tx.init({"w": torch.zeros(2)}))
+        >>> u["w"]
+        tensor([-0.3000, -0.4000])
+    """
+
+    def init_fn(params: Params) -> tuple[OptState, ...]:
+        return tuple(t.init(params) for t in transforms)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if len(state) != len(transforms):
+            raise ValueError(
+                f"chain: the state has {len(state)} entries but the chain has "
+                f"{len(transforms)} transformations."
+            )
+        new_state = []
+        for t, s in zip(transforms, state):
+            updates, s = t.update(updates, s, params, **extra_args)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
+    """Like `chain`, but the state is a dict keyed by the given names.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.named_chain(("clip", tf.clip(1.0)), ("adam", tf.scale_by_adam()))
+        >>> sorted(tx.init({"w": torch.zeros(1)}).keys())
+        ['adam', 'clip']
+    """
+    names = [n for n, _ in transforms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"named_chain: names must be unique, got {names}.")
+
+    def init_fn(params):
+        return {name: t.init(params) for name, t in transforms}
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new_state = {}
+        for name, t in transforms:
+            updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
+        return updates, new_state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class MaskedNode(NamedTuple):
+    """Placeholder for masked-out leaves in a masked transformation's inner state."""
+
+
+class MaskedState(NamedTuple):
+    """State of `masked`: the inner transformation's state over the selected leaves."""
+
+    inner_state: Any
+
+
+def _resolve_mask(mask: Any, params: Params) -> Any:
+    return mask(params) if callable(mask) else mask
+
+
+def _select(tree: Any, mask_leaves: list[bool], spec) -> Any:
+    leaves = spec.flatten_up_to(tree) if tree is not None else None
+    if leaves is None:
+        return None
+    return _tree.tree_unflatten(spec, [x if m else None for x, m in zip(leaves, mask_leaves)])
+
+
+def _mask_leaves(mask_tree: Any, reference: Any, what: str) -> tuple[list[bool], Any]:
+    _, spec = _tree.tree_flatten(reference)
+    flat = _tree._flatten_like(spec, reference, mask_tree, what)
+    return [bool(m) for m in flat], spec
+
+
+def masked(
+    inner: GradientTransformation, mask: Any | Callable[[Params], Any]
+) -> GradientTransformation:
+    """Apply ``inner`` only to the leaves where ``mask`` is True; the others pass through.
+
+    ``mask`` is a tree of booleans with the structure of the params, or a function of the
+    params returning one. Masked-out leaves are hidden from ``inner`` as `None`, so its state
+    holds `None` for them.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.masked(tf.scale(0.0), {"w": True, "b": False})
+        >>> params = {"w": torch.ones(1), "b": torch.ones(1)}
+        >>> u, _ = tx.update(params, tx.init(params), params)
+        >>> u["w"], u["b"]
+        (tensor([0.]), tensor([1.]))
+    """
+
+    def init_fn(params):
+        m, spec = _mask_leaves(_resolve_mask(mask, params), params, "masked: mask vs params")
+        return MaskedState(inner.init(_select(params, m, spec)))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        mask_tree = _resolve_mask(mask, params if params is not None else updates)
+        m, spec = _mask_leaves(mask_tree, updates, "masked: mask vs updates")
+        inner_updates, inner_state = inner.update(
+            _select(updates, m, spec), state.inner_state, _select(params, m, spec), **extra_args
+        )
+        merged = [
+            new if keep else old
+            for new, old, keep in zip(
+                spec.flatten_up_to(inner_updates), spec.flatten_up_to(updates), m
+            )
+        ]
+        return _tree.tree_unflatten(spec, merged), MaskedState(inner_state)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class PartitionState(NamedTuple):
+    """State of `partition`: one inner state per label."""
+
+    inner_states: dict[Hashable, Any]
+
+
+def partition(
+    transforms: Mapping[Hashable, GradientTransformation],
+    param_labels: Any | Callable[[Params], Any],
+) -> GradientTransformation:
+    """Apply a different transformation to each group of parameters (optax's ``partition``).
+
+    ``param_labels`` is a tree of labels with the structure of the params (or a function of
+    the params returning one); ``transforms`` maps every label to a transformation.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.partition({"fast": tf.sgd(1.0), "frozen": tf.set_to_zero()},
+        ...                   {"w": "fast", "b": "frozen"})
+        >>> params = {"w": torch.ones(1), "b": torch.ones(1)}
+        >>> u, _ = tx.update(params, tx.init(params), params)
+        >>> u["w"], u["b"]
+        (tensor([-1.]), tensor([0.]))
+    """
+
+    def labels_of(params):
+        labels = param_labels(params) if callable(param_labels) else param_labels
+        _, spec = _tree.tree_flatten(params)
+        flat = _tree._flatten_like(spec, params, labels, "partition: labels vs params")
+        unknown = sorted({str(lab) for lab in flat} - {str(k) for k in transforms})
+        if unknown:
+            raise ValueError(f"partition: labels {unknown} have no transformation.")
+        return flat, spec
+
+    def init_fn(params):
+        flat, spec = labels_of(params)
+        return PartitionState(
+            {
+                k: t.init(_select(params, [lab == k for lab in flat], spec))
+                for k, t in transforms.items()
+            }
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        flat, spec = labels_of(params if params is not None else updates)
+        out = list(spec.flatten_up_to(updates))
+        new_states = {}
+        for k, t in transforms.items():
+            m = [lab == k for lab in flat]
+            u, new_states[k] = t.update(
+                _select(updates, m, spec), state.inner_states[k], _select(params, m, spec),
+                **extra_args,
+            )
+            for i, (keep, v) in enumerate(zip(m, spec.flatten_up_to(u))):
+                if keep:
+                    out[i] = v
+        return _tree.tree_unflatten(spec, out), PartitionState(new_states)
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,528 @@
+"""Pytree helpers: the only module that talks to optree.
+
+**The `None` rule.** `None` is a *leaf* meaning "no value here" (a parameter without a
+gradient). Every helper that maps over an updates tree returns `None` where the update is
+`None` and leaves the matching state untouched, so `None` passes through every transform.
+
+**One implementation, two strategies.** The arithmetic helpers below are written once over
+lists of leaves with the `_ops` primitives. Eagerly they run multi-tensor `torch._foreach_*`
+kernels over all leaves at once; under `torch.func` transforms (vmap/grad), where foreach
+kernels have no batching rule, the same primitives fall back to one op per leaf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import optree
+import torch
+
+__all__ = [
+    "tree_add",
+    "tree_add_scale",
+    "tree_all_finite",
+    "tree_bias_correction",
+    "tree_cast",
+    "tree_div",
+    "tree_flatten",
+    "tree_full_like",
+    "tree_get",
+    "tree_l1_norm",
+    "tree_l2_norm",
+    "tree_leaves",
+    "tree_linf_norm",
+    "tree_map",
+    "tree_mul",
+    "tree_ones_like",
+    "tree_scale",
+    "tree_set",
+    "tree_structure",
+    "tree_sub",
+    "tree_sum",
+    "tree_unflatten",
+    "tree_update_infinity_moment",
+    "tree_update_moment",
+    "tree_update_moment_per_elem_norm",
+    "tree_vdot",
+    "tree_where",
+    "tree_zeros_like",
+    "map_live",
+]
+
+Tree = Any
+Scalar = float | torch.Tensor
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def tree_flatten(tree: Tree) -> tuple[list[Any], optree.PyTreeSpec]:
+    """Flatten ``tree`` into its leaves (`None` included) and a spec to rebuild it."""
+    return optree.tree_flatten(tree, none_is_leaf=True)
+
+
+def tree_unflatten(spec: optree.PyTreeSpec, leaves: Iterable[Any]) -> Tree:
+    """Rebuild a tree from `tree_flatten`'s spec and a list of leaves."""
+    return optree.tree_unflatten(spec, leaves)
+
+
+def tree_leaves(tree: Tree) -> list[Any]:
+    """The leaves of ``tree`` in order, `None` leaves included."""
+    return optree.tree_leaves(tree, none_is_leaf=True)
+
+
+def tree_structure(tree: Tree) -> optree.PyTreeSpec:
+    """The structure of ``tree`` (with `None` as a leaf)."""
+    return optree.tree_structure(tree, none_is_leaf=True)
+
+
+def _path_str(path: Sequence[Any]) -> str:
+    return "".join(f"[{k!r}]" for k in path) or "<root>"
+
+
+def _mismatch_error(reference: Tree, other: Tree, what: str) -> ValueError:
+    """A `ValueError` naming the first path where ``other`` differs from ``reference``."""
+    ref_paths, ref_leaves, _ = optree.tree_flatten_with_path(reference, none_is_leaf=True)
+    oth_paths, _, _ = optree.tree_flatten_with_path(other, none_is_leaf=True)
+    for i, (a, b) in enumerate(zip(ref_paths, oth_paths)):
+        if a != b:
+            return ValueError(
+                f"{what}: trees differ at path {_path_str(a)} (the other tree has "
+                f"{_path_str(b)} there)."
+            )
+    if len(ref_paths) != len(oth_paths):
+        i = min(len(ref_paths), len(oth_paths))
+        longer = ref_paths if len(ref_paths) > len(oth_paths) else oth_paths
+        return ValueError(
+            f"{what}: one tree has {len(ref_paths)} leaves and the other {len(oth_paths)}; "
+            f"the first unmatched path is {_path_str(longer[i])}."
+        )
+    return ValueError(
+        f"{what}: the trees have the same paths but different container types: "
+        f"{tree_structure(reference)} vs {tree_structure(other)}."
+    )
+
+
+def _flatten_like(spec: optree.PyTreeSpec, reference: Tree, other: Tree, what: str) -> list:
+    try:
+        return spec.flatten_up_to(other)
+    except (ValueError, TypeError) as e:
+        raise _mismatch_error(reference, other, what) from e
+
+
+def tree_map(f: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
+    """Map ``f`` over the leaves of ``tree`` and the matching leaves of ``rest``.
+
+    Where the leaf of ``tree`` is `None`, ``f`` is not called and the result is `None`.
+    Trees of different structure raise a `ValueError` naming the first differing path.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_map(lambda u, p: u + p, {"a": torch.ones(1), "b": None},
+        ...             {"a": torch.ones(1), "b": torch.ones(1)})
+        {'a': tensor([2.]), 'b': None}
+    """
+    leaves, spec = tree_flatten(tree)
+    others = [_flatten_like(spec, tree, r, "tree_map") for r in rest]
+    out = [
+        None if x is None else f(x, *(o[i] for o in others)) for i, x in enumerate(leaves)
+    ]
+    return tree_unflatten(spec, out)
+
+
+# --------------------------------------------------------------------------- multi-tensor
+
+
+def _use_foreach(tensors: Sequence[torch.Tensor]) -> bool:
+    # Foreach kernels have no batching rule under vmap/grad (DESIGN.md §5); complex and
+    # sparse tensors take the per-leaf path too.
+    if not tensors or torch._C._are_functorch_transforms_active():
+        return False
+    return all(t.layout == torch.strided and not t.is_complex() for t in tensors)
+
+
+def _as_scalar(s: Scalar, like: torch.Tensor) -> Scalar:
+    """A Python float stays a float; a tensor scalar is moved to ``like``'s device."""
+    if isinstance(s, torch.Tensor) and s.device != like.device and s.dim() == 0:
+        return s.to(like.device)
+    return s
+
+
+class _Ops:
+    """Element-wise primitives over lists of tensors: foreach kernels, or one op per leaf."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        self.foreach = _use_foreach(tensors)
+
+    def mul(self, xs: list, s: Scalar | list) -> list:
+        if self.foreach:
+            return list(torch._foreach_mul(xs, s))
+        if isinstance(s, list):
+            return [x * y for x, y in zip(xs, s)]
+        return [x * s for x in xs]
+
+    def div(self, xs: list, s: Scalar | list) -> list:
+        if self.foreach:
+            return list(torch._foreach_div(xs, s))
+        if isinstance(s, list):
+            return [x / y for x, y in zip(xs, s)]
+        return [x / s for x in xs]
+
+    def add(self, xs: list, ys: list | Scalar, alpha: Scalar = 1.0) -> list:
+        """``x + alpha * y`` (``y`` a list) or ``x + y`` (``y`` a scalar)."""
+        if not isinstance(ys, list):
+            return list(torch._foreach_add(xs, ys)) if self.foreach else [x + ys for x in xs]
+        if isinstance(alpha, torch.Tensor):
+            ys = self.mul(ys, alpha)
+            alpha = 1.0
+        if self.foreach:
+            return list(torch._foreach_add(xs, ys, alpha=alpha))
+        if alpha == 1.0:
+            return [x + y for x, y in zip(xs, ys)]
+        return [x + alpha * y for x, y in zip(xs, ys)]
+
+    def sub(self, xs: list, ys: list) -> list:
+        if self.foreach:
+            return list(torch._foreach_sub(xs, ys))
+        return [x - y for x, y in zip(xs, ys)]
+
+    def lerp(self, xs: list, ys: list, w: Scalar) -> list:
+        """``x + w * (y - x)``."""
+        if self.foreach:
+            return list(torch._foreach_lerp(xs, ys, w))
+        return [torch.lerp(x, y, w) if not isinstance(w, torch.Tensor) else x + w * (y - x)
+                for x, y in zip(xs, ys)]
+
+    def square(self, xs: list) -> list:
+        return self.mul(xs, xs)
+
+    def sqrt(self, xs: list) -> list:
+        return list(torch._foreach_sqrt(xs)) if self.foreach else [torch.sqrt(x) for x in xs]
+
+    def abs(self, xs: list) -> list:
+        return list(torch._foreach_abs(xs)) if self.foreach else [torch.abs(x) for x in xs]
+
+    def maximum(self, xs: list, ys: list) -> list:
+        if self.foreach:
+            return list(torch._foreach_maximum(xs, ys))
+        return [torch.maximum(x, y) for x, y in zip(xs, ys)]
+
+    def norm(self, xs: list) -> list:
+        """The L2 norm of every tensor, as 0-d tensors."""
+        if self.foreach:
+            return list(torch._foreach_norm(xs))
+        return [torch.linalg.vector_norm(x) for x in xs]
+
+
+def _live(updates: Tree, *others: Tree, what: str = "update"):
+    """Leaves of ``updates`` that are not `None`, the matching leaves of ``others``, a rebuild fn.
+
+    ``rebuild(new, fallback)`` puts ``new`` back at the live positions and takes the rest
+    from ``fallback`` (a list of leaves with the structure of ``updates``).
+    """
+    leaves, spec = tree_flatten(updates)
+    other_leaves = [_flatten_like(spec, updates, o, what) for o in others]
+    idx = [i for i, x in enumerate(leaves) if x is not None]
+
+    def rebuild(new: list, fallback: list) -> Tree:
+        out = list(fallback)
+        for i, v in zip(idx, new):
+            out[i] = v
+        return tree_unflatten(spec, out)
+
+    picked = [[ls[i] for i in idx] for ls in [leaves, *other_leaves]]
+    return picked, leaves, other_leaves, rebuild
+
+
+def map_live(fn: Callable[..., list], updates: Tree, *others: Tree, fill: Tree = None) -> Tree:
+    """Apply a multi-tensor function to the non-`None` leaves of ``updates`` (and ``others``).
+
+    ``fn(ops, xs, *other_lists)`` receives an `_Ops` (foreach or per-leaf) and lists of the
+    live leaves, and returns the list of new leaves. The result has the structure of
+    ``updates``; where the update is `None` it holds the leaf of ``fill`` (pass the old state
+    to keep it unchanged) or `None`. This is how transforms write their maths once for eager,
+    compiled, vmapped and differentiated use.
+    """
+    extra = () if fill is None else (fill,)
+    (xs, *ys), leaves, other_leaves, rebuild = _live(updates, *others, *extra)
+    if fill is not None:
+        ys = ys[: len(others)]
+        leaves = other_leaves[-1]
+    return rebuild(fn(_Ops(xs), xs, *ys), leaves)
+
+
+def _binary(a: Tree, b: Tree, op: Callable[[_Ops, list, list], list]) -> Tree:
+    return map_live(op, a, b)
+
+
+def tree_add(a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``a + b``."""
+    return _binary(a, b, lambda o, x, y: o.add(x, y))
+
+
+def tree_sub(a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``a - b``."""
+    return _binary(a, b, lambda o, x, y: o.sub(x, y))
+
+
+def tree_mul(a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``a * b``."""
+    return _binary(a, b, lambda o, x, y: o.mul(x, y))
+
+
+def tree_div(a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``a / b``."""
+    return _binary(a, b, lambda o, x, y: o.div(x, y))
+
+
+def tree_add_scale(a: Tree, s: Scalar, b: Tree) -> Tree:
+    """Leaf-wise ``a + s * b``."""
+    return _binary(a, b, lambda o, x, y: o.add(x, y, alpha=s))
+
+
+def tree_scale(s: Scalar, tree: Tree) -> Tree:
+    """Multiply every leaf by the scalar ``s`` (a float or a 0-d tensor).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_scale(2.0, [torch.ones(2), None])
+        [tensor([2., 2.]), None]
+    """
+    (xs,), leaves, _, rebuild = _live(tree)
+    return rebuild(_Ops(xs).mul(xs, s), leaves)
+
+
+def tree_cast(tree: Tree, dtype: torch.dtype | None) -> Tree:
+    """Cast floating leaves to ``dtype`` (no-op for `None` dtype or non-floating leaves)."""
+    if dtype is None:
+        return tree
+    return tree_map(lambda x: x.to(dtype) if x.is_floating_point() else x, tree)
+
+
+def tree_zeros_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
+    """Zeros shaped like every leaf (optionally of another dtype)."""
+    return tree_map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
+
+
+def tree_ones_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
+    """Ones shaped like every leaf (optionally of another dtype)."""
+    return tree_map(lambda x: torch.ones_like(x, dtype=dtype), tree)
+
+
+def tree_full_like(tree: Tree, value: Scalar, dtype: torch.dtype | None = None) -> Tree:
+    """``value`` broadcast to every leaf's shape (optionally of another dtype)."""
+    return tree_map(lambda x: torch.full_like(x, 0.0, dtype=dtype).add_(value), tree)
+
+
+def tree_where(condition: torch.Tensor, a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``torch.where(condition, a, b)`` for a scalar boolean ``condition``."""
+    return tree_map(lambda x, y: torch.where(condition, x, y), a, b)
+
+
+# --------------------------------------------------------------------------- moments
+
+
+def tree_update_moment(updates: Tree, moments: Tree, decay: Scalar, order: int) -> Tree:
+    r"""Exponential moving average of ``updates ** order``.
+
+    $m_t = \beta m_{t-1} + (1 - \beta) g_t^k$, written as a lerp: $m + (1-\beta)(g^k - m)$.
+    Where an update is `None` the moment is returned unchanged.
+    """
+    (gs, ms), _, (m_leaves,), rebuild = _live(updates, moments, what="update_moment")
+    ops = _Ops(gs)
+    gs = [g.to(m.dtype) for g, m in zip(gs, ms)]
+    if order == 2:
+        gs = ops.square(gs)
+    elif order != 1:
+        gs = [g**order for g in gs]
+    return rebuild(ops.lerp(ms, gs, 1 - decay), m_leaves)
+
+
+def tree_update_moment_per_elem_norm(
+    updates: Tree, moments: Tree, decay: Scalar, order: int
+) -> Tree:
+    r"""Exponential moving average of $|g|^k$ (for real tensors $g^2$ when $k = 2$)."""
+    if order == 2:
+        return tree_update_moment(updates, moments, decay, 2)
+    return tree_update_moment(tree_map(torch.abs, updates), moments, decay, order)
+
+
+def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps: Scalar) -> Tree:
+    r"""Exponentially weighted infinity norm: $u_t = \max(\beta u_{t-1}, |g_t| + \epsilon)$."""
+    (gs, ms), _, (m_leaves,), rebuild = _live(updates, moments, what="update_infinity_moment")
+    ops = _Ops(gs)
+    new = ops.maximum(ops.mul(ms, decay), ops.add(ops.abs(gs), eps))
+    return rebuild(new, m_leaves)
+
+
+def _bias_correction_factor(
+    decay: Scalar, count: torch.Tensor, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    # Computed in the leaves' floating dtype (at least float32) with tensor ops: Dynamo
+    # cannot trace the builtin pow(float, Tensor), and an integer exponent would give
+    # float32 (DESIGN.md §3).
+    dtype = torch.promote_types(dtype, torch.float32)
+    decay_t = torch.as_tensor(decay, dtype=dtype, device=device)
+    return 1 - torch.pow(decay_t, count.to(device=device, dtype=dtype))
+
+
+def tree_bias_correction(moments: Tree, decay: Scalar, count: torch.Tensor) -> Tree:
+    r"""Divide moments by $1 - \beta^t$ (Adam's bias correction), $t$ the 0-d ``count``."""
+    (ms,), leaves, _, rebuild = _live(moments)
+    factors: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+    per_leaf = []
+    for m in ms:
+        key = (m.dtype, m.device)
+        if key not in factors:
+            factors[key] = _bias_correction_factor(decay, count, m.dtype, m.device)
+        per_leaf.append(factors[key])
+    return rebuild(_Ops(ms).div(ms, per_leaf), leaves)
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+def _accumulate(parts: list[torch.Tensor], like: Tree) -> torch.Tensor:
+    if not parts:
+        return torch.zeros(())
+    dtype = parts[0].dtype
+    for p in parts[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return torch.stack([p.to(dtype) for p in parts]).sum()
+
+
+def tree_sum(tree: Tree) -> torch.Tensor:
+    """Sum of all elements of all leaves (a 0-d tensor)."""
+    (xs,), _, _, _ = _live(tree)
+    return _accumulate([x.sum() for x in xs], tree)
+
+
+def tree_vdot(a: Tree, b: Tree) -> torch.Tensor:
+    """Inner product of two trees: $\\sum_i \\langle a_i, b_i \\rangle$."""
+    (xs, ys), _, _, _ = _live(a, b)
+    return _accumulate([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)], a)
+
+
+def tree_l2_norm(tree: Tree, squared: bool = False) -> torch.Tensor:
+    """Global L2 norm over all leaves, $\\sqrt{\\sum_i \\|x_i\\|^2}$ (its square if ``squared``).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_l2_norm({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])})
+        tensor(5.)
+    """
+    (xs,), _, _, _ = _live(tree)
+    norms = _Ops(xs).norm(xs)
+    total = _accumulate([n.to(torch.promote_types(n.dtype, torch.float32)) ** 2 for n in norms], tree)
+    return total if squared else torch.sqrt(total)
+
+
+def tree_l1_norm(tree: Tree) -> torch.Tensor:
+    """Sum of absolute values over all leaves."""
+    (xs,), _, _, _ = _live(tree)
+    return _accumulate([x.abs().sum() for x in xs], tree)
+
+
+def tree_linf_norm(tree: Tree) -> torch.Tensor:
+    """Largest absolute value over all leaves."""
+    (xs,), _, _, _ = _live(tree)
+    if not xs:
+        return torch.zeros(())
+    return torch.stack([x.abs().max().to(torch.promote_types(x.dtype, torch.float32)) for x in xs]).max()
+
+
+def tree_all_finite(tree: Tree) -> torch.Tensor:
+    """A 0-d boolean tensor: whether every element of every leaf is finite."""
+    (xs,), _, _, _ = _live(tree)
+    if not xs:
+        return torch.tensor(True)
+    return torch.stack([torch.isfinite(x).all() for x in xs]).all()
+
+
+# --------------------------------------------------------------------------- by name
+
+
+def _children_with_names(node: Any) -> list[tuple[Any, Any]] | None:
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return list(zip(node._fields, node))
+    if isinstance(node, dict):
+        return list(node.items())
+    if isinstance(node, (list, tuple)):
+        return [(None, c) for c in node]
+    return None
+
+
+def _find(node: Any, key: str, found: list) -> None:
+    children = _children_with_names(node)
+    if children is None:
+        return
+    for name, child in children:
+        if name == key:
+            found.append(child)
+        else:
+            _find(child, key, found)
+
+
+def tree_get(tree: Tree, key: str, default: Any = None) -> Any:
+    """Find the value stored under ``key`` (a NamedTuple field or dict key) anywhere in ``tree``.
+
+    Raises:
+        KeyError: if ``key`` occurs more than once (ambiguous).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.inject_hyperparams(tf.adam)(learning_rate=0.1)
+        >>> tf.tree_get(tx.init({"w": torch.zeros(1)}), "learning_rate")
+        tensor(0.1000, dtype=torch.float64)
+    """
+    found: list[Any] = []
+    _find(tree, key, found)
+    if len(found) > 1:
+        raise KeyError(f"tree_get: key {key!r} occurs {len(found)} times in the tree.")
+    return found[0] if found else default
+
+
+def tree_set(tree: Tree, **values: Any) -> Tree:
+    """Return ``tree`` with every NamedTuple field or dict key named in ``values`` replaced.
+
+    Raises:
+        KeyError: if a name does not occur in the tree.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_adam()
+        >>> state = tf.tree_set(tx.init({"w": torch.zeros(1)}), count=torch.tensor(10))
+        >>> tf.tree_get(state, "count")
+        tensor(10)
+    """
+    seen: set[str] = set()
+
+    def rebuild(node: Any) -> Any:
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            fields = {}
+            for name, child in zip(node._fields, node):
+                if name in values:
+                    seen.add(name)
+                    fields[name] = values[name]
+                else:
+                    fields[name] = rebuild(child)
+            return type(node)(**fields)
+        if isinstance(node, dict):
+            out = {}
+            for name, child in node.items():
+                if name in values:
+                    seen.add(name)
+                    out[name] = values[name]
+                else:
+                    out[name] = rebuild(child)
+            return type(node)(out) if type(node) is not dict else out
+        if isinstance(node, (list, tuple)):
+            return type(node)(rebuild(c) for c in node)
+        return node
+
+    out = rebuild(tree)
+    missing = set(values) - seen
+    if missing:
+        raise KeyError(f"tree_set: keys {sorted(missing)} do not occur in the tree.")
+    return out
