@@ -9,7 +9,7 @@ Optimizers are pure gradient transformations over pytrees of tensors::
     params = tf.apply_updates(params, updates)
 """
 
-from torchopt_fn import optimizers, schedules, transforms
+from torchopt_fn import optimizers, schedules, transforms, wrappers
 from torchopt_fn._base import (
     EmptyState,
     GradientTransformation,
@@ -65,6 +65,7 @@ from torchopt_fn._update import apply_updates, apply_updates_
 from torchopt_fn.optimizers import *  # noqa: F403
 from torchopt_fn.schedules import *  # noqa: F403
 from torchopt_fn.transforms import *  # noqa: F403
+from torchopt_fn.wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
@@ -93,6 +94,7 @@ __all__ = [
     "stateless",
     "stateless_with_tree_map",
     "transforms",
+    "wrappers",
     "tree_add",
     "tree_add_scale",
     "tree_all_finite",
@@ -122,4 +124,5 @@ __all__ = [
     *optimizers.__all__,
     *schedules.__all__,
     *transforms.__all__,
+    *wrappers.__all__,
 ]

@@ -178,9 +178,7 @@ class _Ops:
             alpha = 1.0
         if self.foreach:
             return list(torch._foreach_add(xs, ys, alpha=alpha))
-        if alpha == 1.0:
-            return [x + y for x, y in zip(xs, ys)]
-        return [x + alpha * y for x, y in zip(xs, ys)]
+        return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys)]
 
     def sub(self, xs: list, ys: list) -> list:
         if self.foreach:

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["check_in_range", "check_non_negative", "check_positive"]
+__all__ = ["check_in_range", "check_non_negative", "check_positive", "checks_disabled"]
+
+_DISABLED = [False]
+
+
+@contextlib.contextmanager
+def checks_disabled() -> Iterator[None]:
+    """Skip the checks: a factory rebuilt every step (`inject_hyperparams`) was checked once."""
+    _DISABLED.append(True)
+    try:
+        yield
+    finally:
+        _DISABLED.pop()
 
 
 def _value(x: Any) -> float | None:
     """A Python number to check, or None when ``x`` cannot be checked eagerly."""
+    if _DISABLED[-1] or torch.compiler.is_compiling():
+        return None
     if callable(x) and not isinstance(x, torch.Tensor):
         return None  # a schedule
     if isinstance(x, torch.Tensor):

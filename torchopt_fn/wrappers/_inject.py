@@ -1,0 +1,128 @@
+"""`inject_hyperparams`: hyperparameters as 0-d tensors in the state."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import torch
+
+from torchopt_fn._base import GradientTransformation
+from torchopt_fn._validate import checks_disabled
+from torchopt_fn.transforms._common import init_count, params_device
+
+__all__ = ["InjectHyperparamsState", "inject_hyperparams"]
+
+
+class InjectHyperparamsState(NamedTuple):
+    """State of `inject_hyperparams`: step count, current hyperparameters, the inner state."""
+
+    count: torch.Tensor
+    hyperparams: dict[str, torch.Tensor]
+    inner_state: Any
+
+
+def _is_schedule(v: Any) -> bool:
+    return callable(v) and not isinstance(v, torch.Tensor)
+
+
+def _is_injectable(v: Any) -> bool:
+    # Floats and floating tensors become state; ints and bools stay static (they usually pick a
+    # code path, e.g. `min_dim_size_to_factor`), as do dtypes, masks and other objects.
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, float):
+        return True
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1 and v.is_floating_point()
+    return _is_schedule(v)
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def inject_hyperparams(
+    inner_factory: Callable[..., GradientTransformation],
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: torch.dtype | None = None,
+) -> Callable[..., GradientTransformation]:
+    """Wrap an optimizer factory so its numeric hyperparameters live in the state as 0-d tensors.
+
+    Float arguments (and schedules, evaluated at the step count every step) are stored in
+    ``state.hyperparams`` and fed to a fresh ``inner_factory(**hyperparams)`` on every update,
+    so they can be read (``tf.tree_get(state, "learning_rate")``) and changed between steps
+    (``tf.tree_set(state, learning_rate=torch.tensor(1e-4))`` or in place) without recompiling
+    a compiled step. Integer and boolean arguments, and those named in ``static_args``, stay
+    Python values.
+
+    Args:
+        inner_factory: a function returning a `GradientTransformation`, e.g. `adam`.
+        static_args: names of float arguments to keep static.
+        hyperparam_dtype: dtype of the stored hyperparameters (default float64, float32 on MPS).
+
+    Returns:
+        A factory with the signature of ``inner_factory`` returning the wrapped transformation,
+        whose state is `InjectHyperparamsState`.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.inject_hyperparams(tf.sgd)(learning_rate=0.1)
+        >>> params = {"w": torch.ones(1)}
+        >>> state = tx.init(params)
+        >>> state.hyperparams["learning_rate"].fill_(0.5)
+        tensor(0.5000, dtype=torch.float64)
+        >>> tx.update({"w": torch.ones(1)}, state, params)[0]["w"]
+        tensor([-0.5000])
+    """
+    static = {static_args} if isinstance(static_args, str) else set(static_args)
+    signature = inspect.signature(inner_factory)
+
+    @functools.wraps(inner_factory)
+    def wrapped_factory(*args: Any, **kwargs: Any) -> GradientTransformation:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        all_args = dict(bound.arguments)
+        var_kw = [n for n, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD]
+        for name in var_kw:
+            all_args.update(all_args.pop(name))
+        injected = {k: v for k, v in all_args.items() if k not in static and _is_injectable(v)}
+        fixed = {k: v for k, v in all_args.items() if k not in injected}
+        # Build once with the given values so invalid hyperparameters fail here.
+        inner_factory(**all_args)
+
+        def values_at(count: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+            dtype = hyperparam_dtype or _default_dtype(device)
+            out = {}
+            for k, v in injected.items():
+                v = v(count) if _is_schedule(v) else v
+                out[k] = torch.as_tensor(v, device=device).to(dtype)
+            return out
+
+        def init_fn(params):
+            count = init_count(params)
+            hyperparams = values_at(count, params_device(params))
+            with checks_disabled():
+                inner = inner_factory(**fixed, **hyperparams)
+            return InjectHyperparamsState(count, hyperparams, inner.init(params))
+
+        def update_fn(updates, state, params=None, **extra_args):
+            hyperparams = dict(state.hyperparams)
+            # Schedules are re-evaluated at the current count; the others keep their (possibly
+            # user-modified) stored values.
+            scheduled = {k for k, v in injected.items() if _is_schedule(v)}
+            if scheduled:
+                now = values_at(state.count, state.count.device)
+                hyperparams.update({k: now[k] for k in scheduled})
+            with checks_disabled():
+                inner = inner_factory(**fixed, **hyperparams)
+            new_updates, inner_state = inner.update(
+                updates, state.inner_state, params, **extra_args
+            )
+            return new_updates, InjectHyperparamsState(state.count + 1, hyperparams, inner_state)
+
+        return GradientTransformation(init_fn, update_fn)
+
+    return wrapped_factory
