@@ -62,6 +62,7 @@ from torchopt_fn._tree import (
     tree_zeros_like,
 )
 from torchopt_fn._update import apply_updates, apply_updates_
+from torchopt_fn.optim import Optimizer
 from torchopt_fn.optimizers import *  # noqa: F403
 from torchopt_fn.schedules import *  # noqa: F403
 from torchopt_fn.transforms import *  # noqa: F403
@@ -76,6 +77,7 @@ __all__ = [
     "MaskedNode",
     "MaskedState",
     "OptState",
+    "Optimizer",
     "Params",
     "PartitionState",
     "ScalarOrSchedule",

@@ -12,6 +12,8 @@ arguments it does not use, so combinators can forward ``value=``, ``grad=`` and 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, TypeAlias
 
@@ -177,3 +179,87 @@ def with_extra_args_support(tx: GradientTransformation) -> GradientTransformatio
         return tx.update(updates, state, params)
 
     return GradientTransformation(tx.init, update_fn)
+
+
+class _RecordedTransformation(GradientTransformation):
+    """A `GradientTransformation` that remembers the factory call that built it.
+
+    The `torchopt_fn.Optimizer` adapter uses the record to rebuild the transformation with a
+    param group's current hyperparameters (``lr``, ``betas``, ...) on every step.
+    """
+
+    factory: Callable[..., GradientTransformation]
+    arguments: dict[str, Any]
+
+
+def record_hyperparams(
+    factory: Callable[..., GradientTransformation],
+) -> Callable[..., GradientTransformation]:
+    """Decorate a factory so the transformations it returns remember their arguments."""
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def wrapper(*args: Any, **kwargs: Any) -> GradientTransformation:
+        tx = factory(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        out = _RecordedTransformation(tx.init, tx.update)
+        out.factory = factory
+        out.arguments = dict(bound.arguments)
+        return out
+
+    return wrapper
+
+
+def recorded_arguments(tx: GradientTransformation) -> dict[str, Any] | None:
+    """The arguments a recorded transformation was built with, or None."""
+    return getattr(tx, "arguments", None)
+
+
+def rebuild(
+    tx: GradientTransformation,
+    replacements: Callable[[Callable[..., Any], dict[str, Any]], dict[str, Any]],
+) -> GradientTransformation:
+    """Rebuild a recorded transformation with some arguments replaced.
+
+    ``replacements(factory, arguments)`` returns the new values for a recorded node.
+    Recorded transformations among the arguments (``chain``'s members) are rebuilt too;
+    anything not recorded is returned as it is.
+    """
+    arguments = recorded_arguments(tx)
+    if arguments is None:
+        return tx
+    new_values = replacements(tx.factory, arguments)
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for name, param in inspect.signature(tx.factory).parameters.items():
+        value = new_values.get(name, arguments[name])
+        if isinstance(value, GradientTransformation):
+            value = rebuild(value, replacements)
+        elif isinstance(value, tuple) and all(isinstance(v, GradientTransformation) for v in value):
+            value = tuple(rebuild(v, replacements) for v in value)
+        if param.kind is param.VAR_POSITIONAL:
+            args.extend(value)
+        elif param.kind is param.VAR_KEYWORD:
+            kwargs.update(value)
+        elif param.kind is param.POSITIONAL_ONLY:
+            args.append(value)
+        else:
+            kwargs[name] = value
+    return tx.factory(*args, **kwargs)
+
+
+def recorded_nodes(tx: GradientTransformation) -> list[GradientTransformation]:
+    """All recorded transformations in ``tx`` (itself and nested ones), outermost first."""
+    arguments = recorded_arguments(tx)
+    if arguments is None:
+        return []
+    out = [tx]
+    for value in arguments.values():
+        if isinstance(value, GradientTransformation):
+            out += recorded_nodes(value)
+        elif isinstance(value, tuple):
+            for v in value:
+                if isinstance(v, GradientTransformation):
+                    out += recorded_nodes(v)
+    return out

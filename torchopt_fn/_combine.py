@@ -6,11 +6,18 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation, OptState, Params, Updates
+from torchopt_fn._base import (
+    GradientTransformation,
+    OptState,
+    Params,
+    Updates,
+    record_hyperparams,
+)
 
 __all__ = ["MaskedNode", "MaskedState", "PartitionState", "chain", "masked", "named_chain", "partition"]
 
 
+@record_hyperparams
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Apply transformations one after the other; the state is the tuple of their states.
 

@@ -48,6 +48,7 @@ __all__ = [
     "tree_where",
     "tree_zeros_like",
     "map_live",
+    "ParamList",
 ]
 
 Tree = Any
@@ -57,9 +58,27 @@ Scalar = float | torch.Tensor
 # --------------------------------------------------------------------------- structure
 
 
+class ParamList(list):
+    """A list of parameters as one pytree node type of its own.
+
+    The `Optimizer` adapter passes a group's params as a `ParamList`; every per-parameter
+    subtree of the resulting state is then a `ParamList` too, which is how the adapter tells
+    per-parameter state (``exp_avg``) from group-wide state (``step``).
+    """
+
+
+_NAMESPACE = "torchopt_fn"
+optree.register_pytree_node(
+    ParamList,
+    lambda xs: (list(xs), None, None),
+    lambda _, children: ParamList(children),
+    namespace=_NAMESPACE,
+)
+
+
 def tree_flatten(tree: Tree) -> tuple[list[Any], optree.PyTreeSpec]:
     """Flatten ``tree`` into its leaves (`None` included) and a spec to rebuild it."""
-    return optree.tree_flatten(tree, none_is_leaf=True)
+    return optree.tree_flatten(tree, none_is_leaf=True, namespace=_NAMESPACE)
 
 
 def tree_unflatten(spec: optree.PyTreeSpec, leaves: Iterable[Any]) -> Tree:
@@ -69,12 +88,32 @@ def tree_unflatten(spec: optree.PyTreeSpec, leaves: Iterable[Any]) -> Tree:
 
 def tree_leaves(tree: Tree) -> list[Any]:
     """The leaves of ``tree`` in order, `None` leaves included."""
-    return optree.tree_leaves(tree, none_is_leaf=True)
+    return optree.tree_leaves(tree, none_is_leaf=True, namespace=_NAMESPACE)
 
 
 def tree_structure(tree: Tree) -> optree.PyTreeSpec:
     """The structure of ``tree`` (with `None` as a leaf)."""
-    return optree.tree_structure(tree, none_is_leaf=True)
+    return optree.tree_structure(tree, none_is_leaf=True, namespace=_NAMESPACE)
+
+
+def tree_leaf_trails(tree: Tree) -> tuple[list[Any], optree.PyTreeSpec, list[list[tuple[type, Any]]]]:
+    """Leaves, spec, and for every leaf its trail of ``(container type, key)`` from the root.
+
+    For NamedTuples the key is the field name; for sequences the index; for dicts the key.
+    """
+    accessors, leaves, spec = optree.tree_flatten_with_accessor(
+        tree, none_is_leaf=True, namespace=_NAMESPACE
+    )
+    trails = []
+    for accessor in accessors:
+        trail = []
+        for entry in accessor:
+            key = entry.entry
+            if hasattr(entry.type, "_fields") and isinstance(key, int):
+                key = entry.type._fields[key]
+            trail.append((entry.type, key))
+        trails.append(trail)
+    return leaves, spec, trails
 
 
 def _path_str(path: Sequence[Any]) -> str:
@@ -83,8 +122,8 @@ def _path_str(path: Sequence[Any]) -> str:
 
 def _mismatch_error(reference: Tree, other: Tree, what: str) -> ValueError:
     """A `ValueError` naming the first path where ``other`` differs from ``reference``."""
-    ref_paths, ref_leaves, _ = optree.tree_flatten_with_path(reference, none_is_leaf=True)
-    oth_paths, _, _ = optree.tree_flatten_with_path(other, none_is_leaf=True)
+    ref_paths, ref_leaves, _ = optree.tree_flatten_with_path(reference, none_is_leaf=True, namespace=_NAMESPACE)
+    oth_paths, _, _ = optree.tree_flatten_with_path(other, none_is_leaf=True, namespace=_NAMESPACE)
     for i, (a, b) in enumerate(zip(ref_paths, oth_paths)):
         if a != b:
             return ValueError(

@@ -1,0 +1,349 @@
+"""`Optimizer`: any gradient transformation as a real `torch.optim.Optimizer`.
+
+Design, in three facts:
+
+1. **Hyperparameters live in the param groups.** A named optimizer (``adamw(...)``,
+   ``from_torch(...)``, or a ``chain`` holding one) remembers the arguments it was built with.
+   Its float arguments are mirrored into every param group under torch's names (``lr``,
+   ``betas``, ``eps``, ``weight_decay``, ``momentum``, ...), and every step rebuilds the
+   transformation from the group's *current* values, so lr schedulers, ``OneCycleLR``'s
+   ``betas`` and per-group overrides all take effect.
+2. **``self.state`` is the only copy of the state**, in torch's layout: one dict of tensors
+   per parameter, with torch's key names where the algorithm is the same (``step``,
+   ``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ...). Each step reads the group's state
+   tree out of those dicts and writes the new one back, so ``state_dict``, checkpoints of
+   torch.optim, distributed checkpointing and anything that inspects ``opt.state`` just work.
+3. **Group-wide values** (a step count, a clipping norm) are stored in every parameter's
+   dict, as torch stores ``step`` per parameter; ``step`` is a float32 tensor, as in torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import torch
+
+from torchopt_fn import _tree
+from torchopt_fn._base import (
+    GradientTransformation,
+    rebuild,
+    recorded_arguments,
+    recorded_nodes,
+)
+from torchopt_fn._update import apply_updates_
+
+__all__ = ["Optimizer"]
+
+# Argument names that torch spells differently. ``b1``/``b2`` become ``betas``.
+_TORCH_NAME = {"learning_rate": "lr"}
+_TORCH_NAME_BY_FACTORY = {"rmsprop": {"decay": "alpha"}}
+# Torch's key for a state field, where the quantity is the same as torch's.
+_TORCH_STATE_KEY = {
+    ("ScaleByAdamState", "count"): "step",
+    ("ScaleByAdamState", "mu"): "exp_avg",
+    ("ScaleByAdamState", "nu"): "exp_avg_sq",
+    ("TraceState", "trace"): "momentum_buffer",
+    ("ScaleByRmsState", "nu"): "square_avg",
+    ("ScaleByStddevState", "mu"): "grad_avg",
+    ("ScaleByStddevState", "nu"): "square_avg",
+    ("ScaleByRssState", "sum_of_squares"): "sum",
+    ("ScaleByAdadeltaState", "e_g"): "square_avg",
+    ("ScaleByAdadeltaState", "e_x"): "acc_delta",
+}
+_GROUP_KEYS_ALWAYS_ALLOWED = {"params", "name", "initial_lr"}
+
+
+def _is_float(v: Any) -> bool:
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1 and v.is_floating_point()
+    return isinstance(v, float)
+
+
+def _mirrored(node: GradientTransformation) -> dict[str, tuple[str, ...]]:
+    """Torch group key -> the node's argument names it stands for."""
+    arguments = recorded_arguments(node) or {}
+    renames = {**_TORCH_NAME, **_TORCH_NAME_BY_FACTORY.get(node.factory.__name__, {})}
+    out: dict[str, tuple[str, ...]] = {}
+    if _is_float(arguments.get("b1")) and _is_float(arguments.get("b2")):
+        out["betas"] = ("b1", "b2")
+    for name, value in arguments.items():
+        if name in ("b1", "b2") and "betas" in out:
+            continue
+        if _is_float(value) or (
+            name == "betas" and isinstance(value, tuple) and all(map(_is_float, value))
+        ):
+            out[renames.get(name, name)] = (name,)
+    return out
+
+
+def _hyperparams(tx: GradientTransformation) -> dict[str, Any]:
+    """The defaults to mirror into param groups: torch key -> value."""
+    defaults: dict[str, Any] = {}
+    for node in recorded_nodes(tx):
+        arguments = recorded_arguments(node)
+        for key, names in _mirrored(node).items():
+            value = (
+                tuple(arguments[n] for n in names) if len(names) > 1 else arguments[names[0]]
+            )
+            if key in defaults and defaults[key] != value:
+                raise ValueError(
+                    f"Optimizer: two parts of the transformation have different values for "
+                    f"hyperparameter {key!r} ({defaults[key]} and {value}); a param group can "
+                    f"hold only one."
+                )
+            defaults[key] = value
+    return defaults
+
+
+class _Slot(NamedTuple):
+    """Where one leaf of a group's state lives in ``self.state``."""
+
+    key: str | None  # None for a None leaf
+    index: int | None  # parameter index in the group, or None for a group-wide value
+    dtype: torch.dtype | None
+    shape: tuple[int, ...] | None
+
+
+def _slots(state: Any) -> tuple[Any, list[_Slot]]:
+    """Name every leaf of a group's state and say which parameter it belongs to."""
+    leaves, spec, trails = _tree.tree_leaf_trails(state)
+    described = []
+    for leaf, trail in zip(leaves, trails):
+        cut = next((i for i, (t, _) in enumerate(trail) if t is _tree.ParamList), None)
+        index = None if cut is None else trail[cut][1]
+        outer = trail if cut is None else trail[:cut]
+        inner = [] if cut is None else trail[cut + 1 :]
+        owner, field = (outer[-1][0].__name__, str(outer[-1][1])) if outer else ("", "value")
+        suffix = "".join(f".{k}" for _, k in inner)
+        full = ".".join(str(k) for _, k in outer) + suffix
+        short = _TORCH_STATE_KEY.get((owner, field), field) + suffix
+        described.append((leaf, index, full, short))
+    # A short name is used only when no other state field takes it.
+    owners: dict[str, set[str]] = {}
+    for _, _, full, short in described:
+        owners.setdefault(short, set()).add(full)
+    slots = []
+    for leaf, index, full, short in described:
+        if leaf is None:
+            slots.append(_Slot(None, index, None, None))
+            continue
+        key = short if len(owners[short]) == 1 else full
+        slots.append(_Slot(key, index, leaf.dtype, tuple(leaf.shape)))
+    return spec, slots
+
+
+def _stored(key: str, value: torch.Tensor) -> torch.Tensor:
+    # torch.optim keeps `step` as a float32 tensor; so do we, so checkpoints interoperate.
+    return value.to(torch.float32) if key == "step" else value
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Use any `GradientTransformation` as a `torch.optim.Optimizer`.
+
+    Args:
+        params: what torch optimizers accept: an iterable of tensors, of ``(name, tensor)``
+            pairs, or of param-group dicts (which may override hyperparameters, e.g.
+            ``{"params": no_decay, "weight_decay": 0.0}``).
+        tx: the transformation. Hyperparameters of named optimizers inside it (``adamw``,
+            ``from_torch(...)``, also inside a ``chain``) appear in ``param_groups`` under
+            torch's names and can be changed between steps by lr schedulers or by hand.
+
+    Raises:
+        ValueError: for a param group with a hyperparameter the transformation does not have.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = tf.Optimizer(model.parameters(), tf.adamw(1e-3, weight_decay=1e-2))
+        >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        >>> model(torch.ones(1, 2)).sum().backward()
+        >>> opt.step(); sched.step()
+        >>> opt.param_groups[0]["lr"], sorted(opt.state[model.weight])
+        (0.0005, ['exp_avg', 'exp_avg_sq', 'step'])
+
+    torch.optim equivalent: ``Optimizer(params, adamw(lr, b1, b2, eps, weight_decay))`` gives
+    the numbers of ``torch.optim.AdamW(params, lr, (b1, b2), eps, weight_decay)``.
+    """
+
+    def __init__(self, params: Iterable[Any], tx: GradientTransformation):
+        if not isinstance(tx, GradientTransformation):
+            raise TypeError(f"Optimizer: tx must be a GradientTransformation, got {type(tx)}.")
+        self.tx = tx
+        self._layouts: dict[int, tuple[Any, list[_Slot]]] = {}
+        super().__init__(params, _hyperparams(tx))
+
+    # ------------------------------------------------------------------ param groups
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; its keys must be hyperparameters of the transformation."""
+        unknown = set(param_group) - set(self.defaults) - _GROUP_KEYS_ALWAYS_ALLOWED
+        if unknown:
+            raise ValueError(
+                f"Optimizer: param group has unknown hyperparameters {sorted(unknown)}; this "
+                f"transformation has {sorted(self.defaults)}."
+            )
+        super().add_param_group(param_group)
+
+    def _group_tx(self, group: dict[str, Any]) -> GradientTransformation:
+        def replacements(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict:
+            node = _RecordedView(factory, arguments)
+            out = {}
+            for key, names in _mirrored(node).items():
+                value = group.get(key, self.defaults[key])
+                if len(names) > 1:
+                    out.update(zip(names, value))
+                elif names[0] == "betas":
+                    out["betas"] = tuple(value)
+                else:
+                    out[names[0]] = value
+            return out
+
+        return rebuild(self.tx, replacements)
+
+    # ------------------------------------------------------------------ state layout
+
+    def _layout(self, group: dict[str, Any], tx: GradientTransformation):
+        params = group["params"]
+        cache_key = id(group)
+        cached = self._layouts.get(cache_key)
+        if cached is None or cached[0] is not params or len(cached[1][1]) == 0:
+            meta = _tree.ParamList(torch.empty_like(p, device="meta") for p in params)
+            try:
+                layout = _slots(tx.init(meta))
+            except (RuntimeError, NotImplementedError):  # an init that can't run on meta
+                layout = _slots(tx.init(_tree.ParamList(params)))
+            cached = (params, layout)
+            self._layouts[cache_key] = cached
+        return cached[1]
+
+    def _has_state(self, params: list[torch.Tensor], slots: list[_Slot]) -> bool:
+        keys = {s.key for s in slots if s.key is not None}
+        return all(keys <= self.state[p].keys() for p in params) if keys else True
+
+    def _read_state(self, group: dict[str, Any], tx: GradientTransformation) -> Any:
+        params = group["params"]
+        spec, slots = self._layout(group, tx)
+        if not self._has_state(params, slots):
+            fresh = tx.init(_tree.ParamList(params))
+            self._write_state(group, fresh, slots, only_missing=True)
+        leaves = []
+        for slot in slots:
+            if slot.key is None:
+                leaves.append(None)
+                continue
+            owner = params[slot.index if slot.index is not None else 0]
+            value = self.state[owner][slot.key]
+            leaves.append(value.to(slot.dtype) if value.dtype != slot.dtype else value)
+        return _tree.tree_unflatten(spec, leaves)
+
+    def _write_state(
+        self, group: dict[str, Any], state: Any, slots: list[_Slot], only_missing: bool = False
+    ) -> None:
+        params = group["params"]
+        for leaf, slot in zip(_tree.tree_leaves(state), slots):
+            if slot.key is None:
+                continue
+            if slot.index is None:
+                value = _stored(slot.key, leaf)
+                for p in params:
+                    if not (only_missing and slot.key in self.state[p]):
+                        self.state[p][slot.key] = value
+            else:
+                p = params[slot.index]
+                if not (only_missing and slot.key in self.state[p]):
+                    self.state[p][slot.key] = leaf
+
+    # ------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Apply one update to every parameter that has a gradient; return the closure's loss.
+
+        ``p.grad`` is left as it is. Parameters without a gradient are not changed and their
+        state is kept (the group-wide step count still advances).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = group["params"]
+            grads = [p.grad for p in params]
+            if all(g is None for g in grads):
+                continue
+            for p, g in zip(params, grads):
+                if g is not None and g.is_sparse:
+                    raise RuntimeError("Optimizer: sparse gradients are not supported.")
+            tx = self._group_tx(group)
+            state = self._read_state(group, tx)
+            updates, state = tx.update(
+                _tree.ParamList(grads), state, _tree.ParamList(params)
+            )
+            self._write_state(group, state, self._layout(group, tx)[1])
+            apply_updates_(list(params), list(updates))
+        return loss
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint in torch's format, after checking all of it against this optimizer.
+
+        Checkpoints of the equivalent torch.optim optimizer load too. Nothing is changed unless
+        the whole checkpoint is valid.
+
+        Raises:
+            ValueError: naming what differs (groups, parameter counts, state keys, shapes).
+        """
+        self._check_state_dict(state_dict)
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError("load_state_dict: expected a dict with 'state' and 'param_groups'.")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"load_state_dict: the checkpoint has {len(saved_groups)} param groups, this "
+                f"optimizer has {len(self.param_groups)}."
+            )
+        saved_state = state_dict["state"]
+        for g, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"load_state_dict: param group {g} has {len(saved['params'])} parameters in "
+                    f"the checkpoint and {len(group['params'])} here."
+                )
+            _, slots = self._layout(group, self._group_tx(group))
+            expected = {s.key for s in slots if s.key is not None}
+            for i, (index, p) in enumerate(zip(saved["params"], group["params"])):
+                if index not in saved_state:
+                    continue
+                entry = saved_state[index]
+                keys = set(entry)
+                if keys != expected:
+                    raise ValueError(
+                        f"load_state_dict: parameter {i} of group {g} has state keys "
+                        f"{sorted(keys)}, this optimizer expects {sorted(expected)} (a checkpoint "
+                        f"of a different algorithm or configuration?)."
+                    )
+                for slot in slots:
+                    if slot.key is None or slot.index not in (None, i):
+                        continue
+                    value = entry[slot.key]
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+                    if shape != slot.shape:
+                        raise ValueError(
+                            f"load_state_dict: state {slot.key!r} of parameter {i} in group {g} "
+                            f"has shape {shape}, expected {slot.shape}."
+                        )
+
+
+class _RecordedView(NamedTuple):
+    """A (factory, arguments) pair that `_mirrored` can read like a recorded transformation."""
+
+    factory: Callable[..., Any]
+    arguments: dict[str, Any]
