@@ -61,6 +61,7 @@ from torchopt_fn._tree import (
     tree_where,
     tree_zeros_like,
 )
+from torchopt_fn._compile import compile_step, copy_into_
 from torchopt_fn._update import apply_updates, apply_updates_
 from torchopt_fn.optim import Optimizer
 from torchopt_fn.optimizers import *  # noqa: F403
@@ -86,6 +87,8 @@ __all__ = [
     "apply_updates",
     "apply_updates_",
     "chain",
+    "compile_step",
+    "copy_into_",
     "identity",
     "masked",
     "named_chain",

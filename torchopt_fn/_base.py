@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 import torch
 
 from torchopt_fn import _tree
+from torchopt_fn.schedules._common import Schedule
 
 __all__ = [
     "EmptyState",
@@ -43,8 +44,6 @@ Updates: TypeAlias = Any
 """A pytree with the structure of `Params`; `None` marks a parameter that has no update."""
 OptState: TypeAlias = Any
 """A NamedTuple (or tuple of them) whose leaves are tensors only."""
-Schedule: TypeAlias = Callable[[torch.Tensor], torch.Tensor]
-"""A pure function of the 0-d integer step count returning a 0-d tensor."""
 ScalarOrSchedule: TypeAlias = float | torch.Tensor | Schedule
 
 
@@ -181,32 +180,88 @@ def with_extra_args_support(tx: GradientTransformation) -> GradientTransformatio
     return GradientTransformation(tx.init, update_fn)
 
 
+def _call_recorded(factory: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    args, kwargs = _split_arguments(factory, arguments)
+    return factory(*args, **kwargs)
+
+
 class _RecordedTransformation(GradientTransformation):
     """A `GradientTransformation` that remembers the factory call that built it.
 
-    The `torchopt_fn.Optimizer` adapter uses the record to rebuild the transformation with a
-    param group's current hyperparameters (``lr``, ``betas``, ...) on every step.
+    The record lets the `torchopt_fn.Optimizer` adapter rebuild the transformation with a
+    param group's current hyperparameters (``lr``, ``betas``, ...) on every step, and lets a
+    transformation built from closures be pickled (it pickles as its factory call).
     """
 
     factory: Callable[..., GradientTransformation]
     arguments: dict[str, Any]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _call_recorded, (self.factory, self.arguments)
 
-def record_hyperparams(
-    factory: Callable[..., GradientTransformation],
-) -> Callable[..., GradientTransformation]:
-    """Decorate a factory so the transformations it returns remember their arguments."""
+
+class _RecordedCallable:
+    """A schedule (or other function) that remembers the factory call that built it."""
+
+    def __init__(self, fn: Callable[..., Any], factory: Callable[..., Any], arguments: dict):
+        self.fn, self.factory, self.arguments = fn, factory, arguments
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _call_recorded, (self.factory, self.arguments)
+
+
+def _bind(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """All arguments by name (defaults applied, ``**kwargs`` flattened into the dict)."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        else:
+            arguments[name] = value
+    return arguments
+
+
+def _split_arguments(
+    factory: Callable[..., Any], arguments: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """The inverse of `_bind`: positional and keyword arguments to call ``factory`` with."""
+    params = inspect.signature(factory).parameters
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for name, param in params.items():
+        if param.kind is param.VAR_POSITIONAL:
+            args.extend(arguments[name])
+        elif param.kind is param.VAR_KEYWORD:
+            kwargs.update({k: v for k, v in arguments.items() if k not in params})
+        elif param.kind is param.POSITIONAL_ONLY:
+            args.append(arguments[name])
+        else:
+            kwargs[name] = arguments[name]
+    return args, kwargs
+
+
+def record_hyperparams(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a public factory so what it returns remembers the call that built it.
+
+    Applied to every public transformation, optimizer, combinator and schedule factory.
+    """
     signature = inspect.signature(factory)
 
     @functools.wraps(factory)
-    def wrapper(*args: Any, **kwargs: Any) -> GradientTransformation:
-        tx = factory(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        out = _RecordedTransformation(tx.init, tx.update)
-        out.factory = factory
-        out.arguments = dict(bound.arguments)
-        return out
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        built = factory(*args, **kwargs)
+        arguments = _bind(signature, args, kwargs)
+        if isinstance(built, GradientTransformation):
+            out = _RecordedTransformation(built.init, built.update)
+            out.factory, out.arguments = wrapper, arguments
+            return out
+        return _RecordedCallable(built, wrapper, arguments)
 
     return wrapper
 
@@ -229,24 +284,13 @@ def rebuild(
     arguments = recorded_arguments(tx)
     if arguments is None:
         return tx
-    new_values = replacements(tx.factory, arguments)
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    for name, param in inspect.signature(tx.factory).parameters.items():
-        value = new_values.get(name, arguments[name])
+    new_values = {**arguments, **replacements(tx.factory, arguments)}
+    for name, value in new_values.items():
         if isinstance(value, GradientTransformation):
-            value = rebuild(value, replacements)
+            new_values[name] = rebuild(value, replacements)
         elif isinstance(value, tuple) and all(isinstance(v, GradientTransformation) for v in value):
-            value = tuple(rebuild(v, replacements) for v in value)
-        if param.kind is param.VAR_POSITIONAL:
-            args.extend(value)
-        elif param.kind is param.VAR_KEYWORD:
-            kwargs.update(value)
-        elif param.kind is param.POSITIONAL_ONLY:
-            args.append(value)
-        else:
-            kwargs[name] = value
-    return tx.factory(*args, **kwargs)
+            new_values[name] = tuple(rebuild(v, replacements) for v in value)
+    return _call_recorded(tx.factory, new_values)
 
 
 def recorded_nodes(tx: GradientTransformation) -> list[GradientTransformation]:

@@ -31,6 +31,7 @@ from torchopt_fn._base import (
     recorded_arguments,
     recorded_nodes,
 )
+from torchopt_fn._fused import fused_kernel_for, fused_supported
 from torchopt_fn._update import apply_updates_
 
 __all__ = ["Optimizer"]
@@ -45,11 +46,11 @@ _TORCH_STATE_KEY = {
     ("ScaleByAdamState", "nu"): "exp_avg_sq",
     ("TraceState", "trace"): "momentum_buffer",
     ("ScaleByRmsState", "nu"): "square_avg",
-    ("ScaleByStddevState", "mu"): "grad_avg",
-    ("ScaleByStddevState", "nu"): "square_avg",
+    ("ScaleByRStdDevState", "mu"): "grad_avg",
+    ("ScaleByRStdDevState", "nu"): "square_avg",
     ("ScaleByRssState", "sum_of_squares"): "sum",
-    ("ScaleByAdadeltaState", "e_g"): "square_avg",
-    ("ScaleByAdadeltaState", "e_x"): "acc_delta",
+    ("ScaleByAdaDeltaState", "e_g"): "square_avg",
+    ("ScaleByAdaDeltaState", "e_x"): "acc_delta",
 }
 _GROUP_KEYS_ALWAYS_ALLOWED = {"params", "name", "initial_lr"}
 
@@ -170,6 +171,7 @@ class Optimizer(torch.optim.Optimizer):
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"Optimizer: tx must be a GradientTransformation, got {type(tx)}.")
         self.tx = tx
+        self._fused = fused_kernel_for(tx)
         self._layouts: dict[int, tuple[Any, list[_Slot]]] = {}
         super().__init__(params, _hyperparams(tx))
 
@@ -276,6 +278,12 @@ class Optimizer(torch.optim.Optimizer):
                 if g is not None and g.is_sparse:
                     raise RuntimeError("Optimizer: sparse gradients are not supported.")
             tx = self._group_tx(group)
+            live = [p for p in params if p.grad is not None]
+            if self._fused is not None and fused_supported(live):
+                if not self._has_state(params, self._layout(group, tx)[1]):
+                    self._read_state(group, tx)  # creates the state
+                self._fused(group, live, self.state)
+                continue
             state = self._read_state(group, tx)
             updates, state = tx.update(
                 _tree.ParamList(grads), state, _tree.ParamList(params)

@@ -7,7 +7,6 @@ has no float64) and stays traceable: no ``.item()``, no Python branching on tens
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -43,8 +42,3 @@ def check(ok: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``ok``; NaN comparisons count as failures."""
     if not ok:
         raise ValueError(message)
-
-
-def is_finite_number(x: object) -> bool:
-    """True for a finite Python int or float (bools excluded)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from torchopt_fn.schedules._common import Schedule, ScalarLike, as_count, as_float, check
+from torchopt_fn.schedules._common import ScalarLike, Schedule, as_count, as_float, check
 
 __all__ = ["join_schedules"]
 
@@ -36,11 +37,10 @@ def join_schedules(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import constant_schedule, join_schedules, linear_schedule
-        >>> sched = join_schedules(
-        ...     [constant_schedule(1.0), linear_schedule(1.0, 0.0, transition_steps=10)],
-        ...     boundaries=[5],
-        ... )
+        >>> from torchopt_fn import schedules
+        >>> hold = schedules.constant_schedule(1.0)
+        >>> anneal = schedules.linear_schedule(1.0, 0.0, transition_steps=10)
+        >>> sched = schedules.join_schedules([hold, anneal], boundaries=[5])
         >>> [float(sched(torch.tensor(t))) for t in (0, 4, 5, 10, 15)]
         [1.0, 1.0, 1.0, 0.5, 0.0]
 
@@ -56,7 +56,7 @@ def join_schedules(
         f"entries, got {len(boundaries)}.",
     )
     check(
-        all(a <= b for a, b in zip(boundaries, boundaries[1:])),
+        all(a <= b for a, b in itertools.pairwise(boundaries)),
         f"join_schedules: boundaries must be non-decreasing, got {list(boundaries)}.",
     )
 

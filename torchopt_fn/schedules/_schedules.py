@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from torchopt_fn.schedules._common import Schedule, ScalarLike, as_count, as_float, check
+from torchopt_fn.schedules._common import ScalarLike, Schedule, as_count, as_float, check
 
 __all__ = [
     "constant_schedule",
@@ -44,8 +44,8 @@ def constant_schedule(value: ScalarLike) -> Schedule:
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import constant_schedule
-        >>> sched = constant_schedule(0.1)
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.constant_schedule(0.1)
         >>> sched(torch.tensor(0))
         tensor(0.1000, dtype=torch.float64)
         >>> float(sched(1000))
@@ -91,8 +91,8 @@ def polynomial_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import polynomial_schedule
-        >>> sched = polynomial_schedule(1.0, 0.0, power=2, transition_steps=10)
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.polynomial_schedule(1.0, 0.0, power=2, transition_steps=10)
         >>> [round(float(sched(torch.tensor(t))), 4) for t in (0, 5, 10, 20)]
         [1.0, 0.25, 0.0, 0.0]
 
@@ -148,8 +148,8 @@ def linear_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import linear_schedule
-        >>> sched = linear_schedule(init_value=1.0, end_value=0.0, transition_steps=4)
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.linear_schedule(init_value=1.0, end_value=0.0, transition_steps=4)
         >>> [float(sched(torch.tensor(t))) for t in range(6)]
         [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
 
@@ -202,11 +202,11 @@ def exponential_decay(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import exponential_decay
-        >>> sched = exponential_decay(1.0, transition_steps=10, decay_rate=0.5)
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.exponential_decay(1.0, transition_steps=10, decay_rate=0.5)
         >>> [float(sched(torch.tensor(t))) for t in (0, 10, 20, 5)]
         [1.0, 0.5, 0.25, 0.7071067811865476]
-        >>> stairs = exponential_decay(1.0, 10, 0.5, staircase=True, end_value=0.3)
+        >>> stairs = schedules.exponential_decay(1.0, 10, 0.5, staircase=True, end_value=0.3)
         >>> [float(stairs(torch.tensor(t))) for t in (9, 10, 25)]
         [1.0, 0.5, 0.3]
 
@@ -272,8 +272,8 @@ def cosine_decay_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import cosine_decay_schedule
-        >>> sched = cosine_decay_schedule(1.0, decay_steps=100, alpha=0.1)
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.cosine_decay_schedule(1.0, decay_steps=100, alpha=0.1)
         >>> [round(float(sched(torch.tensor(t))), 6) for t in (0, 50, 100, 150)]
         [1.0, 0.55, 0.1, 0.1]
 
@@ -283,9 +283,7 @@ def cosine_decay_schedule(
 
     optax equivalent: `optax.schedules.cosine_decay_schedule` (same arguments).
     """
-    check(
-        decay_steps > 0, f"cosine_decay_schedule: decay_steps must be > 0, got {decay_steps}."
-    )
+    check(decay_steps > 0, f"cosine_decay_schedule: decay_steps must be > 0, got {decay_steps}.")
     steps = float(decay_steps)
 
     def schedule(count: Tensor | int) -> Tensor:
@@ -320,8 +318,8 @@ def piecewise_constant_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import piecewise_constant_schedule
-        >>> sched = piecewise_constant_schedule(1.0, {10: 0.5, 20: 0.1})
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.piecewise_constant_schedule(1.0, {10: 0.5, 20: 0.1})
         >>> [float(sched(torch.tensor(t))) for t in (9, 10, 19, 20)]
         [1.0, 0.5, 0.5, 0.05]
 
@@ -388,8 +386,8 @@ def piecewise_interpolate_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import piecewise_interpolate_schedule
-        >>> sched = piecewise_interpolate_schedule("linear", 1.0, {4: 0.1, 8: 0.01})
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.piecewise_interpolate_schedule("linear", 1.0, {4: 0.1, 8: 0.01})
         >>> [round(float(sched(torch.tensor(t))), 6) for t in (0, 2, 4, 6, 8, 10)]
         [1.0, 0.55, 0.1, 0.0505, 0.001, 0.001]
 
@@ -459,8 +457,8 @@ def linear_onecycle_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import linear_onecycle_schedule
-        >>> sched = linear_onecycle_schedule(100, peak_value=1.0)
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.linear_onecycle_schedule(100, peak_value=1.0)
         >>> [round(float(sched(torch.tensor(t))), 6) for t in (0, 30, 85, 100)]
         [0.04, 1.0, 0.04, 4e-06]
 
@@ -491,9 +489,7 @@ def linear_onecycle_schedule(
         int(pct_final * transition_steps): 1.0 / div_factor,
         transition_steps: 1.0 / final_div_factor,
     }
-    return piecewise_interpolate_schedule(
-        "linear", peak_value / div_factor, boundaries_and_scales
-    )
+    return piecewise_interpolate_schedule("linear", peak_value / div_factor, boundaries_and_scales)
 
 
 def cosine_onecycle_schedule(
@@ -526,8 +522,8 @@ def cosine_onecycle_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import cosine_onecycle_schedule
-        >>> sched = cosine_onecycle_schedule(100, peak_value=1.0)
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.cosine_onecycle_schedule(100, peak_value=1.0)
         >>> [round(float(sched(torch.tensor(t))), 6) for t in (0, 15, 30, 100)]
         [0.04, 0.52, 1.0, 4e-06]
 
@@ -555,6 +551,4 @@ def cosine_onecycle_schedule(
         int(pct_start * transition_steps): div_factor,
         int(transition_steps): 1.0 / (div_factor * final_div_factor),
     }
-    return piecewise_interpolate_schedule(
-        "cosine", peak_value / div_factor, boundaries_and_scales
-    )
+    return piecewise_interpolate_schedule("cosine", peak_value / div_factor, boundaries_and_scales)

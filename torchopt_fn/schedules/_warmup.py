@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from torchopt_fn.schedules._common import Schedule, ScalarLike, as_count, as_float, check
+from torchopt_fn.schedules._common import ScalarLike, Schedule, as_count, as_float, check
 from torchopt_fn.schedules._join import join_schedules
 from torchopt_fn.schedules._schedules import (
     cosine_decay_schedule,
@@ -54,8 +54,8 @@ def warmup_constant_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import warmup_constant_schedule
-        >>> sched = warmup_constant_schedule(0.0, 1.0, warmup_steps=4)
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.warmup_constant_schedule(0.0, 1.0, warmup_steps=4)
         >>> [float(sched(torch.tensor(t))) for t in (0, 1, 4, 100)]
         [0.0, 0.25, 1.0, 1.0]
 
@@ -63,7 +63,9 @@ def warmup_constant_schedule(
     accepts a negative ``warmup_steps`` (as a constant ``init_value``).
     """
     _check_warmup("warmup_constant_schedule", warmup_steps)
-    return linear_schedule(init_value=init_value, end_value=peak_value, transition_steps=warmup_steps)
+    return linear_schedule(
+        init_value=init_value, end_value=peak_value, transition_steps=warmup_steps
+    )
 
 
 def _ratio(end_value: ScalarLike, peak_value: ScalarLike) -> ScalarLike:
@@ -106,8 +108,9 @@ def warmup_cosine_decay_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import warmup_cosine_decay_schedule
-        >>> sched = warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=10, decay_steps=110)
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.warmup_cosine_decay_schedule(
+        ...     0.0, 1.0, warmup_steps=10, decay_steps=110)
         >>> [round(float(sched(torch.tensor(t))), 6) for t in (0, 5, 10, 60, 110, 200)]
         [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
 
@@ -123,7 +126,9 @@ def warmup_cosine_decay_schedule(
         f"warmup_cosine_decay_schedule: decay_steps (the total length, warm-up included) must "
         f"be > warmup_steps={warmup_steps}, got {decay_steps}.",
     )
-    warmup = linear_schedule(init_value=init_value, end_value=peak_value, transition_steps=warmup_steps)
+    warmup = linear_schedule(
+        init_value=init_value, end_value=peak_value, transition_steps=warmup_steps
+    )
     decay = cosine_decay_schedule(
         init_value=peak_value,
         decay_steps=decay_steps - warmup_steps,
@@ -168,8 +173,8 @@ def warmup_exponential_decay_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import warmup_exponential_decay_schedule
-        >>> sched = warmup_exponential_decay_schedule(
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.warmup_exponential_decay_schedule(
         ...     0.0, 1.0, warmup_steps=10, transition_steps=10, decay_rate=0.5)
         >>> [float(sched(torch.tensor(t))) for t in (0, 5, 10, 20, 30)]
         [0.0, 0.5, 1.0, 0.5, 0.25]
@@ -177,7 +182,9 @@ def warmup_exponential_decay_schedule(
     optax equivalent: `optax.schedules.warmup_exponential_decay_schedule` (same arguments).
     """
     _check_warmup("warmup_exponential_decay_schedule", warmup_steps)
-    warmup = linear_schedule(init_value=init_value, end_value=peak_value, transition_steps=warmup_steps)
+    warmup = linear_schedule(
+        init_value=init_value, end_value=peak_value, transition_steps=warmup_steps
+    )
     decay = exponential_decay(
         init_value=peak_value,
         transition_steps=transition_steps,
@@ -209,9 +216,9 @@ def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, Any]]) -> Schedule:
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import sgdr_schedule
+        >>> from torchopt_fn import schedules
         >>> cycle = dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=10)
-        >>> sched = sgdr_schedule([cycle, cycle])
+        >>> sched = schedules.sgdr_schedule([cycle, cycle])
         >>> [round(float(sched(torch.tensor(t))), 6) for t in (0, 2, 6, 10, 12, 20)]
         [0.0, 1.0, 0.5, 0.0, 1.0, 0.0]
 
@@ -265,7 +272,8 @@ def warmup_stable_decay_schedule(
     The warmup-stable-decay (WSD, "trapezoidal") schedule. With $I$ = ``init_value``,
     $P$ = ``peak_value``, $E$ = ``end_value``, $W$ = ``warmup_steps``, $N$ = ``total_steps``,
     $D$ = ``decay_steps`` and $S = N - D$:
-    $v_t = I + (P - I)\,\max(t, 0)/W$ for $t < W$; $v_t = P$ for $W \le t \le S$; and
+    $v_t = I + (P - I)\,\max(t, 0)/W$ for $t < W$ (no warm-up when $W = 0$); $v_t = P$ for
+    $W \le t \le S$; and
     $v_t = E + (P - E)\,\phi\bigl(\min((t - S)/D, 1)\bigr)$ for $t > S$, where the decay
     shape $\phi$ is $1 - x$ (``"linear"``), $\tfrac12(1 + \cos \pi x)$ (``"cosine"``) or
     $1 - \sqrt{x}$ (``"sqrt"``). So $v_t = E$ from $t = N$ on.
@@ -290,8 +298,8 @@ def warmup_stable_decay_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.schedules import warmup_stable_decay_schedule
-        >>> sched = warmup_stable_decay_schedule(
+        >>> from torchopt_fn import schedules
+        >>> sched = schedules.warmup_stable_decay_schedule(
         ...     0.0, 1.0, warmup_steps=10, total_steps=100, decay_steps=20)
         >>> [float(sched(torch.tensor(t))) for t in (0, 5, 10, 80, 90, 100, 150)]
         [0.0, 0.5, 1.0, 1.0, 0.5, 0.0, 0.0]

@@ -1,0 +1,111 @@
+"""Generate the API reference from ``torchopt_fn.__all__``, so that no public name goes missing.
+
+mkdocs-gen-files runs this file during ``mkdocs build``; the pages exist only in the built site.
+Each public name goes to the page of the family that defines it (the subpackage, or the core),
+under a heading for its private module taken from that module's docstring.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from types import ModuleType
+
+import torchopt_fn
+
+# page file -> (title, intro). A subpackage gets a page of its own name; the order is the nav's.
+PAGES = {
+    "core.md": ("Core", "The contract, the combinators and applying updates."),
+    "transforms.md": ("Transforms", "The building blocks that `chain` composes."),
+    "optimizers.md": ("Optimizers", "Named optimizers: chains of transforms with optax's names."),
+    "schedules.md": ("Schedules", "Pure torch functions of the 0-d step count."),
+    "wrappers.md": ("Wrappers", "Transformations that wrap other transformations."),
+    "torch.md": ("torch.optim interoperability", "From and to `torch.optim`."),
+    "tree.md": ("Tree utilities", "Pytree arithmetic; `None` leaves mean 'no value'."),
+}
+# Top-level private modules whose names do not belong on the core page.
+TOP_LEVEL_PAGES = {"_tree": "tree.md", "_from_torch": "torch.md", "optim": "torch.md"}
+
+
+def _modules() -> list[ModuleType]:
+    """Every module of the package, imported."""
+    found = [torchopt_fn]
+    for info in pkgutil.walk_packages(torchopt_fn.__path__, prefix="torchopt_fn."):
+        found.append(importlib.import_module(info.name))
+    return found
+
+
+def defining_module(name: str, modules: list[ModuleType]) -> str:
+    """The module that defines ``name``: the first implementation module listing it in ``__all__``.
+
+    Type aliases (``Params = Any``) have no ``__module__`` of their own, hence ``__all__``.
+    """
+    owners = [
+        m.__name__
+        for m in modules
+        if m.__file__ is not None
+        and not m.__file__.endswith("__init__.py")
+        and name in getattr(m, "__all__", ())
+    ]
+    if owners:
+        return sorted(owners)[0]
+    return getattr(getattr(torchopt_fn, name), "__module__", None) or "torchopt_fn"
+
+
+def page_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) >= 3:  # torchopt_fn.<subpackage>.<_module>
+        return f"{parts[1]}.md"
+    return TOP_LEVEL_PAGES.get(parts[-1], "core.md")
+
+
+def grouping() -> dict[str, dict[str, list[str]]]:
+    """page -> defining module -> public names, in ``__all__`` order."""
+    modules = _modules()
+    pages: dict[str, dict[str, list[str]]] = {}
+    for name in dict.fromkeys(torchopt_fn.__all__):  # dict.fromkeys drops duplicates, keeps order
+        if inspect.ismodule(getattr(torchopt_fn, name)):
+            continue
+        module = defining_module(name, modules)
+        pages.setdefault(page_of(module), {}).setdefault(module, []).append(name)
+    return pages
+
+
+def _section_title(module: str) -> str:
+    doc = inspect.getdoc(importlib.import_module(module)) or module
+    return doc.splitlines()[0].rstrip(".")
+
+
+def pages() -> dict[str, str]:
+    """The markdown of every API page, keyed by its path under ``docs/api/``."""
+    grouped = grouping()
+    order = [p for p in PAGES if p in grouped] + sorted(set(grouped) - set(PAGES))
+    out = {}
+    for page in order:
+        title, intro = PAGES.get(page, (page.removesuffix(".md").capitalize(), ""))
+        lines = [f"# {title}", "", intro, ""]
+        sections = grouped[page]
+        for module, names in sections.items():
+            if len(sections) > 1:
+                lines += [f"## {_section_title(module)}", ""]
+            lines += [f"::: torchopt_fn.{name}\n" for name in names]
+        out[page] = "\n".join(lines)
+    return out
+
+
+def main() -> None:
+    import mkdocs_gen_files
+
+    for page, text in pages().items():
+        with mkdocs_gen_files.open(f"api/{page}", "w") as f:
+            f.write(text)
+
+
+# mkdocs-gen-files executes this file with runpy.run_path, whose default run name is "<run_path>";
+# run directly, it lists what each page would hold.
+if __name__ == "<run_path>":
+    main()
+elif __name__ == "__main__":
+    for page, sections in grouping().items():
+        print(page, {module: len(names) for module, names in sections.items()})

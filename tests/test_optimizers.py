@@ -1,0 +1,185 @@
+"""The common battery: every row of `helpers.OPTIMIZERS` goes through every test here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optree
+import pytest
+import torch
+
+import torchopt_fn as tf
+from tests.helpers import (
+    MLP,
+    OPTIMIZERS,
+    QUADRATIC,
+    ROSENBROCK,
+    OptCase,
+    all_finite,
+    make_tx,
+    run_case,
+)
+
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+
+def _leaves_with_paths(tree: Any) -> list[tuple[tuple, Any]]:
+    paths, leaves, _ = optree.tree_flatten_with_path(tree, none_is_leaf=True)
+    return list(zip(paths, leaves))
+
+
+def _signature(state: Any) -> tuple:
+    """Structure plus (shape, dtype, device) of every leaf: what must not change across steps."""
+    return (
+        tf._tree.tree_structure(state),
+        tuple(
+            None if x is None else (tuple(x.shape), x.dtype, x.device)
+            for x in tf.tree_leaves(state)
+        ),
+    )
+
+
+def _step(case: OptCase, tx, params, state, grads, **extra):
+    if case.needs_value:
+        extra.setdefault("value", torch.tensor(1.0, dtype=torch.float64))
+    return tx.update(grads, state, params, **extra)
+
+
+def test_table_covers_every_named_optimizer():
+    assert {case.name for case in OPTIMIZERS} == set(tf.optimizers.__all__)
+    assert len(tf.optimizers.__all__) >= 28
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=str)
+def test_converges_on_quadratic(case: OptCase):
+    params, _ = run_case(case, QUADRATIC, case.quad_steps)
+    assert float(QUADRATIC.loss(params)) < case.quad_tol
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=str)
+def test_converges_on_rosenbrock(case: OptCase):
+    tx = make_tx(case, **case.rosen_overrides)
+    params, _ = run_case(case, ROSENBROCK, case.rosen_steps, tx=tx)
+    assert float(ROSENBROCK.loss(params)) < case.rosen_tol
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=str)
+def test_dtypes_are_preserved(case: OptCase, dtype: torch.dtype):
+    tx = make_tx(case)
+    params = MLP.init_params(dtype)
+    state = tx.init(params)
+    first = _signature(state)
+    for _ in range(3):
+        updates, state = _step(case, tx, params, state, MLP.grad(params))
+        for u, p in zip(tf.tree_leaves(updates), tf.tree_leaves(params)):
+            assert u.dtype == p.dtype and u.shape == p.shape
+        assert _signature(state) == first
+        params = tf.apply_updates(params, updates)
+    assert all_finite(params)
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=str)
+def test_state_is_tensors_only_and_stable(case: OptCase):
+    tx = make_tx(case)
+    params = MLP.init_params(torch.float64)
+    state = tx.init(params)
+    first = _signature(state)
+    assert all(x is None or isinstance(x, torch.Tensor) for x in tf.tree_leaves(state))
+    for _ in range(3):
+        updates, state = _step(case, tx, params, state, MLP.grad(params))
+        params = tf.apply_updates(params, updates)
+        assert _signature(state) == first
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=str)
+def test_none_gradients_pass_through(case: OptCase):
+    """A parameter without gradient is left alone, and so is its slice of the state."""
+    tx = make_tx(case)
+    frozen = torch.tensor([0.7, -1.3, 0.2], dtype=torch.float64)
+    params = {"w": torch.tensor([[1.5, -0.5], [0.3, 2.0]], dtype=torch.float64), "frozen": frozen}
+    state0 = tx.init(params)
+    state = state0
+    w_only = make_tx(case)
+    w_params = {"w": params["w"]}
+    w_state = w_only.init(w_params)
+    for _ in range(3):
+        grads = {"w": 2 * params["w"], "frozen": None}
+        updates, state = _step(case, tx, params, state, grads)
+        assert updates["frozen"] is None
+        w_updates, w_state = _step(case, w_only, w_params, w_state, {"w": grads["w"]})
+        if not case.is_stochastic:
+            torch.testing.assert_close(updates["w"], w_updates["w"], rtol=1e-12, atol=0)
+        params = tf.apply_updates(params, updates)
+        w_params = tf.apply_updates(w_params, w_updates)
+    assert torch.equal(params["frozen"], frozen)
+    before = dict(_leaves_with_paths(state0))
+    for path, leaf in _leaves_with_paths(state):
+        if "frozen" in path:
+            assert (leaf is None and before[path] is None) or torch.equal(leaf, before[path])
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=str)
+def test_unknown_extra_kwargs_are_ignored(case: OptCase):
+    params = QUADRATIC.init_params(torch.float64)
+    grads = QUADRATIC.grad(params)
+    tx, other = make_tx(case), make_tx(case)
+    plain, plain_state = _step(case, tx, params, tx.init(params), grads)
+    extra, extra_state = _step(case, other, params, other.init(params), grads, foo=1, bar="baz")
+    if not case.is_stochastic:
+        torch.testing.assert_close(extra, plain, rtol=0, atol=0)
+    assert _signature(extra_state) == _signature(plain_state)
+
+
+@pytest.mark.parametrize(
+    ("case", "override"),
+    [pytest.param(c, o, id=f"{c.id}-{next(iter(o))}") for c in OPTIMIZERS for o in c.invalid],
+)
+def test_invalid_hyperparameters_raise(case: OptCase, override: dict[str, Any]):
+    with pytest.raises(ValueError):
+        make_tx(case, **override)
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=str)
+def test_tensor_learning_rate_matches_float(case: OptCase):
+    """A 0-d tensor learning rate (how a compiled step avoids recompiling) changes nothing."""
+    lr = case.kwargs.get("learning_rate")
+    if not isinstance(lr, float):
+        pytest.skip("no constant learning rate")
+    as_float, _ = run_case(case, QUADRATIC, 5)
+    as_tensor, _ = run_case(
+        case, QUADRATIC, 5, tx=make_tx(case, learning_rate=torch.tensor(lr, dtype=torch.float64))
+    )
+    if not case.is_stochastic:
+        torch.testing.assert_close(as_tensor, as_float, rtol=1e-14, atol=0)
+
+
+def test_adadelta_without_learning_rate_descends():
+    """optax 0.2.8 ascends here (no learning-rate stage); ours uses a learning rate of 1."""
+    with_none, _ = run_case(OptCase("a", tf.adadelta, {"learning_rate": None}), QUADRATIC, 20)
+    with_one, _ = run_case(OptCase("b", tf.adadelta, {"learning_rate": 1.0}), QUADRATIC, 20)
+    torch.testing.assert_close(with_none, with_one, rtol=0, atol=0)
+    assert QUADRATIC.loss(with_none) < QUADRATIC.loss(QUADRATIC.init_params(torch.float64))
+
+
+def test_rprop_first_step_moves():
+    """optax 0.2.8's rprop returns the previous step's update, so its first step is zero."""
+    tx = tf.rprop(learning_rate=0.1)
+    params = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    updates, _ = tx.update({"w": 2 * params["w"]}, tx.init(params), params)
+    torch.testing.assert_close(updates["w"], torch.tensor([-0.1, 0.1], dtype=torch.float64))
+
+
+def test_lars_default_masks_equal_no_mask():
+    explicit = {"w": True, "b": True}
+    default, _ = run_case(OptCase("l", tf.lars, {"learning_rate": 1.0}), QUADRATIC, 5)
+    masked, _ = run_case(
+        OptCase(
+            "m",
+            tf.lars,
+            {"learning_rate": 1.0, "weight_decay_mask": explicit, "trust_ratio_mask": explicit},
+        ),
+        QUADRATIC,
+        5,
+    )
+    torch.testing.assert_close(default, masked, rtol=1e-14, atol=0)

@@ -1,0 +1,319 @@
+"""`from_torch`: a torch.optim optimizer, named with torch's own arguments, as a transformation."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from torchopt_fn import _tree
+from torchopt_fn._base import GradientTransformation
+from torchopt_fn._combine import chain
+from torchopt_fn.transforms._adam import scale_by_adam
+from torchopt_fn.transforms._adaptive import (
+    scale_by_adadelta,
+    scale_by_adamax,
+    scale_by_rms,
+    scale_by_stddev,
+)
+from torchopt_fn.transforms._momentum import trace
+from torchopt_fn.transforms._scale import scale, scale_by_learning_rate
+from torchopt_fn.transforms._torch_compat import (
+    scale_by_torch_adagrad,
+    scale_by_torch_amsgrad,
+    scale_by_torch_asgd,
+    scale_by_torch_momentum,
+    scale_by_torch_nadam,
+    scale_by_torch_radam,
+    scale_by_torch_rprop,
+)
+from torchopt_fn.transforms._weight_decay import add_decayed_weights
+
+__all__ = ["from_torch"]
+
+Options = dict[str, Any]
+
+# Flags that choose torch's kernels, not its maths: accepted and ignored.
+_IMPLEMENTATION_FLAGS = frozenset({"foreach", "fused", "capturable", "differentiable"})
+
+
+def _nonzero(value: Any) -> bool:
+    """Whether an optional stage is needed; a tensor always is (its value may change later)."""
+    return isinstance(value, torch.Tensor) or value != 0
+
+
+def _maximize(o: Options) -> list[GradientTransformation]:
+    return [scale(-1.0)] if o["maximize"] else []
+
+
+def _l2(o: Options) -> list[GradientTransformation]:
+    """torch's coupled ``weight_decay``: added to the (sign-flipped) gradient first."""
+    return [add_decayed_weights(o["weight_decay"])] if _nonzero(o["weight_decay"]) else []
+
+
+def _with_l2(o: Options, *core: GradientTransformation) -> list[GradientTransformation]:
+    return [*_maximize(o), *_l2(o), *core, scale_by_learning_rate(o["lr"])]
+
+
+def _with_weight_decay(
+    o: Options, core: GradientTransformation, decoupled: bool
+) -> list[GradientTransformation]:
+    """Adam-style: L2 before ``core`` or, ``decoupled``, decay scaled by the lr after it."""
+    if not decoupled:
+        return _with_l2(o, core)
+    decay = [add_decayed_weights(o["weight_decay"])] if _nonzero(o["weight_decay"]) else []
+    return [*_maximize(o), core, *decay, scale_by_learning_rate(o["lr"])]
+
+
+def _sgd(o: Options) -> list[GradientTransformation]:
+    if not _nonzero(o["momentum"]):
+        return _with_l2(o)
+    if _nonzero(o["dampening"]):
+        return _with_l2(o, scale_by_torch_momentum(o["momentum"], o["dampening"]))
+    return _with_l2(o, trace(o["momentum"], nesterov=o["nesterov"]))
+
+
+def _adam(o: Options, decoupled: bool) -> list[GradientTransformation]:
+    b1, b2 = o["betas"]
+    core = scale_by_torch_amsgrad if o["amsgrad"] else scale_by_adam
+    return _with_weight_decay(o, core(b1, b2, o["eps"]), decoupled)
+
+
+def _rmsprop(o: Options) -> list[GradientTransformation]:
+    scaling = scale_by_stddev if o["centered"] else scale_by_rms
+    core = [scaling(o["alpha"], o["eps"], eps_in_sqrt=False)]
+    if _nonzero(o["momentum"]):
+        # torch accumulates g / avg in the buffer and multiplies by lr afterwards.
+        core.append(trace(o["momentum"]))
+    return _with_l2(o, *core)
+
+
+Builder = Callable[[Options], list[GradientTransformation]]
+
+# Per optimizer: its chain, and the torch options it reads (all of them in torch 2.13, besides
+# the implementation flags; an option a later torch adds is refused rather than ignored).
+_BUILDERS: dict[str, tuple[Builder, str]] = {
+    "SGD": (_sgd, "lr momentum dampening weight_decay nesterov maximize"),
+    "Adam": (
+        lambda o: _adam(o, o["decoupled_weight_decay"]),
+        "lr betas eps weight_decay amsgrad maximize decoupled_weight_decay",
+    ),
+    "AdamW": (lambda o: _adam(o, True), "lr betas eps weight_decay amsgrad maximize"),
+    "NAdam": (
+        lambda o: _with_weight_decay(
+            o,
+            scale_by_torch_nadam(*o["betas"], o["eps"], o["momentum_decay"]),
+            o["decoupled_weight_decay"],
+        ),
+        "lr betas eps weight_decay momentum_decay decoupled_weight_decay maximize",
+    ),
+    "RAdam": (
+        lambda o: _with_weight_decay(
+            o, scale_by_torch_radam(*o["betas"], o["eps"]), o["decoupled_weight_decay"]
+        ),
+        "lr betas eps weight_decay decoupled_weight_decay maximize",
+    ),
+    "Adamax": (
+        lambda o: _with_l2(o, scale_by_adamax(*o["betas"], o["eps"])),
+        "lr betas eps weight_decay maximize",
+    ),
+    "Adagrad": (
+        lambda o: _with_l2(
+            o, scale_by_torch_adagrad(o["initial_accumulator_value"], o["eps"], o["lr_decay"])
+        ),
+        "lr lr_decay weight_decay initial_accumulator_value eps maximize",
+    ),
+    "Adadelta": (
+        lambda o: _with_l2(o, scale_by_adadelta(o["rho"], o["eps"])),
+        "lr rho eps weight_decay maximize",
+    ),
+    "RMSprop": (_rmsprop, "lr alpha eps weight_decay momentum centered maximize"),
+    "Rprop": (
+        lambda o: [*_maximize(o), scale_by_torch_rprop(o["lr"], *o["etas"], *o["step_sizes"])],
+        "lr etas step_sizes maximize",
+    ),
+    "ASGD": (
+        lambda o: [
+            *_maximize(o),
+            *_l2(o),
+            scale_by_torch_asgd(o["lr"], o["lambd"], o["alpha"], o["t0"]),
+        ],
+        "lr lambd alpha t0 weight_decay maximize",
+    ),
+}
+
+
+def _resolve_optimizer(optimizer: type | str) -> tuple[str, type]:
+    supported = ", ".join(_BUILDERS)
+    if isinstance(optimizer, str):
+        by_lower = {name.lower(): name for name in _BUILDERS}
+        name = by_lower.get(optimizer.removeprefix("torch.optim.").lower())
+        if name is None:
+            raise ValueError(
+                f"from_torch: unsupported optimizer {optimizer!r}; supported: {supported}."
+            )
+        return name, getattr(torch.optim, name)
+    if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+        raise TypeError(
+            "from_torch: `optimizer` must be a torch.optim.Optimizer class (e.g. "
+            f"torch.optim.AdamW) or its name, got {optimizer!r}."
+        )
+    for name in _BUILDERS:
+        if optimizer is getattr(torch.optim, name):
+            return name, optimizer
+    raise ValueError(
+        f"from_torch: unsupported optimizer {optimizer.__qualname__}; supported: {supported}."
+    )
+
+
+def _options(name: str, cls: type, kwargs: Options) -> Options:
+    """torch's defaults updated with ``kwargs``, checked by torch's own constructor."""
+    signature = inspect.signature(cls.__init__)
+    defaults = {
+        p.name: p.default
+        for p in list(signature.parameters.values())[2:]  # after `self, params`
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    unknown = sorted(set(kwargs) - set(defaults))
+    if unknown:
+        raise TypeError(
+            f"from_torch: torch.optim.{name} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are {', '.join(defaults)}."
+        )
+    read = set(_BUILDERS[name][1].split())
+    # An option torch has but this module does not read (one newer than torch 2.13).
+    unsupported = sorted(set(kwargs) - read - _IMPLEMENTATION_FLAGS)
+    if unsupported:
+        raise ValueError(
+            f"from_torch: option {', '.join(unsupported)} of torch.optim.{name} is not supported."
+        )
+    options = {**defaults, **kwargs}
+    lr = options["lr"]
+    if callable(lr) and not isinstance(lr, torch.Tensor):
+        lr = 1.0  # a schedule: torch cannot check it; scale_by_learning_rate calls it per step
+    checked = {k: v for k, v in options.items() if k in read} | {"lr": lr}
+    try:
+        cls([torch.zeros(1)], **checked)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"from_torch: invalid options for torch.optim.{name}: {e}") from e
+    if isinstance(options["lr"], torch.Tensor):
+        options["lr"] = options["lr"].reshape(())
+    return options
+
+
+def _as_real(tx: GradientTransformation, name: str) -> GradientTransformation:
+    """Run ``tx`` on real views of complex leaves (torch.optim's rule), and refuse sparse ones."""
+
+    def has_complex(tree: Any) -> bool:
+        for x in _tree.tree_leaves(tree):
+            if x is None:
+                continue
+            if x.layout != torch.strided:
+                raise ValueError(
+                    f"from_torch(torch.optim.{name}): sparse tensors are not supported; "
+                    "pass dense gradients (grad.to_dense())."
+                )
+            if x.is_complex():
+                return True
+        return False
+
+    def real(tree: Any) -> Any:
+        return _tree.tree_map(lambda x: torch.view_as_real(x) if x.is_complex() else x, tree)
+
+    def restore(update: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return torch.view_as_complex(update) if like.is_complex() else update
+
+    def init_fn(params):
+        return tx.init(real(params) if has_complex(params) else params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if not (has_complex(updates) or has_complex(params)):
+            return tx.update(updates, state, params, **extra_args)
+        new, state = tx.update(real(updates), state, real(params), **extra_args)
+        return _tree.tree_map(restore, new, updates), state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
+    r"""The `GradientTransformation` that follows a torch.optim optimizer's trajectory.
+
+    ``from_torch(torch.optim.AdamW, lr=1e-3, weight_decay=1e-2)`` takes the optimizer class (or
+    its name, ``"AdamW"``) and torch's own keyword arguments, with torch's defaults for those
+    left out, and returns a chain of public transforms that reproduces torch.optim's update in
+    float64 to rounding error. Supported, with every numerical option torch has:
+
+    | torch.optim | chain (a ``[stage]`` only when its option is set) |
+    | --- | --- |
+    | SGD | [L2] → [`trace(momentum, nesterov)`; `scale_by_torch_momentum` with dampening] → lr |
+    | Adam, AdamW | [L2] → `scale_by_adam`; `scale_by_torch_amsgrad` with amsgrad → [decay] → lr |
+    | NAdam | [L2] → `scale_by_torch_nadam(*betas, eps, momentum_decay)` → [decay] → lr |
+    | RAdam | [L2] → `scale_by_torch_radam(*betas, eps)` → [decay] → lr |
+    | Adamax | [L2] → `scale_by_adamax(*betas, eps)` → lr |
+    | Adagrad | [L2] → `scale_by_torch_adagrad(initial_accumulator_value, eps, lr_decay)` → lr |
+    | Adadelta | [L2] → `scale_by_adadelta(rho, eps)` → lr |
+    | RMSprop | [L2] → `scale_by_rms`; `scale_by_stddev` if centered → [`trace(momentum)`] → lr |
+    | Rprop | `scale_by_torch_rprop(lr, *etas, *step_sizes)` |
+    | ASGD | [L2] → `scale_by_torch_asgd(lr, lambd, alpha, t0)` |
+
+    "L2" is `add_decayed_weights(weight_decay)` on the gradient (torch's coupled weight
+    decay); "decay" is the same transform after the scaling, so that the learning rate
+    multiplies it (AdamW, and ``decoupled_weight_decay=True`` in Adam, NAdam, RAdam); "lr" is
+    `scale_by_learning_rate(lr)`; ``maximize=True`` puts `scale(-1.0)` first. RMSprop's
+    scalings take ``(alpha, eps, eps_in_sqrt=False)``: torch adds ``eps`` outside the root.
+
+    Learning rate: ``lr`` is a float, a 0-d (or one-element) tensor, or a schedule: a function
+    of the 0-d step count (0 on the first step) returning the learning rate. A schedule takes
+    the place of a torch lr scheduler: ``LambdaLR(opt, f)`` stepped after every ``opt.step()``
+    is ``lr=lambda count: lr0 * f(count)``. Decoupled weight decay, Adagrad's ``lr_decay`` and
+    RMSprop's momentum buffer combine with it as they do with a torch scheduler; Rprop reads
+    the learning rate once, at ``init`` (as torch does); ASGD uses the current step's value
+    in $\eta_t$ (torch's lags one step behind its scheduler).
+
+    Steps are counted per `update` call, for the whole tree, as in optax. torch counts each
+    parameter's steps and skips a parameter whose ``grad`` is `None`. Here a `None` gradient
+    also leaves that parameter and its state unchanged, but the step still counts: when the
+    parameter has a gradient again, its step-dependent factors (bias corrections, NAdam's
+    momentum schedule, Adagrad's ``lr_decay``, ASGD's $\eta_t$ and averaging weight) are those
+    of the global step, as if torch's ``state[p]["step"]`` had advanced with the others. SGD
+    with dampening treats the first `update` call as every parameter's first step. The
+    trajectories agree whenever every parameter has a gradient on every step.
+
+    Complex parameters are optimised as pairs of real numbers, as torch.optim does.
+    ``foreach``, ``fused``, ``capturable`` and ``differentiable`` choose torch's kernels, not
+    its maths: they are accepted and ignored (every transformation here compiles, vmaps and
+    differentiates).
+
+    Args:
+        optimizer: a torch.optim class (`torch.optim.SGD`, `Adam`, `AdamW`, `NAdam`, `RAdam`,
+            `Adamax`, `Adagrad`, `Adadelta`, `RMSprop`, `Rprop`, `ASGD`) or its name
+            (case-insensitive, ``"torch.optim."`` prefix allowed).
+        **kwargs: the optimizer's keyword arguments, as torch names them.
+
+    Returns:
+        A `GradientTransformation`; ``update`` needs ``params`` when the chain decays weights
+        (and always for ASGD).
+
+    Raises:
+        TypeError: ``optimizer`` is not a torch.optim class or name, or an option is unknown to
+            it (or has a type torch rejects).
+        ValueError: an unsupported optimizer (e.g. LBFGS), a value torch's constructor rejects
+            (negative lr, ``betas`` outside ``[0, 1)``, Nesterov without momentum, ...), or a
+            sparse gradient in ``update``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> w = torch.tensor([1.0, -2.0], dtype=torch.float64)
+        >>> tx = tf.from_torch(torch.optim.AdamW, lr=0.1, weight_decay=0.01)
+        >>> u, _ = tx.update({"w": 2 * w}, tx.init({"w": w}), {"w": w})
+        >>> p = torch.nn.Parameter(w.clone()); p.grad = 2 * w
+        >>> torch.optim.AdamW([p], lr=0.1, weight_decay=0.01).step()
+        >>> torch.allclose(w + u["w"], p.detach(), rtol=1e-14, atol=0)
+        True
+    """
+    name, cls = _resolve_optimizer(optimizer)
+    options = _options(name, cls, kwargs)
+    build, _ = _BUILDERS[name]
+    return _as_real(chain(*build(options)), name)

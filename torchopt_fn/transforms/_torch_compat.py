@@ -1,0 +1,693 @@
+"""Transforms that reproduce torch.optim's maths where optax's differs (DESIGN.md §6).
+
+Each is an ordinary transform that `from_torch` composes, usable on its own too. They follow
+torch's single-tensor code order of operations (where the bias correction goes, where ``eps``
+sits, which moment AMSGrad maximises), so chains built from them follow torch.optim's
+trajectories to rounding error in float64. Scalars derived from the step count are computed
+in the leaves' floating dtype (at least float32) with tensor ops, so they compile without
+recompiling as the count changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from torchopt_fn import _tree
+from torchopt_fn._base import GradientTransformation, ScalarOrSchedule
+from torchopt_fn._validate import check_in_range, check_non_negative
+from torchopt_fn.transforms._common import init_count, params_device, resolve
+
+__all__ = [
+    "ScaleByTorchAdagradState",
+    "ScaleByTorchAmsgradState",
+    "ScaleByTorchAsgdState",
+    "ScaleByTorchMomentumState",
+    "ScaleByTorchNadamState",
+    "ScaleByTorchRadamState",
+    "ScaleByTorchRpropState",
+    "scale_by_torch_adagrad",
+    "scale_by_torch_amsgrad",
+    "scale_by_torch_asgd",
+    "scale_by_torch_momentum",
+    "scale_by_torch_nadam",
+    "scale_by_torch_radam",
+    "scale_by_torch_rprop",
+]
+
+Scalar = float | torch.Tensor
+
+
+def _per_leaf(xs: list[torch.Tensor], make: Callable[[torch.dtype, torch.device], Any]) -> list:
+    """``make(dtype, device)`` once per (floating dtype, device) of ``xs``, one entry per leaf.
+
+    The dtype is the leaf's promoted to at least float32, so float16/bfloat16 leaves get
+    float32 step-dependent scalars and float64 leaves float64 ones.
+    """
+    cache: dict[tuple[torch.dtype, torch.device], Any] = {}
+    out = []
+    for x in xs:
+        key = (torch.promote_types(x.dtype, torch.float32), x.device)
+        if key not in cache:
+            cache[key] = make(*key)
+        out.append(cache[key])
+    return out
+
+
+def _t(value: Scalar, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A hyperparameter or count as a 0-d tensor of ``dtype`` on ``device``."""
+    return torch.as_tensor(value, dtype=dtype, device=device)
+
+
+def _scalar_dtype(params: Any) -> torch.dtype:
+    """The widest floating dtype among the params' leaves, at least float32."""
+    dtype = torch.float32
+    for leaf in _tree.tree_leaves(params):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+            dtype = torch.promote_types(dtype, leaf.dtype)
+    return dtype
+
+
+def _to_dtypes_of(xs: list[torch.Tensor], likes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each ``x`` cast to the dtype of the matching ``like`` (a no-op where they agree)."""
+    return [x.to(y.dtype) for x, y in zip(xs, likes)]
+
+
+class ScaleByTorchMomentumState(NamedTuple):
+    """State of `scale_by_torch_momentum`: the step count and the momentum buffer."""
+
+    count: torch.Tensor
+    trace: Any
+
+
+def scale_by_torch_momentum(
+    decay: float | torch.Tensor,
+    dampening: float | torch.Tensor = 0.0,
+    accumulator_dtype: torch.dtype | None = None,
+) -> GradientTransformation:
+    r"""`torch.optim.SGD`'s momentum buffer, dampening included.
+
+    $b_1 = g_1$ and $b_t = \mu b_{t-1} + (1 - d) g_t$ for $t > 1$; $u_t = b_t$. The first step
+    copies the gradient undamped, as torch does. With ``dampening=0`` this is `trace`.
+
+    Args:
+        decay: the momentum $\mu \ge 0$.
+        dampening: the dampening $d$ (torch does not restrict it).
+        accumulator_dtype: dtype of the buffer (default: the params').
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByTorchMomentumState`.
+
+    Raises:
+        ValueError: if ``decay`` is negative.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_torch_momentum(0.9, dampening=0.5)
+        >>> state = tx.init({"w": torch.zeros(1)})
+        >>> for _ in range(2):
+        ...     u, state = tx.update({"w": torch.ones(1)}, state)
+        >>> u["w"]
+        tensor([1.4000])
+
+    torch.optim equivalent: `torch.optim.SGD(momentum=decay, dampening=dampening)` is
+    ``chain(scale_by_torch_momentum(decay, dampening), scale_by_learning_rate(lr))``.
+    """
+    check_non_negative("decay", decay)
+
+    def init_fn(params):
+        return ScaleByTorchMomentumState(
+            count=init_count(params),
+            trace=_tree.tree_zeros_like(params, dtype=accumulator_dtype),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        # The gradient's weight: 1 on the first step, 1 - d afterwards (exact in floating point).
+        started = state.count != 0
+
+        def accumulate(ops, gs, ts):
+            weights = _per_leaf(
+                ts, lambda dt, dev: 1 - _t(dampening, dt, dev) * started.to(device=dev, dtype=dt)
+            )
+            return ops.add(ops.mul(ts, decay), ops.mul(_to_dtypes_of(gs, ts), weights))
+
+        new_trace = _tree.map_live(accumulate, updates, state.trace, fill=state.trace)
+        out = _tree.map_live(lambda ops, gs, ts: _to_dtypes_of(ts, gs), updates, new_trace)
+        return out, ScaleByTorchMomentumState(count=state.count + 1, trace=new_trace)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByTorchAmsgradState(NamedTuple):
+    """State of `scale_by_torch_amsgrad`: count, moments ``mu``/``nu``, and ``nu_max``."""
+
+    count: torch.Tensor
+    mu: Any
+    nu: Any
+    nu_max: Any
+
+
+def scale_by_torch_amsgrad(
+    b1: float | torch.Tensor = 0.9,
+    b2: float | torch.Tensor = 0.999,
+    eps: float | torch.Tensor = 1e-8,
+) -> GradientTransformation:
+    r"""AMSGrad as in `torch.optim.Adam(amsgrad=True)`: the maximum of the *raw* second moment.
+
+    $m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t$, $v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2$,
+    $\bar v_t = \max(\bar v_{t-1}, v_t)$,
+    $u_t = \dfrac{m_t / (1-\beta_1^t)}{\sqrt{\bar v_t} / \sqrt{1-\beta_2^t} + \epsilon}$.
+    optax's `scale_by_amsgrad` takes the maximum of the bias-corrected $\hat v_t$ instead,
+    which differs while $1-\beta_2^t$ changes.
+
+    Args:
+        b1: decay of the first moment, in ``[0, 1)``.
+        b2: decay of the second moment, in ``[0, 1)``.
+        eps: added to the denominator outside the square root.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByTorchAmsgradState`.
+
+    Raises:
+        ValueError: for ``b1``/``b2`` outside ``[0, 1)`` or a negative ``eps``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_torch_amsgrad()
+        >>> u, _ = tx.update({"w": torch.tensor([2.0, -3.0])}, tx.init({"w": torch.zeros(2)}))
+        >>> u["w"].round(decimals=4)
+        tensor([ 1., -1.])
+
+    References:
+        Reddi et al., On the Convergence of Adam and Beyond, ICLR 2018.
+        https://openreview.net/forum?id=ryQu7f-RZ
+
+    torch.optim equivalent: `torch.optim.Adam(amsgrad=True)` is
+    ``chain(scale_by_torch_amsgrad(), scale_by_learning_rate(lr))``.
+    """
+    check_in_range("b1", b1, 0.0, 1.0)
+    check_in_range("b2", b2, 0.0, 1.0)
+    check_non_negative("eps", eps)
+
+    def init_fn(params):
+        return ScaleByTorchAmsgradState(
+            count=init_count(params),
+            mu=_tree.tree_zeros_like(params),
+            nu=_tree.tree_zeros_like(params),
+            nu_max=_tree.tree_zeros_like(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        mu = _tree.tree_update_moment(updates, state.mu, b1, order=1)
+        nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
+        nu_max = _tree.map_live(
+            lambda ops, gs, a, b: ops.maximum(a, b), updates, state.nu_max, nu, fill=state.nu_max
+        )
+        count = state.count + 1
+
+        def direction(ops, gs, ms, vs):
+            def corrections(dt, dev):
+                t = count.to(device=dev, dtype=dt)
+                bc1 = 1 - torch.pow(_t(b1, dt, dev), t)
+                return bc1, torch.sqrt(1 - torch.pow(_t(b2, dt, dev), t))
+
+            bc1, sqrt_bc2 = zip(*_per_leaf(ms, corrections))
+            denom = ops.add(ops.div(ops.sqrt(vs), list(sqrt_bc2)), eps)
+            return _to_dtypes_of(ops.div(ops.div(ms, list(bc1)), denom), gs)
+
+        out = _tree.map_live(direction, updates, mu, nu_max)
+        return out, ScaleByTorchAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByTorchNadamState(NamedTuple):
+    """State of `scale_by_torch_nadam`: count, the product of momentum coefficients, moments."""
+
+    count: torch.Tensor
+    mu_product: torch.Tensor
+    mu: Any
+    nu: Any
+
+
+def scale_by_torch_nadam(
+    b1: float | torch.Tensor = 0.9,
+    b2: float | torch.Tensor = 0.999,
+    eps: float | torch.Tensor = 1e-8,
+    momentum_decay: float | torch.Tensor = 4e-3,
+) -> GradientTransformation:
+    r"""NAdam with `torch.optim.NAdam`'s momentum schedule (Dozat's $\mu_t$).
+
+    $\mu_t = \beta_1 (1 - \tfrac12 \cdot 0.96^{t\psi})$ with $\psi$ the ``momentum_decay``,
+    $\Pi_t = \prod_{i \le t} \mu_i$, $m_t$ and $v_t$ Adam's moments, and
+    $u_t = \Big(\dfrac{1-\mu_t}{1-\Pi_t} g_t + \dfrac{\mu_{t+1}}{1-\Pi_t\mu_{t+1}} m_t\Big)
+    \Big/ \Big(\sqrt{v_t / (1-\beta_2^t)} + \epsilon\Big)$.
+    optax's `scale_by_adam(nesterov=True)` is the limit $\psi \to \infty$ ($\mu_t = \beta_1$).
+
+    Args:
+        b1: decay of the first moment, in ``[0, 1)``.
+        b2: decay of the second moment, in ``[0, 1)``.
+        eps: added to the denominator outside the square root.
+        momentum_decay: $\psi \ge 0$, how fast $\mu_t$ approaches $\beta_1$.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByTorchNadamState`.
+
+    Raises:
+        ValueError: for ``b1``/``b2`` outside ``[0, 1)`` or a negative ``eps``/``momentum_decay``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_torch_nadam()
+        >>> u, _ = tx.update({"w": torch.tensor([2.0, -3.0])}, tx.init({"w": torch.zeros(2)}))
+        >>> u["w"]
+        tensor([ 1.0564, -1.0564])
+
+    References:
+        Dozat, Incorporating Nesterov Momentum into Adam, ICLR workshop 2016.
+        https://openreview.net/forum?id=OM0jvwB8jIp57ZJjtNEZ
+
+    torch.optim equivalent: `torch.optim.NAdam` is
+    ``chain(scale_by_torch_nadam(), scale_by_learning_rate(lr))``.
+    """
+    check_in_range("b1", b1, 0.0, 1.0)
+    check_in_range("b2", b2, 0.0, 1.0)
+    check_non_negative("eps", eps)
+    check_non_negative("momentum_decay", momentum_decay)
+
+    def init_fn(params):
+        device = params_device(params)
+        return ScaleByTorchNadamState(
+            count=init_count(params),
+            mu_product=torch.ones((), dtype=_scalar_dtype(params), device=device),
+            mu=_tree.tree_zeros_like(params),
+            nu=_tree.tree_zeros_like(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        count = state.count + 1
+        dtype, device = state.mu_product.dtype, state.mu_product.device
+        t = count.to(device=device, dtype=dtype)
+        base = _t(0.96, dtype, device)
+        psi = _t(momentum_decay, dtype, device)
+        mu_t = b1 * (1.0 - 0.5 * torch.pow(base, t * psi))
+        mu_next = b1 * (1.0 - 0.5 * torch.pow(base, (t + 1) * psi))
+        mu_product = state.mu_product * mu_t
+        coef_g = (1.0 - mu_t) / (1.0 - mu_product)
+        coef_m = mu_next / (1.0 - mu_product * mu_next)
+
+        mu = _tree.tree_update_moment(updates, state.mu, b1, order=1)
+        nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
+
+        def direction(ops, gs, ms, vs):
+            def scalars(dt, dev):
+                bc2 = 1 - torch.pow(_t(b2, dt, dev), count.to(device=dev, dtype=dt))
+                return bc2, coef_g.to(device=dev, dtype=dt), coef_m.to(device=dev, dtype=dt)
+
+            bc2, cg, cm = (list(s) for s in zip(*_per_leaf(ms, scalars)))
+            denom = ops.add(ops.sqrt(ops.div(vs, bc2)), eps)
+            gs_ = _to_dtypes_of(gs, ms)
+            new = ops.add(ops.mul(ops.div(gs_, denom), cg), ops.mul(ops.div(ms, denom), cm))
+            return _to_dtypes_of(new, gs)
+
+        out = _tree.map_live(direction, updates, mu, nu)
+        return out, ScaleByTorchNadamState(count=count, mu_product=mu_product, mu=mu, nu=nu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByTorchRadamState(NamedTuple):
+    """State of `scale_by_torch_radam`: step count and Adam's moments."""
+
+    count: torch.Tensor
+    mu: Any
+    nu: Any
+
+
+def scale_by_torch_radam(
+    b1: float | torch.Tensor = 0.9,
+    b2: float | torch.Tensor = 0.999,
+    eps: float | torch.Tensor = 1e-8,
+    threshold: float = 5.0,
+) -> GradientTransformation:
+    r"""Rectified Adam with `torch.optim.RAdam`'s placement of ``eps``.
+
+    With $\rho_\infty = 2/(1-\beta_2) - 1$ and
+    $\rho_t = \rho_\infty - 2t\beta_2^t/(1-\beta_2^t)$: when $\rho_t > 5$ (the ``threshold``),
+    $u_t = \hat m_t \, r_t \, \dfrac{\sqrt{1-\beta_2^t}}{\sqrt{v_t} + \epsilon}$ with
+    $r_t = \sqrt{\dfrac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}$,
+    otherwise $u_t = \hat m_t = m_t / (1-\beta_1^t)$. optax's `scale_by_radam` adds ``eps`` to
+    $\sqrt{\hat v_t}$ instead (an ``eps`` larger by $1/\sqrt{1-\beta_2^t}$).
+
+    Args:
+        b1: decay of the first moment, in ``[0, 1)``.
+        b2: decay of the second moment, in ``[0, 1)``.
+        eps: added to $\sqrt{v_t}$.
+        threshold: rectify only when $\rho_t$ exceeds it (torch fixes it at 5).
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByTorchRadamState`.
+
+    Raises:
+        ValueError: for ``b1``/``b2`` outside ``[0, 1)`` or a negative ``eps``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_torch_radam()
+        >>> u, _ = tx.update({"w": torch.tensor([2.0, -3.0])}, tx.init({"w": torch.zeros(2)}))
+        >>> u["w"].round(decimals=4)
+        tensor([ 2., -3.])
+
+    References:
+        Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020.
+        https://arxiv.org/abs/1908.03265
+
+    torch.optim equivalent: `torch.optim.RAdam` is
+    ``chain(scale_by_torch_radam(), scale_by_learning_rate(lr))``.
+    """
+    check_in_range("b1", b1, 0.0, 1.0)
+    check_in_range("b2", b2, 0.0, 1.0)
+    check_non_negative("eps", eps)
+
+    def init_fn(params):
+        return ScaleByTorchRadamState(
+            count=init_count(params),
+            mu=_tree.tree_zeros_like(params),
+            nu=_tree.tree_zeros_like(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        mu = _tree.tree_update_moment(updates, state.mu, b1, order=1)
+        nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
+        count = state.count + 1
+
+        def scalars(dt, dev):
+            t = count.to(device=dev, dtype=dt)
+            beta2 = _t(b2, dt, dev)
+            b2_t = torch.pow(beta2, t)
+            bc1 = 1 - torch.pow(_t(b1, dt, dev), t)
+            bc2 = 1 - b2_t
+            rho_inf = 2 / (1 - beta2) - 1
+            rho_t = rho_inf - 2 * t * b2_t / bc2
+            # The ratio is negative for small rho_t, where it is not used; clamping keeps
+            # the unused branch free of NaN.
+            ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+            rect = torch.sqrt(torch.clamp(ratio, min=0))
+            return bc1, torch.sqrt(bc2) * rect, rho_t > threshold
+
+        def direction(ops, gs, ms, vs):
+            bc1, factor, rectify = (list(s) for s in zip(*_per_leaf(ms, scalars)))
+            m_hat = ops.div(ms, bc1)
+            adapted = ops.mul(ops.div(m_hat, ops.add(ops.sqrt(vs), eps)), factor)
+            new = [torch.where(c, a, m) for c, a, m in zip(rectify, adapted, m_hat)]
+            return _to_dtypes_of(new, gs)
+
+        out = _tree.map_live(direction, updates, mu, nu)
+        return out, ScaleByTorchRadamState(count=count, mu=mu, nu=nu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByTorchAdagradState(NamedTuple):
+    """State of `scale_by_torch_adagrad`: step count and the sum of squared gradients."""
+
+    count: torch.Tensor
+    sum_of_squares: Any
+
+
+def scale_by_torch_adagrad(
+    initial_accumulator_value: float | torch.Tensor = 0.0,
+    eps: float | torch.Tensor = 1e-10,
+    lr_decay: float | torch.Tensor = 0.0,
+) -> GradientTransformation:
+    r"""Adagrad as in `torch.optim.Adagrad`: ``eps`` outside the square root, torch's ``lr_decay``.
+
+    $s_t = s_{t-1} + g_t^2$ (with $s_0$ the ``initial_accumulator_value``),
+    $u_t = \dfrac{g_t}{(\sqrt{s_t} + \epsilon)\,(1 + (t-1)\,\delta)}$ with $\delta$ the
+    ``lr_decay``. optax's `scale_by_rss` puts ``eps`` inside the square root and starts the
+    accumulator at 0.1.
+
+    Args:
+        initial_accumulator_value: $s_0 \ge 0$.
+        eps: added to $\sqrt{s_t}$.
+        lr_decay: $\delta \ge 0$; divides step $t$ by $1 + (t-1)\delta$.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByTorchAdagradState`.
+
+    Raises:
+        ValueError: if an argument is negative.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_torch_adagrad()
+        >>> u, _ = tx.update({"w": torch.tensor([2.0, -3.0])}, tx.init({"w": torch.zeros(2)}))
+        >>> u["w"]
+        tensor([ 1., -1.])
+
+    References:
+        Duchi et al., Adaptive Subgradient Methods for Online Learning and Stochastic
+        Optimization, JMLR 2011. https://jmlr.org/papers/v12/duchi11a.html
+
+    torch.optim equivalent: `torch.optim.Adagrad` is
+    ``chain(scale_by_torch_adagrad(), scale_by_learning_rate(lr))``.
+    """
+    check_non_negative("initial_accumulator_value", initial_accumulator_value)
+    check_non_negative("eps", eps)
+    check_non_negative("lr_decay", lr_decay)
+    decays = isinstance(lr_decay, torch.Tensor) or lr_decay != 0.0
+
+    def init_fn(params):
+        return ScaleByTorchAdagradState(
+            count=init_count(params),
+            sum_of_squares=_tree.tree_full_like(params, initial_accumulator_value),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        sums = _tree.map_live(
+            lambda ops, gs, ss: ops.add(ss, ops.square(_to_dtypes_of(gs, ss))),
+            updates,
+            state.sum_of_squares,
+            fill=state.sum_of_squares,
+        )
+
+        def direction(ops, gs, ss):
+            new = ops.div(_to_dtypes_of(gs, ss), ops.add(ops.sqrt(ss), eps))
+            if decays:
+                # Step t = count + 1 is divided by 1 + (t - 1) * lr_decay.
+                factors = _per_leaf(
+                    ss, lambda dt, dev: 1 + state.count.to(dev, dt) * _t(lr_decay, dt, dev)
+                )
+                new = ops.div(new, factors)
+            return _to_dtypes_of(new, gs)
+
+        out = _tree.map_live(direction, updates, sums)
+        return out, ScaleByTorchAdagradState(count=state.count + 1, sum_of_squares=sums)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByTorchRpropState(NamedTuple):
+    """State of `scale_by_torch_rprop`: per-element step sizes and the previous gradient."""
+
+    step_sizes: Any
+    prev: Any
+
+
+def scale_by_torch_rprop(
+    learning_rate: ScalarOrSchedule,
+    eta_minus: float = 0.5,
+    eta_plus: float = 1.2,
+    min_step_size: float = 1e-6,
+    max_step_size: float = 50.0,
+) -> GradientTransformation:
+    r"""Rprop as in `torch.optim.Rprop`: sign-based steps with per-element adaptive sizes.
+
+    With $s = g_t \cdot g_{t-1}$ element-wise: the step size $\delta$ is multiplied by
+    $\eta^+$ where $s > 0$, by $\eta^-$ where $s < 0$, by 1 where $s = 0$, then clipped to
+    ``[min_step_size, max_step_size]``; where $s < 0$ the gradient is zeroed (no step, and it
+    is remembered as 0); $u_t = -\operatorname{sign}(g_t)\,\delta_t$. The output is the final
+    (negated) update: do not chain a learning-rate stage after it. optax's `scale_by_rprop`
+    applies the previous step's update instead of the current one.
+
+    Args:
+        learning_rate: the initial step size. A schedule is evaluated at step 0 only: like
+            torch, Rprop reads the learning rate once, to initialise the step sizes.
+        eta_minus: the decrease factor, in ``(0, 1)``.
+        eta_plus: the increase factor, ``> 1``.
+        min_step_size: the smallest step size.
+        max_step_size: the largest step size.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByTorchRpropState`.
+
+    Raises:
+        ValueError: for a negative ``learning_rate`` or ``not 0 < eta_minus < 1 < eta_plus``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_torch_rprop(0.1)
+        >>> state = tx.init({"w": torch.zeros(2)})
+        >>> u, state = tx.update({"w": torch.tensor([2.0, -3.0])}, state)
+        >>> u, state = tx.update({"w": torch.tensor([1.0, -1.0])}, state)
+        >>> u["w"]
+        tensor([-0.1200,  0.1200])
+
+    References:
+        Riedmiller and Braun, A Direct Adaptive Method for Faster Backpropagation Learning:
+        The RPROP Algorithm, ICNN 1993. https://doi.org/10.1109/ICNN.1993.298623
+
+    torch.optim equivalent: `torch.optim.Rprop(lr, etas=(eta_minus, eta_plus),
+    step_sizes=(min_step_size, max_step_size))` is ``scale_by_torch_rprop(lr, ...)``.
+    """
+    check_non_negative("learning_rate", learning_rate)
+    check_in_range("eta_minus", eta_minus, 0.0, 1.0, low_inclusive=False)
+    check_in_range("eta_plus", eta_plus, 1.0, float("inf"), low_inclusive=False)
+
+    def init_fn(params):
+        initial = resolve(learning_rate, init_count(params))
+        return ScaleByTorchRpropState(
+            step_sizes=_tree.tree_full_like(params, initial), prev=_tree.tree_zeros_like(params)
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+
+        def signs(ops, gs, prevs):
+            return ops.mul(_to_dtypes_of(gs, prevs), prevs)
+
+        products = _tree.map_live(signs, updates, state.prev)
+
+        def new_step_size(s: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+            # Python-float branches of torch.where keep the tensor's dtype.
+            factor = torch.where(s > 0, eta_plus, torch.where(s < 0, eta_minus, torch.ones_like(s)))
+            return torch.clamp(step * factor, min_step_size, max_step_size).to(step.dtype)
+
+        step_sizes = _tree.map_live(
+            lambda ops, gs, ss, steps: [new_step_size(s, d) for s, d in zip(ss, steps)],
+            updates,
+            products,
+            state.step_sizes,
+            fill=state.step_sizes,
+        )
+        prev = _tree.map_live(
+            lambda ops, gs, ss: [g.to(s.dtype).masked_fill(s < 0, 0) for g, s in zip(gs, ss)],
+            updates,
+            products,
+            fill=state.prev,
+        )
+        out = _tree.map_live(
+            lambda ops, gs, ps, steps: [
+                torch.neg(torch.sign(p) * d).to(g.dtype) for g, p, d in zip(gs, ps, steps)
+            ],
+            updates,
+            prev,
+            step_sizes,
+        )
+        return out, ScaleByTorchRpropState(step_sizes=step_sizes, prev=prev)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByTorchAsgdState(NamedTuple):
+    """State of `scale_by_torch_asgd`: step count and ``ax``, the averaged parameters."""
+
+    count: torch.Tensor
+    ax: Any
+
+
+def scale_by_torch_asgd(
+    learning_rate: ScalarOrSchedule,
+    lambd: float | torch.Tensor = 1e-4,
+    alpha: float | torch.Tensor = 0.75,
+    t0: float | torch.Tensor = 1e6,
+) -> GradientTransformation:
+    r"""Averaged SGD as in `torch.optim.ASGD`, including its running average of the parameters.
+
+    With $\eta_t = \mathrm{lr} / (1 + \lambda\,\mathrm{lr}\,(t-1))^{\alpha}$:
+    $u_t = -\eta_t (g_t + \lambda \theta_{t-1})$, so
+    $\theta_t = \theta_{t-1}(1 - \lambda\eta_t) - \eta_t g_t$; the average
+    $\bar\theta_t = \bar\theta_{t-1} + \mu_t(\theta_t - \bar\theta_{t-1})$
+    with $\mu_1 = 1$ and $\mu_t = 1 / \max(1, t - 1 - t_0)$ is kept in the state as ``ax``
+    (torch's ``state["ax"]``; read it to evaluate with the averaged parameters). The output is
+    the final (negated) update: do not chain a learning-rate stage after it.
+
+    Args:
+        learning_rate: $\mathrm{lr}$, a float, 0-d tensor or schedule. A schedule's value at
+            the current step enters $\eta_t$ (torch computes $\eta_t$ at the end of the
+            previous step, so under a torch lr scheduler it lags one step).
+        lambd: the decay term $\lambda$.
+        alpha: the power $\alpha$ of the step-size decay.
+        t0: the step after which averaging starts.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByTorchAsgdState`.
+
+    Raises:
+        ValueError: for a negative constant ``learning_rate``, or if ``update`` gets no params.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_torch_asgd(0.1, lambd=0.0)
+        >>> p = {"w": torch.tensor([1.0])}
+        >>> u, state = tx.update({"w": torch.tensor([2.0])}, tx.init(p), p)
+        >>> u["w"], state.ax["w"]
+        (tensor([-0.2000]), tensor([0.8000]))
+
+    References:
+        Polyak and Juditsky, Acceleration of Stochastic Approximation by Averaging, SIAM
+        J. Control Optim. 1992. https://doi.org/10.1137/0330046
+
+    torch.optim equivalent: `torch.optim.ASGD(lr, lambd, alpha, t0)` is
+    ``scale_by_torch_asgd(lr, lambd, alpha, t0)``.
+    """
+    check_non_negative("learning_rate", learning_rate)
+
+    def init_fn(params):
+        return ScaleByTorchAsgdState(count=init_count(params), ax=_tree.tree_zeros_like(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("scale_by_torch_asgd needs `params` in update().")
+        lr = resolve(learning_rate, state.count)
+        # (-eta, -eta * lambd, mu) per (dtype, device), shared by the step and the averaging.
+        memo: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+
+        def scalars(dt, dev):
+            if (dt, dev) not in memo:
+                steps_done = state.count.to(device=dev, dtype=dt)
+                rate = _t(lr, dt, dev)
+                base = 1 + _t(lambd, dt, dev) * rate * steps_done
+                eta = rate / torch.pow(base, _t(alpha, dt, dev))
+                mu = torch.where(
+                    state.count.to(dev) == 0,
+                    torch.ones((), dtype=dt, device=dev),
+                    1 / torch.clamp(steps_done - _t(t0, dt, dev), min=1),
+                )
+                memo[dt, dev] = -eta, -eta * _t(lambd, dt, dev), mu
+            return memo[dt, dev]
+
+        def step(ops, gs, ps):
+            neg_eta, neg_eta_decay, _ = (list(s) for s in zip(*_per_leaf(ps, scalars)))
+            new = ops.add(ops.mul(_to_dtypes_of(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
+            return _to_dtypes_of(new, gs)
+
+        out = _tree.map_live(step, updates, params)
+
+        def average(ops, gs, ps, us, axs):
+            mu = [s[2] for s in _per_leaf(axs, scalars)]
+            new_ps = _to_dtypes_of(ops.add(ps, _to_dtypes_of(us, ps)), axs)
+            return ops.add(axs, ops.mul(ops.sub(new_ps, axs), mu))
+
+        ax = _tree.map_live(average, updates, params, out, state.ax, fill=state.ax)
+        return out, ScaleByTorchAsgdState(count=state.count + 1, ax=ax)
+
+    return GradientTransformation(init_fn, update_fn)
