@@ -50,7 +50,6 @@ SWEEP_LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2)
 
 Params = dict[str, torch.Tensor]
 Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-MakeTx = Callable[[float | torch.Tensor], tf.GradientTransformation]
 
 
 def load_data() -> Data:

@@ -19,6 +19,7 @@ Run it with ``python examples/quickstart.py [--quick] [--epochs N] [--out DIR]``
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -176,7 +177,7 @@ def main() -> None:
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
 
     data = load_data()
-    steps_per_epoch = -(-len(data[0]) // BATCH_SIZE)
+    steps_per_epoch = math.ceil(len(data[0]) / BATCH_SIZE)
     curves = {}
     for i, (name, tx) in enumerate(optimizers(epochs * steps_per_epoch).items()):
         start = time.perf_counter()

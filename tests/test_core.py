@@ -208,7 +208,9 @@ def test_inject_hyperparams_evaluates_schedules_at_the_count():
     for expected in [1.0, 0.5, 0.25]:
         u, state = tx.update(p, state, p)
         assert torch.allclose(u["w"], torch.tensor([-expected]))
-    assert torch.allclose(tf.tree_get(state, "learning_rate"), torch.tensor(0.25, dtype=torch.float64))
+    assert torch.allclose(
+        tf.tree_get(state, "learning_rate"), torch.tensor(0.25, dtype=torch.float64)
+    )
 
 
 def test_inject_hyperparams_compiles_without_recompiling_when_lr_changes():

@@ -90,6 +90,14 @@ def test_api_reference_covers_every_public_name_once():
     assert not missing_from_nav, f"add these API pages to mkdocs.yml's nav: {missing_from_nav}"
 
 
+def test_every_docs_page_is_in_the_nav():
+    """mkdocs --strict does not complain about a page left out of the nav; this test does."""
+    nav = (ROOT / "mkdocs.yml").read_text()
+    pages = [p.name for p in (ROOT / "docs").glob("*.md")]
+    missing = [page for page in pages if not re.search(rf"\s{re.escape(page)}\s", nav)]
+    assert not missing, f"add these pages to mkdocs.yml's nav: {missing}"
+
+
 def test_readme_catalogue_lists_every_public_function():
     readme = (ROOT / "README.md").read_text()
     catalogue = readme[readme.index("## Catalogue") :]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,9 @@ pytest.importorskip("matplotlib", reason="the examples need matplotlib (pip inst
 
 
 def run_example(script: str, *args: str) -> str:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    # The package is imported from this checkout even when it is not installed.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": path}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / script), *args],
         cwd=ROOT,
@@ -39,3 +43,36 @@ def test_quickstart_quick_mode_trains_and_saves_the_plot(tmp_path):
     # Two epochs are enough to be far above chance (10%) on the digits.
     accuracy = float(out.rsplit("test accuracy (adamw + warmup-cosine):", 1)[1].split("%")[0])
     assert accuracy > 80.0
+
+
+def test_drop_in_resumes_bit_identically():
+    out = run_example("drop_in.py", "--quick")
+    assert "resumed run ends where the uninterrupted one did: True" in out
+
+
+def _percent(out: str, label: str) -> float:
+    return float(re.search(rf"{re.escape(label)}: ([\d.]+)%", out).group(1))
+
+
+def test_ensemble_vmap_quick_trains_every_member_and_the_sweep():
+    out = run_example("ensemble_vmap.py", "--quick")
+    members = re.findall(r"member (\d+): test accuracy ([\d.]+)%", out)
+    assert [int(i) for i, _ in members] == list(range(8))
+    # Two epochs are far above chance (10%) on the digits, for every member and the ensemble.
+    assert all(float(acc) > 60.0 for _, acc in members)
+    assert _percent(out, "ensemble test accuracy") > 70.0
+    # The clipping state holds one norm per member.
+    assert len(out.split("last gradient norm per member:")[1].splitlines()[0].split()) == 8
+    sweep = re.findall(r"lr (\S+)\s+final train loss ([\d.]+)", out)
+    assert [float(lr) for lr, _ in sweep] == [3e-4, 1e-3, 3e-3, 1e-2]
+    assert all(math.isfinite(float(loss)) for _, loss in sweep)
+
+
+@pytest.mark.parametrize("inner", ["sgd", "adam"])
+def test_maml_sine_quick_beats_the_no_meta_baseline(inner: str):
+    out = run_example("maml_sine.py", "--quick", "--inner", inner)
+    meta_losses = [float(x) for x in re.findall(r"\[maml\] meta-step .* meta-loss ([\d.]+)", out)]
+    assert len(meta_losses) == 10 and all(math.isfinite(x) for x in meta_losses)
+    assert meta_losses[-1] < meta_losses[0]
+    maml, baseline = re.search(r"MAML ([\d.]+) vs no-meta baseline ([\d.]+)", out).groups()
+    assert float(maml) < float(baseline)

@@ -289,13 +289,6 @@ def test_autograd_through_the_foreach_path_equals_func_grad(case: str):
     _assert_trees_close(got, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="torch's _foreach_{mul,div,add}(list, 0-d tensor) cannot backpropagate into the 0-d "
-    "tensor ('inconsistent range for TensorList output'); _tree._Ops must take the per-leaf "
-    "path when a scalar operand requires grad",
-)
 @pytest.mark.parametrize("case", list(META_CASES))
 def test_autograd_wrt_a_tensor_learning_rate_equals_func_grad(case: str):
     make = META_CASES[case]

@@ -42,15 +42,20 @@ def test_lightning_trainer_trains_and_resumes(tmp_path):
 
         def configure_optimizers(self):
             opt = tf.Optimizer(
-                self.parameters(), tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(0.05))
+                self.parameters(), tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(0.3))
             )
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def trainer(epochs: int) -> pl.Trainer:
         return pl.Trainer(
-            max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
             enable_checkpointing=False,
         )
 
@@ -62,7 +67,7 @@ def test_lightning_trainer_trains_and_resumes(tmp_path):
     ckpt = tmp_path / "mid.ckpt"
     t.save_checkpoint(ckpt)
     saved = torch.load(ckpt, weights_only=True)
-    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.9**3)
+    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.3 * 0.9**3)
 
     # Resume for two more epochs and compare with an uninterrupted five-epoch run.
     resumed = Module()
@@ -80,7 +85,7 @@ def test_accelerate_prepare_trains_and_resumes(tmp_path):
         accelerator = accelerate.Accelerator(cpu=True)
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 1)
-        opt = tf.Optimizer(model.parameters(), tf.adamw(0.05, weight_decay=1e-2))
+        opt = tf.Optimizer(model.parameters(), tf.adamw(0.3, weight_decay=1e-2))
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
         model, opt, loader, sched = accelerator.prepare(model, opt, _loader(), sched)
         if load_from is not None:

@@ -1,7 +1,8 @@
-"""Our named optimizers against trajectories recorded from optax 0.2.8 (float64, 12 steps).
+"""Our optimizers and transforms against trajectories recorded from optax 0.2.8 (float64).
 
-Each ``"optimizer"`` case of tests/goldens/optax_goldens.json is rebuilt from its ``name``
-and ``kwargs`` and run on the goldens' problem; the params after every step must match
+Each case of tests/goldens/optax_goldens.json is rebuilt from its ``name`` and ``kwargs`` (a
+transform as ``chain(transform, scale(-0.05))``, or the other way round where the case says
+so) and run on the goldens' problem for 12 steps; the params after every step must match
 optax's to ``rtol=1e-10``. Cases that record an optax bug must differ, and ours must descend.
 """
 
@@ -17,9 +18,10 @@ from tests.helpers import GOLDEN, decode_golden_kwargs, load_goldens, run_steps
 
 GOLDENS = load_goldens()
 OPTIMIZER_CASES = [c for c in GOLDENS["cases"] if c["kind"] == "optimizer"]
+TRANSFORM_CASES = [c for c in GOLDENS["cases"] if c["kind"] == "transform"]
 
 # optax 0.2.8 bugs that we fix on purpose (see the `rprop` and `adadelta` docstrings).
-OPTAX_BUGS = {"rprop_optax", "adadelta_no_lr"}
+OPTAX_BUGS = {"rprop_optax", "adadelta_no_lr", "scale_by_rprop_optax"}
 
 # Looser than 1e-10, with the reason: optax rounds the momentum accumulator to float32 after
 # forming the average in float64, we form it in float32 (one float32 ulp apart).
@@ -48,9 +50,20 @@ def optax_adafactor_decay(monkeypatch):
     monkeypatch.setattr(tf.transforms, "scale_by_factored_rms", with_float32_decay)
 
 
+def _build(case: dict[str, Any]) -> tf.GradientTransformation:
+    kwargs = decode_golden_kwargs(case["kwargs"])
+    if case["name"] == "scale_by_factored_rms":
+        kwargs["decay_rate_fn"] = _float32_decay
+    tx = getattr(tf, case["name"])(**kwargs)
+    if case["kind"] == "optimizer":
+        return tx
+    lr = tf.scale(case["scale"])
+    return tf.chain(tx, lr) if case["order"] == "transform_first" else tf.chain(lr, tx)
+
+
 def _trajectory(case: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
     """Our params after each step, flattened like the goldens."""
-    tx = getattr(tf, case["name"])(**decode_golden_kwargs(case["kwargs"]))
+    tx = _build(case)
     value_fn = GOLDEN.loss if case["needs_value"] else None
     params = GOLDEN.init_params(torch.float64)
     state = tx.init(params)
@@ -110,7 +123,14 @@ def _assert_matches(case: dict[str, Any], rtol: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", [c for c in OPTIMIZER_CASES if c["id"] in OPTAX_BUGS], ids=lambda c: c["id"]
+    "case", [c for c in TRANSFORM_CASES if c["id"] not in OPTAX_BUGS], ids=lambda c: c["id"]
+)
+def test_transform_matches_optax(case: dict[str, Any]):
+    _assert_matches(case, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in GOLDENS["cases"] if c["id"] in OPTAX_BUGS], ids=lambda c: c["id"]
 )
 def test_optax_bug_is_not_copied(case: dict[str, Any]):
     ours = _trajectory(case)

@@ -15,7 +15,10 @@ shapes = st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=
 
 def _tree_of(shape_list, seed):
     gen = torch.Generator().manual_seed(seed)
-    return {f"p{i}": torch.randn(tuple(s), generator=gen, dtype=torch.float64) for i, s in enumerate(shape_list)}
+    return {
+        f"p{i}": torch.randn(tuple(s), generator=gen, dtype=torch.float64)
+        for i, s in enumerate(shape_list)
+    }
 
 
 @settings(max_examples=30, deadline=None)
@@ -24,7 +27,9 @@ def test_update_moment_matches_per_leaf_formula(shape_list, seed, decay):
     g, m = _tree_of(shape_list, seed), _tree_of(shape_list, seed + 1)
     out = tf.tree_update_moment(g, m, decay, 2)
     for k in g:
-        torch.testing.assert_close(out[k], decay * m[k] + (1 - decay) * g[k] ** 2, rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(
+            out[k], decay * m[k] + (1 - decay) * g[k] ** 2, rtol=1e-14, atol=1e-15
+        )
 
 
 @settings(max_examples=30, deadline=None)

@@ -34,6 +34,8 @@ from torchopt_fn._combine import (
     named_chain,
     partition,
 )
+from torchopt_fn._compile import compile_step, copy_into_
+from torchopt_fn._from_torch import from_torch
 from torchopt_fn._tree import (
     tree_add,
     tree_add_scale,
@@ -61,13 +63,12 @@ from torchopt_fn._tree import (
     tree_where,
     tree_zeros_like,
 )
-from torchopt_fn._compile import compile_step, copy_into_
 from torchopt_fn._update import apply_updates, apply_updates_
 from torchopt_fn.optim import Optimizer
-from torchopt_fn.optimizers import *  # noqa: F403
-from torchopt_fn.schedules import *  # noqa: F403
-from torchopt_fn.transforms import *  # noqa: F403
-from torchopt_fn.wrappers import *  # noqa: F403
+from torchopt_fn.optimizers import *
+from torchopt_fn.schedules import *
+from torchopt_fn.transforms import *
+from torchopt_fn.wrappers import *
 
 __version__ = "0.1.0"
 
@@ -89,6 +90,7 @@ __all__ = [
     "chain",
     "compile_step",
     "copy_into_",
+    "from_torch",
     "identity",
     "masked",
     "named_chain",

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn.schedules._common import Schedule
 
 __all__ = [
     "EmptyState",
@@ -28,8 +27,8 @@ __all__ = [
     "GradientTransformationExtraArgs",
     "OptState",
     "Params",
-    "Schedule",
     "ScalarOrSchedule",
+    "Schedule",
     "Updates",
     "identity",
     "set_to_zero",
@@ -39,11 +38,13 @@ __all__ = [
 ]
 
 Params: TypeAlias = Any
-"""A pytree of tensors (dict, list, tuple, NamedTuple, nested), as returned by `named_parameters`."""
+"""A pytree of tensors: dict (e.g. from `named_parameters`), list, tuple, NamedTuple, nested."""
 Updates: TypeAlias = Any
 """A pytree with the structure of `Params`; `None` marks a parameter that has no update."""
 OptState: TypeAlias = Any
 """A NamedTuple (or tuple of them) whose leaves are tensors only."""
+Schedule: TypeAlias = Callable[[torch.Tensor | int], torch.Tensor]
+"""A pure function of the step count (a 0-d integer tensor or an int) returning a 0-d tensor."""
 ScalarOrSchedule: TypeAlias = float | torch.Tensor | Schedule
 
 
@@ -79,105 +80,18 @@ GradientTransformationExtraArgs = GradientTransformation
 
 
 class EmptyState(NamedTuple):
-    """The state of a stateless transformation."""
+    """The state of a stateless transformation.
+
+    Examples:
+        >>> import torchopt_fn as tf
+        >>> tf.scale(2.0).init(None)
+        EmptyState()
+    """
 
 
 def _empty_init(params: Params) -> EmptyState:
     del params
     return EmptyState()
-
-
-def identity() -> GradientTransformation:
-    """Pass updates through unchanged.
-
-    Examples:
-        >>> import torch, torchopt_fn as tf
-        >>> tx = tf.identity()
-        >>> tx.update({"w": torch.tensor([2.0])}, tx.init(None))[0]
-        {'w': tensor([2.])}
-    """
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        return updates, state
-
-    return GradientTransformation(_empty_init, update_fn)
-
-
-def set_to_zero() -> GradientTransformation:
-    """Replace every update by zeros (freezes parameters, e.g. inside `partition`).
-
-    Examples:
-        >>> import torch, torchopt_fn as tf
-        >>> tx = tf.set_to_zero()
-        >>> tx.update({"w": torch.tensor([2.0])}, tx.init(None))[0]
-        {'w': tensor([0.])}
-    """
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        return _tree.tree_zeros_like(updates), state
-
-    return GradientTransformation(_empty_init, update_fn)
-
-
-def stateless(
-    f: Callable[[Updates, Params | None], Updates],
-) -> GradientTransformation:
-    """Build a stateless transformation from ``f(updates, params) -> updates``.
-
-    Examples:
-        >>> import torch, torchopt_fn as tf
-        >>> halve = tf.stateless(lambda u, p: tf.tree_map(lambda x: x / 2, u))
-        >>> halve.update({"w": torch.tensor([2.0])}, halve.init(None))[0]
-        {'w': tensor([1.])}
-    """
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        return f(updates, params), state
-
-    return GradientTransformation(_empty_init, update_fn)
-
-
-def stateless_with_tree_map(
-    f: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-) -> GradientTransformation:
-    """Build a stateless transformation applying ``f(update, param)`` to every leaf.
-
-    `None` updates stay `None`; ``param`` is `None` when no params are given.
-
-    Examples:
-        >>> import torch, torchopt_fn as tf
-        >>> neg = tf.stateless_with_tree_map(lambda u, p: -u)
-        >>> neg.update({"w": torch.tensor([2.0])}, neg.init(None))[0]
-        {'w': tensor([-2.])}
-    """
-
-    def g(updates: Updates, params: Params | None) -> Updates:
-        if params is None:
-            return _tree.tree_map(lambda u: f(u, None), updates)
-        return _tree.tree_map(f, updates, params)
-
-    return stateless(g)
-
-
-def with_extra_args_support(tx: GradientTransformation) -> GradientTransformation:
-    """Wrap a transformation whose ``update`` rejects extra keyword arguments so that it ignores them.
-
-    Examples:
-        >>> import torch, torchopt_fn as tf
-        >>> strict = tf.GradientTransformation(lambda p: (), lambda u, s, p=None: (u, s))
-        >>> tx = tf.with_extra_args_support(strict)
-        >>> tx.update({"w": torch.ones(1)}, (), None, value=3.0)[0]
-        {'w': tensor([1.])}
-    """
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        return tx.update(updates, state, params)
-
-    return GradientTransformation(tx.init, update_fn)
 
 
 def _call_recorded(factory: Callable[..., Any], arguments: dict[str, Any]) -> Any:
@@ -246,6 +160,15 @@ def _split_arguments(
     return args, kwargs
 
 
+def record(built: Any, factory: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    """Attach the call ``factory(**arguments)`` to what it built (a transformation or function)."""
+    if isinstance(built, GradientTransformation):
+        out = _RecordedTransformation(built.init, built.update)
+        out.factory, out.arguments = factory, arguments
+        return out
+    return _RecordedCallable(built, factory, arguments)
+
+
 def record_hyperparams(factory: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a public factory so what it returns remembers the call that built it.
 
@@ -255,15 +178,106 @@ def record_hyperparams(factory: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(factory)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        built = factory(*args, **kwargs)
-        arguments = _bind(signature, args, kwargs)
-        if isinstance(built, GradientTransformation):
-            out = _RecordedTransformation(built.init, built.update)
-            out.factory, out.arguments = wrapper, arguments
-            return out
-        return _RecordedCallable(built, wrapper, arguments)
+        return record(factory(*args, **kwargs), wrapper, _bind(signature, args, kwargs))
 
     return wrapper
+
+
+@record_hyperparams
+def identity() -> GradientTransformation:
+    """Pass updates through unchanged.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.identity()
+        >>> tx.update({"w": torch.tensor([2.0])}, tx.init(None))[0]
+        {'w': tensor([2.])}
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return updates, state
+
+    return GradientTransformation(_empty_init, update_fn)
+
+
+@record_hyperparams
+def set_to_zero() -> GradientTransformation:
+    """Replace every update by zeros (freezes parameters, e.g. inside `partition`).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.set_to_zero()
+        >>> tx.update({"w": torch.tensor([2.0])}, tx.init(None))[0]
+        {'w': tensor([0.])}
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return _tree.tree_zeros_like(updates), state
+
+    return GradientTransformation(_empty_init, update_fn)
+
+
+@record_hyperparams
+def stateless(
+    f: Callable[[Updates, Params | None], Updates],
+) -> GradientTransformation:
+    """Build a stateless transformation from ``f(updates, params) -> updates``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> halve = tf.stateless(lambda u, p: tf.tree_map(lambda x: x / 2, u))
+        >>> halve.update({"w": torch.tensor([2.0])}, halve.init(None))[0]
+        {'w': tensor([1.])}
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        return f(updates, params), state
+
+    return GradientTransformation(_empty_init, update_fn)
+
+
+@record_hyperparams
+def stateless_with_tree_map(
+    f: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> GradientTransformation:
+    """Build a stateless transformation applying ``f(update, param)`` to every leaf.
+
+    `None` updates stay `None`; ``param`` is `None` when no params are given.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> neg = tf.stateless_with_tree_map(lambda u, p: -u)
+        >>> neg.update({"w": torch.tensor([2.0])}, neg.init(None))[0]
+        {'w': tensor([-2.])}
+    """
+
+    def g(updates: Updates, params: Params | None) -> Updates:
+        if params is None:
+            return _tree.tree_map(lambda u: f(u, None), updates)
+        return _tree.tree_map(f, updates, params)
+
+    return stateless(g)
+
+
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformation:
+    """Wrap a transformation whose ``update`` rejects extra keyword arguments, to ignore them.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> strict = tf.GradientTransformation(lambda p: (), lambda u, s, p=None: (u, s))
+        >>> tx = tf.with_extra_args_support(strict)
+        >>> tx.update({"w": torch.ones(1)}, (), None, value=3.0)[0]
+        {'w': tensor([1.])}
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        return tx.update(updates, state, params)
+
+    return GradientTransformation(tx.init, update_fn)
 
 
 def recorded_arguments(tx: GradientTransformation) -> dict[str, Any] | None:

@@ -10,11 +10,18 @@ from torchopt_fn._base import (
     GradientTransformation,
     OptState,
     Params,
-    Updates,
     record_hyperparams,
 )
 
-__all__ = ["MaskedNode", "MaskedState", "PartitionState", "chain", "masked", "named_chain", "partition"]
+__all__ = [
+    "MaskedNode",
+    "MaskedState",
+    "PartitionState",
+    "chain",
+    "masked",
+    "named_chain",
+    "partition",
+]
 
 
 @record_hyperparams
@@ -49,6 +56,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn)
 
 
+@record_hyperparams
 def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:
     """Like `chain`, but the state is a dict keyed by the given names.
 
@@ -75,11 +83,24 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
 
 
 class MaskedNode(NamedTuple):
-    """Placeholder for masked-out leaves in a masked transformation's inner state."""
+    """Placeholder for masked-out leaves (kept for optax compatibility; here they are `None`).
+
+    Examples:
+        >>> import torchopt_fn as tf
+        >>> tf.MaskedNode()
+        MaskedNode()
+    """
 
 
 class MaskedState(NamedTuple):
-    """State of `masked`: the inner transformation's state over the selected leaves."""
+    """State of `masked`: the inner transformation's state over the selected leaves.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.masked(tf.trace(0.9), {"w": True, "b": False})
+        >>> tx.init({"w": torch.zeros(1), "b": torch.zeros(1)}).inner_state.trace
+        {'w': tensor([0.]), 'b': None}
+    """
 
     inner_state: Any
 
@@ -101,6 +122,7 @@ def _mask_leaves(mask_tree: Any, reference: Any, what: str) -> tuple[list[bool],
     return [bool(m) for m in flat], spec
 
 
+@record_hyperparams
 def masked(
     inner: GradientTransformation, mask: Any | Callable[[Params], Any]
 ) -> GradientTransformation:
@@ -141,11 +163,19 @@ def masked(
 
 
 class PartitionState(NamedTuple):
-    """State of `partition`: one inner state per label."""
+    """State of `partition`: one inner state per label.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.partition({"a": tf.identity(), "b": tf.trace(0.9)}, {"w": "a", "v": "b"})
+        >>> sorted(tx.init({"w": torch.zeros(1), "v": torch.zeros(1)}).inner_states)
+        ['a', 'b']
+    """
 
     inner_states: dict[Hashable, Any]
 
 
+@record_hyperparams
 def partition(
     transforms: Mapping[Hashable, GradientTransformation],
     param_labels: Any | Callable[[Params], Any],
@@ -190,7 +220,9 @@ def partition(
         for k, t in transforms.items():
             m = [lab == k for lab in flat]
             u, new_states[k] = t.update(
-                _select(updates, m, spec), state.inner_states[k], _select(params, m, spec),
+                _select(updates, m, spec),
+                state.inner_states[k],
+                _select(params, m, spec),
                 **extra_args,
             )
             for i, (keep, v) in enumerate(zip(m, spec.flatten_up_to(u))):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation
+from torchopt_fn._base import GradientTransformation, record
 from torchopt_fn._combine import chain
 from torchopt_fn.transforms._adam import scale_by_adam
 from torchopt_fn.transforms._adaptive import (
@@ -316,4 +316,6 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     name, cls = _resolve_optimizer(optimizer)
     options = _options(name, cls, kwargs)
     build, _ = _BUILDERS[name]
-    return _as_real(chain(*build(options)), name)
+    # Record every resolved option (torch's defaults included) so that the `Optimizer` adapter
+    # mirrors them into param groups under torch's names.
+    return record(_as_real(chain(*build(options)), name), from_torch, {"optimizer": cls, **options})

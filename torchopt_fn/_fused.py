@@ -30,6 +30,7 @@ def _alias(name: str) -> Callable[..., Any]:
 
 
 def _adam_like(weight_decay_key: str | None, kernel: Callable[..., None]) -> FusedStep:
+    @torch.compiler.disable  # a fused kernel gains nothing from tracing
     def step(group: dict[str, Any], params: list[torch.Tensor], state: dict) -> None:
         grads = [p.grad for p in params]
         exp_avgs = [state[p]["exp_avg"] for p in params]
@@ -37,10 +38,19 @@ def _adam_like(weight_decay_key: str | None, kernel: Callable[..., None]) -> Fus
         new_step = state[params[0]]["step"] + 1
         beta1, beta2 = group["betas"]
         kernel(
-            params, grads, exp_avgs, exp_avg_sqs, [], [new_step] * len(params),
-            lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            [new_step] * len(params),
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
             weight_decay=group[weight_decay_key] if weight_decay_key else 0.0,
-            amsgrad=False, maximize=False,
+            amsgrad=False,
+            maximize=False,
         )
         for p in group["params"]:
             state[p]["step"] = new_step
@@ -49,12 +59,20 @@ def _adam_like(weight_decay_key: str | None, kernel: Callable[..., None]) -> Fus
 
 
 def _sgd_momentum(nesterov: bool) -> FusedStep:
+    @torch.compiler.disable  # a fused kernel gains nothing from tracing
     def step(group: dict[str, Any], params: list[torch.Tensor], state: dict) -> None:
         # Our momentum buffer starts at zero, so the first step needs no special case.
         torch._fused_sgd_(
-            params, [p.grad for p in params], [state[p]["momentum_buffer"] for p in params],
-            weight_decay=0.0, momentum=group["momentum"], lr=group["lr"], dampening=0.0,
-            nesterov=nesterov, maximize=False, is_first_step=False,
+            params,
+            [p.grad for p in params],
+            [state[p]["momentum_buffer"] for p in params],
+            weight_decay=0.0,
+            momentum=group["momentum"],
+            lr=group["lr"],
+            dampening=0.0,
+            nesterov=nesterov,
+            maximize=False,
+            is_first_step=False,
         )
 
     return step
@@ -106,7 +124,7 @@ def fused_supported(params: list[torch.Tensor]) -> bool:
             or g is None
             or g.is_sparse
             or g.dtype != p.dtype
-            or type(p) is not torch.nn.Parameter and type(p) is not torch.Tensor
+            or (type(p) is not torch.nn.Parameter and type(p) is not torch.Tensor)
         ):
             return False
     return True

@@ -19,6 +19,8 @@ import optree
 import torch
 
 __all__ = [
+    "ParamList",
+    "map_live",
     "tree_add",
     "tree_add_scale",
     "tree_all_finite",
@@ -47,8 +49,6 @@ __all__ = [
     "tree_vdot",
     "tree_where",
     "tree_zeros_like",
-    "map_live",
-    "ParamList",
 ]
 
 Tree = Any
@@ -87,7 +87,13 @@ def tree_unflatten(spec: optree.PyTreeSpec, leaves: Iterable[Any]) -> Tree:
 
 
 def tree_leaves(tree: Tree) -> list[Any]:
-    """The leaves of ``tree`` in order, `None` leaves included."""
+    """The leaves of ``tree`` in order, `None` leaves included.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_leaves({"b": None, "a": torch.ones(1)})
+        [tensor([1.]), None]
+    """
     return optree.tree_leaves(tree, none_is_leaf=True, namespace=_NAMESPACE)
 
 
@@ -96,7 +102,9 @@ def tree_structure(tree: Tree) -> optree.PyTreeSpec:
     return optree.tree_structure(tree, none_is_leaf=True, namespace=_NAMESPACE)
 
 
-def tree_leaf_trails(tree: Tree) -> tuple[list[Any], optree.PyTreeSpec, list[list[tuple[type, Any]]]]:
+def tree_leaf_trails(
+    tree: Tree,
+) -> tuple[list[Any], optree.PyTreeSpec, list[list[tuple[type, Any]]]]:
     """Leaves, spec, and for every leaf its trail of ``(container type, key)`` from the root.
 
     For NamedTuples the key is the field name; for sequences the index; for dicts the key.
@@ -122,9 +130,11 @@ def _path_str(path: Sequence[Any]) -> str:
 
 def _mismatch_error(reference: Tree, other: Tree, what: str) -> ValueError:
     """A `ValueError` naming the first path where ``other`` differs from ``reference``."""
-    ref_paths, ref_leaves, _ = optree.tree_flatten_with_path(reference, none_is_leaf=True, namespace=_NAMESPACE)
+    ref_paths, _, _ = optree.tree_flatten_with_path(
+        reference, none_is_leaf=True, namespace=_NAMESPACE
+    )
     oth_paths, _, _ = optree.tree_flatten_with_path(other, none_is_leaf=True, namespace=_NAMESPACE)
-    for i, (a, b) in enumerate(zip(ref_paths, oth_paths)):
+    for a, b in zip(ref_paths, oth_paths):
         if a != b:
             return ValueError(
                 f"{what}: trees differ at path {_path_str(a)} (the other tree has "
@@ -164,9 +174,7 @@ def tree_map(f: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
     """
     leaves, spec = tree_flatten(tree)
     others = [_flatten_like(spec, tree, r, "tree_map") for r in rest]
-    out = [
-        None if x is None else f(x, *(o[i] for o in others)) for i, x in enumerate(leaves)
-    ]
+    out = [None if x is None else f(x, *(o[i] for o in others)) for i, x in enumerate(leaves)]
     return tree_unflatten(spec, out)
 
 
@@ -188,6 +196,12 @@ def _as_scalar(s: Scalar, like: torch.Tensor) -> Scalar:
     return s
 
 
+def _requires_grad(s: Any) -> bool:
+    # Foreach kernels cannot backpropagate into a 0-d tensor scalar (eager autograd through a
+    # learned hyperparameter), so those calls take the per-leaf path.
+    return isinstance(s, torch.Tensor) and s.requires_grad
+
+
 class _Ops:
     """Element-wise primitives over lists of tensors: foreach kernels, or one op per leaf."""
 
@@ -195,14 +209,14 @@ class _Ops:
         self.foreach = _use_foreach(tensors)
 
     def mul(self, xs: list, s: Scalar | list) -> list:
-        if self.foreach:
+        if self.foreach and not _requires_grad(s):
             return list(torch._foreach_mul(xs, s))
         if isinstance(s, list):
             return [x * y for x, y in zip(xs, s)]
         return [x * s for x in xs]
 
     def div(self, xs: list, s: Scalar | list) -> list:
-        if self.foreach:
+        if self.foreach and not _requires_grad(s):
             return list(torch._foreach_div(xs, s))
         if isinstance(s, list):
             return [x / y for x, y in zip(xs, s)]
@@ -211,7 +225,9 @@ class _Ops:
     def add(self, xs: list, ys: list | Scalar, alpha: Scalar = 1.0) -> list:
         """``x + alpha * y`` (``y`` a list) or ``x + y`` (``y`` a scalar)."""
         if not isinstance(ys, list):
-            return list(torch._foreach_add(xs, ys)) if self.foreach else [x + ys for x in xs]
+            if self.foreach and not _requires_grad(ys):
+                return list(torch._foreach_add(xs, ys))
+            return [x + ys for x in xs]
         if isinstance(alpha, torch.Tensor):
             ys = self.mul(ys, alpha)
             alpha = 1.0
@@ -226,10 +242,12 @@ class _Ops:
 
     def lerp(self, xs: list, ys: list, w: Scalar) -> list:
         """``x + w * (y - x)``."""
-        if self.foreach:
+        if self.foreach and not _requires_grad(w):
             return list(torch._foreach_lerp(xs, ys, w))
-        return [torch.lerp(x, y, w) if not isinstance(w, torch.Tensor) else x + w * (y - x)
-                for x, y in zip(xs, ys)]
+        return [
+            torch.lerp(x, y, w) if not isinstance(w, torch.Tensor) else x + w * (y - x)
+            for x, y in zip(xs, ys)
+        ]
 
     def square(self, xs: list) -> list:
         return self.mul(xs, xs)
@@ -294,27 +312,57 @@ def _binary(a: Tree, b: Tree, op: Callable[[_Ops, list, list], list]) -> Tree:
 
 
 def tree_add(a: Tree, b: Tree) -> Tree:
-    """Leaf-wise ``a + b``."""
+    """Leaf-wise ``a + b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_add({"a": torch.ones(2)}, {"a": torch.ones(2)})
+        {'a': tensor([2., 2.])}
+    """
     return _binary(a, b, lambda o, x, y: o.add(x, y))
 
 
 def tree_sub(a: Tree, b: Tree) -> Tree:
-    """Leaf-wise ``a - b``."""
+    """Leaf-wise ``a - b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_sub({"a": torch.ones(2)}, {"a": torch.ones(2)})
+        {'a': tensor([0., 0.])}
+    """
     return _binary(a, b, lambda o, x, y: o.sub(x, y))
 
 
 def tree_mul(a: Tree, b: Tree) -> Tree:
-    """Leaf-wise ``a * b``."""
+    """Leaf-wise ``a * b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_mul({"a": torch.full((2,), 3.0)}, {"a": torch.full((2,), 2.0)})
+        {'a': tensor([6., 6.])}
+    """
     return _binary(a, b, lambda o, x, y: o.mul(x, y))
 
 
 def tree_div(a: Tree, b: Tree) -> Tree:
-    """Leaf-wise ``a / b``."""
+    """Leaf-wise ``a / b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_div({"a": torch.full((2,), 3.0)}, {"a": torch.full((2,), 2.0)})
+        {'a': tensor([1.5000, 1.5000])}
+    """
     return _binary(a, b, lambda o, x, y: o.div(x, y))
 
 
 def tree_add_scale(a: Tree, s: Scalar, b: Tree) -> Tree:
-    """Leaf-wise ``a + s * b``."""
+    """Leaf-wise ``a + s * b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_add_scale({"a": torch.ones(2)}, 0.5, {"a": torch.ones(2)})
+        {'a': tensor([1.5000, 1.5000])}
+    """
     return _binary(a, b, lambda o, x, y: o.add(x, y, alpha=s))
 
 
@@ -331,29 +379,59 @@ def tree_scale(s: Scalar, tree: Tree) -> Tree:
 
 
 def tree_cast(tree: Tree, dtype: torch.dtype | None) -> Tree:
-    """Cast floating leaves to ``dtype`` (no-op for `None` dtype or non-floating leaves)."""
+    """Cast floating leaves to ``dtype`` (no-op for `None` dtype or non-floating leaves).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_cast({"a": torch.ones(1)}, torch.float64)
+        {'a': tensor([1.], dtype=torch.float64)}
+    """
     if dtype is None:
         return tree
     return tree_map(lambda x: x.to(dtype) if x.is_floating_point() else x, tree)
 
 
 def tree_zeros_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
-    """Zeros shaped like every leaf (optionally of another dtype)."""
+    """Zeros shaped like every leaf (optionally of another dtype).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_zeros_like([torch.ones(2), None])
+        [tensor([0., 0.]), None]
+    """
     return tree_map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
 
 
 def tree_ones_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
-    """Ones shaped like every leaf (optionally of another dtype)."""
+    """Ones shaped like every leaf (optionally of another dtype).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_ones_like([torch.zeros(2)])
+        [tensor([1., 1.])]
+    """
     return tree_map(lambda x: torch.ones_like(x, dtype=dtype), tree)
 
 
 def tree_full_like(tree: Tree, value: Scalar, dtype: torch.dtype | None = None) -> Tree:
-    """``value`` broadcast to every leaf's shape (optionally of another dtype)."""
+    """``value`` broadcast to every leaf's shape (optionally of another dtype).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_full_like([torch.zeros(2)], 0.5)
+        [tensor([0.5000, 0.5000])]
+    """
     return tree_map(lambda x: torch.full_like(x, 0.0, dtype=dtype).add_(value), tree)
 
 
 def tree_where(condition: torch.Tensor, a: Tree, b: Tree) -> Tree:
-    """Leaf-wise ``torch.where(condition, a, b)`` for a scalar boolean ``condition``."""
+    """Leaf-wise ``torch.where(condition, a, b)`` for a scalar boolean ``condition``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_where(torch.tensor(False), [torch.ones(1)], [torch.zeros(1)])
+        [tensor([0.])]
+    """
     return tree_map(lambda x, y: torch.where(condition, x, y), a, b)
 
 
@@ -365,6 +443,11 @@ def tree_update_moment(updates: Tree, moments: Tree, decay: Scalar, order: int) 
 
     $m_t = \beta m_{t-1} + (1 - \beta) g_t^k$, written as a lerp: $m + (1-\beta)(g^k - m)$.
     Where an update is `None` the moment is returned unchanged.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_update_moment({"a": torch.ones(1)}, {"a": torch.zeros(1)}, 0.9, 1)
+        {'a': tensor([0.1000])}
     """
     (gs, ms), _, (m_leaves,), rebuild = _live(updates, moments, what="update_moment")
     ops = _Ops(gs)
@@ -379,14 +462,28 @@ def tree_update_moment(updates: Tree, moments: Tree, decay: Scalar, order: int) 
 def tree_update_moment_per_elem_norm(
     updates: Tree, moments: Tree, decay: Scalar, order: int
 ) -> Tree:
-    r"""Exponential moving average of $|g|^k$ (for real tensors $g^2$ when $k = 2$)."""
+    r"""Exponential moving average of $|g|^k$ (for real tensors $g^2$ when $k = 2$).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> g, m = {"a": torch.tensor([-2.0])}, {"a": torch.zeros(1)}
+        >>> tf.tree_update_moment_per_elem_norm(g, m, 0.5, 2)
+        {'a': tensor([2.])}
+    """
     if order == 2:
         return tree_update_moment(updates, moments, decay, 2)
     return tree_update_moment(tree_map(torch.abs, updates), moments, decay, order)
 
 
 def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps: Scalar) -> Tree:
-    r"""Exponentially weighted infinity norm: $u_t = \max(\beta u_{t-1}, |g_t| + \epsilon)$."""
+    r"""Exponentially weighted infinity norm: $u_t = \max(\beta u_{t-1}, |g_t| + \epsilon)$.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> g, m = {"a": torch.tensor([-2.0])}, {"a": torch.ones(1)}
+        >>> tf.tree_update_infinity_moment(g, m, 0.9, 0.0)
+        {'a': tensor([2.])}
+    """
     (gs, ms), _, (m_leaves,), rebuild = _live(updates, moments, what="update_infinity_moment")
     ops = _Ops(gs)
     new = ops.maximum(ops.mul(ms, decay), ops.add(ops.abs(gs), eps))
@@ -405,7 +502,13 @@ def _bias_correction_factor(
 
 
 def tree_bias_correction(moments: Tree, decay: Scalar, count: torch.Tensor) -> Tree:
-    r"""Divide moments by $1 - \beta^t$ (Adam's bias correction), $t$ the 0-d ``count``."""
+    r"""Divide moments by $1 - \beta^t$ (Adam's bias correction), $t$ the 0-d ``count``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_bias_correction({"a": torch.ones(1)}, 0.5, torch.tensor(1))
+        {'a': tensor([2.])}
+    """
     (ms,), leaves, _, rebuild = _live(moments)
     factors: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
     per_leaf = []
@@ -430,13 +533,25 @@ def _accumulate(parts: list[torch.Tensor], like: Tree) -> torch.Tensor:
 
 
 def tree_sum(tree: Tree) -> torch.Tensor:
-    """Sum of all elements of all leaves (a 0-d tensor)."""
+    """Sum of all elements of all leaves (a 0-d tensor).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_sum({"a": torch.ones(2), "b": torch.ones(3)})
+        tensor(5.)
+    """
     (xs,), _, _, _ = _live(tree)
     return _accumulate([x.sum() for x in xs], tree)
 
 
 def tree_vdot(a: Tree, b: Tree) -> torch.Tensor:
-    """Inner product of two trees: $\\sum_i \\langle a_i, b_i \\rangle$."""
+    """Inner product of two trees: $\\sum_i \\langle a_i, b_i \\rangle$.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_vdot({"a": torch.ones(2)}, {"a": torch.full((2,), 2.0)})
+        tensor(4.)
+    """
     (xs, ys), _, _, _ = _live(a, b)
     return _accumulate([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)], a)
 
@@ -451,26 +566,48 @@ def tree_l2_norm(tree: Tree, squared: bool = False) -> torch.Tensor:
     """
     (xs,), _, _, _ = _live(tree)
     norms = _Ops(xs).norm(xs)
-    total = _accumulate([n.to(torch.promote_types(n.dtype, torch.float32)) ** 2 for n in norms], tree)
+    total = _accumulate(
+        [n.to(torch.promote_types(n.dtype, torch.float32)) ** 2 for n in norms], tree
+    )
     return total if squared else torch.sqrt(total)
 
 
 def tree_l1_norm(tree: Tree) -> torch.Tensor:
-    """Sum of absolute values over all leaves."""
+    """Sum of absolute values over all leaves.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_l1_norm({"a": torch.tensor([-1.0, 2.0])})
+        tensor(3.)
+    """
     (xs,), _, _, _ = _live(tree)
     return _accumulate([x.abs().sum() for x in xs], tree)
 
 
 def tree_linf_norm(tree: Tree) -> torch.Tensor:
-    """Largest absolute value over all leaves."""
+    """Largest absolute value over all leaves.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_linf_norm({"a": torch.tensor([-3.0, 2.0])})
+        tensor(3.)
+    """
     (xs,), _, _, _ = _live(tree)
     if not xs:
         return torch.zeros(())
-    return torch.stack([x.abs().max().to(torch.promote_types(x.dtype, torch.float32)) for x in xs]).max()
+    return torch.stack(
+        [x.abs().max().to(torch.promote_types(x.dtype, torch.float32)) for x in xs]
+    ).max()
 
 
 def tree_all_finite(tree: Tree) -> torch.Tensor:
-    """A 0-d boolean tensor: whether every element of every leaf is finite."""
+    """A 0-d boolean tensor: whether every element of every leaf is finite.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_all_finite({"a": torch.tensor([1.0, float("inf")])})
+        tensor(False)
+    """
     (xs,), _, _, _ = _live(tree)
     if not xs:
         return torch.tensor(True)

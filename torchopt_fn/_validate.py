@@ -55,7 +55,12 @@ def check_positive(name: str, x: Any) -> None:
 
 
 def check_in_range(
-    name: str, x: Any, low: float, high: float, *, low_inclusive: bool = True,
+    name: str,
+    x: Any,
+    low: float,
+    high: float,
+    *,
+    low_inclusive: bool = True,
     high_inclusive: bool = False,
 ) -> None:
     v = _value(x)

@@ -51,14 +51,33 @@ _TORCH_STATE_KEY = {
     ("ScaleByRssState", "sum_of_squares"): "sum",
     ("ScaleByAdaDeltaState", "e_g"): "square_avg",
     ("ScaleByAdaDeltaState", "e_x"): "acc_delta",
+    ("ScaleByTorchAmsgradState", "count"): "step",
+    ("ScaleByTorchAmsgradState", "mu"): "exp_avg",
+    ("ScaleByTorchAmsgradState", "nu"): "exp_avg_sq",
+    ("ScaleByTorchAmsgradState", "nu_max"): "max_exp_avg_sq",
+    ("ScaleByTorchNadamState", "count"): "step",
+    ("ScaleByTorchNadamState", "mu"): "exp_avg",
+    ("ScaleByTorchNadamState", "nu"): "exp_avg_sq",
+    ("ScaleByTorchRadamState", "count"): "step",
+    ("ScaleByTorchRadamState", "mu"): "exp_avg",
+    ("ScaleByTorchRadamState", "nu"): "exp_avg_sq",
+    ("ScaleByTorchAdagradState", "count"): "step",
+    ("ScaleByTorchAdagradState", "sum_of_squares"): "sum",
+    ("ScaleByTorchMomentumState", "trace"): "momentum_buffer",
+    ("ScaleByTorchRpropState", "step_sizes"): "step_size",
+    ("ScaleByTorchAsgdState", "count"): "step",
 }
+# torch.optim keeps a `step` for every algorithm but SGD; where the transformation has no
+# counter of its own, the adapter keeps one, so checkpoints move between the two.
+_STEP = "step"
 _GROUP_KEYS_ALWAYS_ALLOWED = {"params", "name", "initial_lr"}
 
 
 def _is_float(v: Any) -> bool:
+    """A hyperparameter to mirror: a real number (torch writes ``weight_decay=0`` as an int)."""
     if isinstance(v, torch.Tensor):
         return v.numel() == 1 and v.is_floating_point()
-    return isinstance(v, float)
+    return isinstance(v, (float, int)) and not isinstance(v, bool)
 
 
 def _mirrored(node: GradientTransformation) -> dict[str, tuple[str, ...]]:
@@ -78,23 +97,23 @@ def _mirrored(node: GradientTransformation) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _hyperparams(tx: GradientTransformation) -> dict[str, Any]:
-    """The defaults to mirror into param groups: torch key -> value."""
+def _hyperparams(tx: GradientTransformation) -> tuple[dict[str, Any], set[str]]:
+    """The defaults to mirror into param groups (torch key -> value), and the ambiguous keys.
+
+    A name that two parts of the transformation use with different values (``trace`` and
+    ``ema`` both have a ``decay``) is ambiguous: it is not mirrored, and a param group that
+    sets it is an error.
+    """
     defaults: dict[str, Any] = {}
+    ambiguous: set[str] = set()
     for node in recorded_nodes(tx):
         arguments = recorded_arguments(node)
         for key, names in _mirrored(node).items():
-            value = (
-                tuple(arguments[n] for n in names) if len(names) > 1 else arguments[names[0]]
-            )
+            value = tuple(arguments[n] for n in names) if len(names) > 1 else arguments[names[0]]
             if key in defaults and defaults[key] != value:
-                raise ValueError(
-                    f"Optimizer: two parts of the transformation have different values for "
-                    f"hyperparameter {key!r} ({defaults[key]} and {value}); a param group can "
-                    f"hold only one."
-                )
-            defaults[key] = value
-    return defaults
+                ambiguous.add(key)
+            defaults.setdefault(key, value)
+    return {k: v for k, v in defaults.items() if k not in ambiguous}, ambiguous
 
 
 class _Slot(NamedTuple):
@@ -173,12 +192,20 @@ class Optimizer(torch.optim.Optimizer):
         self.tx = tx
         self._fused = fused_kernel_for(tx)
         self._layouts: dict[int, tuple[Any, list[_Slot]]] = {}
-        super().__init__(params, _hyperparams(tx))
+        self._hyper_tensors: dict[int, dict[tuple[str, int], torch.Tensor]] = {}
+        defaults, self._ambiguous = _hyperparams(tx)
+        super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ param groups
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its keys must be hyperparameters of the transformation."""
+        ambiguous = set(param_group) & self._ambiguous
+        if ambiguous:
+            raise ValueError(
+                f"Optimizer: param group sets {sorted(ambiguous)}, which several parts of the "
+                f"transformation use with different values; set them in the transformation."
+            )
         unknown = set(param_group) - set(self.defaults) - _GROUP_KEYS_ALWAYS_ALLOWED
         if unknown:
             raise ValueError(
@@ -187,12 +214,45 @@ class Optimizer(torch.optim.Optimizer):
             )
         super().add_param_group(param_group)
 
+    @torch.compiler.disable
+    def _group_values(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The group's current hyperparameters (torch key -> value), numbers as 0-d tensors.
+
+        The tensors are kept per group and refilled here, never traced: under torch.compile (of
+        `step`, or of a loop calling it) a scheduler's new lr is then new data, not a new
+        constant, and nothing recompiles (torch.optim breaks the graph for the same reason).
+        """
+        values = {k: group.get(k, v) for k, v in self.defaults.items()}
+        store = self._hyper_tensors.setdefault(id(group), {})
+        device = group["params"][0].device
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            parts = value if isinstance(value, tuple) else (value,)
+            tensors = []
+            for i, part in enumerate(parts):
+                # Ints and zeros stay Python numbers: they may choose a chain's structure
+                # (`min_dim_size_to_factor`; `from_torch` adds a stage only for momentum != 0).
+                if not isinstance(part, float) or part == 0.0:
+                    tensors.append(part)
+                    continue
+                t = store.get((key, i))
+                if t is None:
+                    t = store[(key, i)] = torch.zeros((), dtype=torch.float64, device=device)
+                t.fill_(part)
+                tensors.append(t)
+            out[key] = tuple(tensors) if isinstance(value, tuple) else tensors[0]
+        return out
+
     def _group_tx(self, group: dict[str, Any]) -> GradientTransformation:
+        values = self._group_values(group)
+
         def replacements(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict:
             node = _RecordedView(factory, arguments)
             out = {}
             for key, names in _mirrored(node).items():
-                value = group.get(key, self.defaults[key])
+                if key in self._ambiguous:
+                    continue
+                value = values[key]
                 if len(names) > 1:
                     out.update(zip(names, value))
                 elif names[0] == "betas":
@@ -256,6 +316,12 @@ class Optimizer(torch.optim.Optimizer):
                 if not (only_missing and slot.key in self.state[p]):
                     self.state[p][slot.key] = leaf
 
+    def _advance_own_step(self, params: list[torch.Tensor]) -> None:
+        old = self.state[params[0]].get(_STEP)
+        new = torch.ones((), dtype=torch.float32) if old is None else old + 1
+        for p in params:
+            self.state[p][_STEP] = new
+
     # ------------------------------------------------------------------ step
 
     @torch.no_grad()
@@ -274,7 +340,7 @@ class Optimizer(torch.optim.Optimizer):
             grads = [p.grad for p in params]
             if all(g is None for g in grads):
                 continue
-            for p, g in zip(params, grads):
+            for g in grads:
                 if g is not None and g.is_sparse:
                     raise RuntimeError("Optimizer: sparse gradients are not supported.")
             tx = self._group_tx(group)
@@ -285,14 +351,31 @@ class Optimizer(torch.optim.Optimizer):
                 self._fused(group, live, self.state)
                 continue
             state = self._read_state(group, tx)
-            updates, state = tx.update(
-                _tree.ParamList(grads), state, _tree.ParamList(params)
-            )
-            self._write_state(group, state, self._layout(group, tx)[1])
+            updates, state = tx.update(_tree.ParamList(grads), state, _tree.ParamList(params))
+            slots = self._layout(group, tx)[1]
+            self._write_state(group, state, slots)
+            if not any(slot.key == _STEP for slot in slots):
+                self._advance_own_step(params)
             apply_updates_(list(params), list(updates))
         return loss
 
     # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's format; every parameter gets its own copy of group-wide tensors like ``step``.
+
+        (In memory the group shares one tensor; torch.optim increments ``step`` in place per
+        parameter, so a checkpoint must not share it.)
+        """
+        out = super().state_dict()
+        seen: set[int] = set()
+        for entry in out["state"].values():
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    if id(value) in seen:
+                        entry[key] = value.clone()
+                    seen.add(id(value))
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a checkpoint in torch's format, after checking all of it against this optimizer.
@@ -304,6 +387,15 @@ class Optimizer(torch.optim.Optimizer):
             ValueError: naming what differs (groups, parameter counts, state keys, shapes).
         """
         self._check_state_dict(state_dict)
+        # Own copies: the fused path updates state in place, and the caller may still use the
+        # tensors it passed (distributed checkpointing passes another optimizer's live state).
+        state_dict = {
+            **state_dict,
+            "state": {
+                k: {kk: v.clone() if isinstance(v, torch.Tensor) else v for kk, v in entry.items()}
+                for k, entry in state_dict["state"].items()
+            },
+        }
         super().load_state_dict(state_dict)
         for group in self.param_groups:
             for key, value in self.defaults.items():
@@ -327,11 +419,12 @@ class Optimizer(torch.optim.Optimizer):
                 )
             _, slots = self._layout(group, self._group_tx(group))
             expected = {s.key for s in slots if s.key is not None}
-            for i, (index, p) in enumerate(zip(saved["params"], group["params"])):
+            own_step = _STEP not in expected
+            for i, index in enumerate(saved["params"]):
                 if index not in saved_state:
                     continue
                 entry = saved_state[index]
-                keys = set(entry)
+                keys = set(entry) - ({_STEP} if own_step else set())
                 if keys != expected:
                     raise ValueError(
                         f"load_state_dict: parameter {i} of group {g} has state keys "

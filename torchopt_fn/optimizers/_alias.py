@@ -16,7 +16,13 @@ from typing import Any, TypeAlias
 import torch
 
 from torchopt_fn import transforms
-from torchopt_fn._base import GradientTransformation, Params, ScalarOrSchedule, identity
+from torchopt_fn._base import (
+    GradientTransformation,
+    Params,
+    ScalarOrSchedule,
+    identity,
+    record_hyperparams,
+)
 from torchopt_fn._combine import chain, masked
 
 __all__ = [
@@ -58,6 +64,7 @@ MaskOrFn: TypeAlias = Any | Callable[[Params], Any] | None
 # --------------------------------------------------------------------------- SGD family
 
 
+@record_hyperparams
 def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: Scalar | None = None,
@@ -113,6 +120,7 @@ def sgd(
     return chain(stage, transforms.scale_by_learning_rate(learning_rate))
 
 
+@record_hyperparams
 def noisy_sgd(
     learning_rate: ScalarOrSchedule,
     eta: Scalar = 0.01,
@@ -161,6 +169,7 @@ def noisy_sgd(
     )
 
 
+@record_hyperparams
 def sign_sgd(learning_rate: ScalarOrSchedule) -> GradientTransformation:
     r"""signSGD: step along the element-wise sign of the gradient.
 
@@ -194,6 +203,7 @@ def sign_sgd(learning_rate: ScalarOrSchedule) -> GradientTransformation:
     return chain(transforms.scale_by_sign(), transforms.scale_by_learning_rate(learning_rate))
 
 
+@record_hyperparams
 def signum(
     learning_rate: ScalarOrSchedule,
     beta: Scalar = 0.9,
@@ -238,6 +248,7 @@ def signum(
     )
 
 
+@record_hyperparams
 def optimistic_gradient_descent(
     learning_rate: ScalarOrSchedule,
     alpha: Scalar = 1.0,
@@ -282,6 +293,7 @@ def optimistic_gradient_descent(
     )
 
 
+@record_hyperparams
 def polyak_sgd(
     max_learning_rate: Scalar = 1.0,
     scaling: ScalarOrSchedule = 1.0,
@@ -347,6 +359,7 @@ def polyak_sgd(
 # --------------------------------------------------------------------------- Adam family
 
 
+@record_hyperparams
 def adam(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -411,6 +424,7 @@ def adam(
     )
 
 
+@record_hyperparams
 def adamw(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -478,6 +492,7 @@ def adamw(
     )
 
 
+@record_hyperparams
 def nadam(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -533,6 +548,7 @@ def nadam(
     return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
 
 
+@record_hyperparams
 def nadamw(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -594,6 +610,7 @@ def nadamw(
     )
 
 
+@record_hyperparams
 def amsgrad(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -660,6 +677,7 @@ def amsgrad(
     )
 
 
+@record_hyperparams
 def adamax(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -710,6 +728,7 @@ def adamax(
     )
 
 
+@record_hyperparams
 def adamaxw(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -763,6 +782,7 @@ def adamaxw(
     )
 
 
+@record_hyperparams
 def radam(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -824,6 +844,7 @@ def radam(
     )
 
 
+@record_hyperparams
 def adabelief(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -879,6 +900,7 @@ def adabelief(
     )
 
 
+@record_hyperparams
 def yogi(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -927,6 +949,7 @@ def yogi(
     )
 
 
+@record_hyperparams
 def lion(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -981,6 +1004,7 @@ def lion(
     )
 
 
+@record_hyperparams
 def adan(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.98,
@@ -1045,6 +1069,7 @@ def adan(
 # --------------------------------------------------------------------------- layer-wise
 
 
+@record_hyperparams
 def lamb(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -1108,6 +1133,7 @@ def _everywhere(mask: MaskOrFn) -> MaskOrFn:
     return None if mask is True else mask
 
 
+@record_hyperparams
 def lars(
     learning_rate: ScalarOrSchedule,
     weight_decay: ScalarOrSchedule = 0.0,
@@ -1171,6 +1197,7 @@ def lars(
     )
 
 
+@record_hyperparams
 def novograd(
     learning_rate: ScalarOrSchedule,
     b1: Scalar = 0.9,
@@ -1226,6 +1253,7 @@ def novograd(
     )
 
 
+@record_hyperparams
 def fromage(learning_rate: ScalarOrSchedule, min_norm: Scalar = 1e-6) -> GradientTransformation:
     r"""Fromage: Frobenius-matched steps, shrunk to stay at a bounded relative distance.
 
@@ -1285,6 +1313,7 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: Scalar = 1e-6) -> Gradien
 # --------------------------------------------------------------------------- RMS family
 
 
+@record_hyperparams
 def rmsprop(
     learning_rate: ScalarOrSchedule,
     decay: Scalar = 0.9,
@@ -1374,6 +1403,7 @@ def rmsprop(
     )
 
 
+@record_hyperparams
 def adagrad(
     learning_rate: ScalarOrSchedule,
     initial_accumulator_value: Scalar = 0.1,
@@ -1421,6 +1451,7 @@ def adagrad(
     )
 
 
+@record_hyperparams
 def adadelta(
     learning_rate: ScalarOrSchedule | None = None,
     rho: Scalar = 0.9,
@@ -1482,6 +1513,7 @@ def adadelta(
     )
 
 
+@record_hyperparams
 def adafactor(
     learning_rate: ScalarOrSchedule | None = None,
     min_dim_size_to_factor: int = 128,
@@ -1543,7 +1575,7 @@ def adafactor(
         ...     updates, state = tx.update(grads, state, params)
         ...     params = tf.apply_updates(params, updates)
         >>> params["w"]
-        tensor([ 1., -2.])
+        tensor([ 0.5987, -1.5822])
 
     References:
         Shazeer and Stern, Adafactor: Adaptive Learning Rates with Sublinear Memory Cost,
@@ -1572,6 +1604,7 @@ def adafactor(
     return chain(*stages)
 
 
+@record_hyperparams
 def sm3(learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9) -> GradientTransformation:
     r"""SM3: Adagrad-like steps with memory-efficient, cover-based accumulators.
 
@@ -1612,6 +1645,7 @@ def sm3(learning_rate: ScalarOrSchedule, momentum: Scalar = 0.9) -> GradientTran
     )
 
 
+@record_hyperparams
 def rprop(
     learning_rate: Scalar,
     eta_minus: Scalar = 0.5,

@@ -6,7 +6,7 @@ recompiling as the count changes, batch under `torch.func.vmap`, and are differe
 hyperparameters passed as tensors.
 """
 
-from torchopt_fn.schedules._common import Schedule
+from torchopt_fn._base import Schedule
 from torchopt_fn.schedules._join import join_schedules
 from torchopt_fn.schedules._schedules import (
     constant_schedule,

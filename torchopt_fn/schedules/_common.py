@@ -7,14 +7,10 @@ has no float64) and stays traceable: no ``.item()``, no Python branching on tens
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TypeAlias
 
 import torch
 from torch import Tensor
-
-Schedule: TypeAlias = Callable[[Tensor | int], Tensor]
-"""A pure function of the step count (a 0-d integer tensor or an int) returning a 0-d tensor."""
 
 ScalarLike: TypeAlias = float | Tensor
 """A hyperparameter: a Python number, or a 0-d tensor (differentiable under `torch.func.grad`)."""

@@ -8,11 +8,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from torchopt_fn.schedules._common import ScalarLike, Schedule, as_count, as_float, check
+from torchopt_fn._base import Schedule, record_hyperparams
+from torchopt_fn.schedules._common import ScalarLike, as_count, as_float, check
 
 __all__ = ["join_schedules"]
 
 
+@record_hyperparams
 def join_schedules(
     schedules: Sequence[Callable[[Tensor], ScalarLike]], boundaries: Sequence[int]
 ) -> Schedule:

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from torchopt_fn.schedules._common import ScalarLike, Schedule, as_count, as_float, check
+from torchopt_fn._base import Schedule, record_hyperparams
+from torchopt_fn.schedules._common import ScalarLike, as_count, as_float, check
 
 __all__ = [
     "constant_schedule",
@@ -31,6 +32,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 
+@record_hyperparams
 def constant_schedule(value: ScalarLike) -> Schedule:
     r"""Return the same value at every step.
 
@@ -60,6 +62,7 @@ def constant_schedule(value: ScalarLike) -> Schedule:
     return schedule
 
 
+@record_hyperparams
 def polynomial_schedule(
     init_value: ScalarLike,
     end_value: ScalarLike,
@@ -122,6 +125,7 @@ def polynomial_schedule(
     return schedule
 
 
+@record_hyperparams
 def linear_schedule(
     init_value: ScalarLike,
     end_value: ScalarLike,
@@ -164,6 +168,7 @@ def linear_schedule(
     )
 
 
+@record_hyperparams
 def exponential_decay(
     init_value: ScalarLike,
     transition_steps: int,
@@ -245,6 +250,7 @@ def exponential_decay(
     return schedule
 
 
+@record_hyperparams
 def cosine_decay_schedule(
     init_value: ScalarLike,
     decay_steps: int,
@@ -296,6 +302,7 @@ def cosine_decay_schedule(
     return schedule
 
 
+@record_hyperparams
 def piecewise_constant_schedule(
     init_value: ScalarLike,
     boundaries_and_scales: Mapping[int, float] | None = None,
@@ -357,6 +364,7 @@ _INTERPOLATE: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
 }
 
 
+@record_hyperparams
 def piecewise_interpolate_schedule(
     interpolate_type: str,
     init_value: ScalarLike,
@@ -423,6 +431,7 @@ def piecewise_interpolate_schedule(
     return schedule
 
 
+@record_hyperparams
 def linear_onecycle_schedule(
     transition_steps: int,
     peak_value: ScalarLike,
@@ -492,6 +501,7 @@ def linear_onecycle_schedule(
     return piecewise_interpolate_schedule("linear", peak_value / div_factor, boundaries_and_scales)
 
 
+@record_hyperparams
 def cosine_onecycle_schedule(
     transition_steps: int,
     peak_value: ScalarLike,

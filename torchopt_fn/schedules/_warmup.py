@@ -9,7 +9,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from torchopt_fn.schedules._common import ScalarLike, Schedule, as_count, as_float, check
+from torchopt_fn._base import Schedule, record_hyperparams
+from torchopt_fn.schedules._common import ScalarLike, as_count, as_float, check
 from torchopt_fn.schedules._join import join_schedules
 from torchopt_fn.schedules._schedules import (
     cosine_decay_schedule,
@@ -30,6 +31,7 @@ def _check_warmup(name: str, warmup_steps: int) -> None:
     check(warmup_steps >= 0, f"{name}: warmup_steps must be >= 0, got {warmup_steps}.")
 
 
+@record_hyperparams
 def warmup_constant_schedule(
     init_value: ScalarLike,
     peak_value: ScalarLike,
@@ -76,6 +78,7 @@ def _ratio(end_value: ScalarLike, peak_value: ScalarLike) -> ScalarLike:
     return 0.0 if peak_value == 0 else end_value / peak_value
 
 
+@record_hyperparams
 def warmup_cosine_decay_schedule(
     init_value: ScalarLike,
     peak_value: ScalarLike,
@@ -138,6 +141,7 @@ def warmup_cosine_decay_schedule(
     return join_schedules([warmup, decay], [warmup_steps])
 
 
+@record_hyperparams
 def warmup_exponential_decay_schedule(
     init_value: ScalarLike,
     peak_value: ScalarLike,
@@ -196,6 +200,7 @@ def warmup_exponential_decay_schedule(
     return join_schedules([warmup, decay], [warmup_steps])
 
 
+@record_hyperparams
 def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, Any]]) -> Schedule:
     r"""Stochastic gradient descent with warm restarts: warm-up-cosine cycles back to back.
 
@@ -258,6 +263,7 @@ _DECAY_SHAPES: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+@record_hyperparams
 def warmup_stable_decay_schedule(
     init_value: ScalarLike,
     peak_value: ScalarLike,

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation
+from torchopt_fn._base import GradientTransformation, record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative
 from torchopt_fn.transforms._common import init_count
 
@@ -15,11 +15,33 @@ __all__ = ["ScaleByAdamState", "scale_by_adam"]
 
 
 class ScaleByAdamState(NamedTuple):
-    """State of `scale_by_adam`: step count, first moment ``mu``, second moment ``nu``."""
+    """State of `scale_by_adam`: step count, first moment ``mu``, second moment ``nu``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_adam().init({"w": torch.zeros(2)}).count
+        tensor(0)
+    """
 
     count: torch.Tensor
     mu: Any
     nu: Any
+
+
+def nesterov_mu_hat(updates: Any, mu: Any, b1: Any, count: torch.Tensor) -> Any:
+    r"""Nesterov's look-ahead first moment (NAdam), mapped over the non-`None` updates.
+
+    $\hat m_t = \beta_1 m_t / (1 - \beta_1^{t+1}) + (1 - \beta_1) g_t / (1 - \beta_1^t)$.
+    """
+    mu_hat = _tree.tree_bias_correction(mu, b1, count + 1)
+    g_hat = _tree.tree_bias_correction(updates, b1, count)
+    return _tree.map_live(
+        lambda ops, gs, ms: ops.add(
+            ops.mul([m.to(g.dtype) for g, m in zip(gs, ms)], b1), gs, alpha=1 - b1
+        ),
+        g_hat,
+        mu_hat,
+    )
 
 
 def adam_direction(ops, mus: list, nus: list, eps: Any, eps_root: Any) -> list:
@@ -29,6 +51,7 @@ def adam_direction(ops, mus: list, nus: list, eps: Any, eps_root: Any) -> list:
     return ops.div(mus, ops.add(ops.sqrt(nus), eps))
 
 
+@record_hyperparams
 def scale_by_adam(
     b1: float | torch.Tensor = 0.9,
     b2: float | torch.Tensor = 0.999,
@@ -44,7 +67,8 @@ def scale_by_adam(
     $m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t$, $v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2$,
     $\hat m_t = m_t / (1-\beta_1^t)$, $\hat v_t = v_t / (1-\beta_2^t)$,
     $u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)$.
-    With ``nesterov`` (NAdam), $\hat m_t = \beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)$.
+    With ``nesterov`` (NAdam),
+    $\hat m_t = \beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)$.
 
     Args:
         b1: decay of the first moment, in ``[0, 1)``.
@@ -67,13 +91,14 @@ def scale_by_adam(
         >>> tx = tf.scale_by_adam()
         >>> u, _ = tx.update({"w": torch.tensor([2.0, -3.0])}, tx.init({"w": torch.zeros(2)}))
         >>> u["w"]
-        tensor([ 1., -1.])
+        tensor([ 1.0000, -1.0000])
 
     References:
         Kingma and Ba, Adam: A Method for Stochastic Optimization, ICLR 2015.
         https://arxiv.org/abs/1412.6980 — Dozat, Incorporating Nesterov Momentum into Adam, 2016.
 
-    torch.optim equivalent: `torch.optim.Adam` is ``chain(scale_by_adam(), scale_by_learning_rate(lr))``.
+    torch.optim equivalent: `torch.optim.Adam` is
+    ``chain(scale_by_adam(), scale_by_learning_rate(lr))``.
     """
     check_in_range("b1", b1, 0.0, 1.0)
     check_in_range("b2", b2, 0.0, 1.0)
@@ -93,11 +118,7 @@ def scale_by_adam(
         nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
         count = state.count + 1
         if nesterov:
-            mu_hat = _tree.tree_add_scale(
-                _tree.tree_scale(b1, _tree.tree_bias_correction(mu, b1, count + 1)),
-                1 - b1,
-                _tree.tree_bias_correction(updates, b1, count),
-            )
+            mu_hat = nesterov_mu_hat(updates, mu, b1, count)
         else:
             mu_hat = _tree.tree_bias_correction(mu, b1, count)
         nu_hat = _tree.tree_bias_correction(nu, b2, count)
@@ -105,7 +126,9 @@ def scale_by_adam(
             lambda ops, gs, ms, vs: [
                 d.to(g.dtype) for d, g in zip(adam_direction(ops, ms, vs, eps, eps_root), gs)
             ],
-            updates, mu_hat, nu_hat,
+            updates,
+            mu_hat,
+            nu_hat,
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
 

@@ -14,9 +14,9 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation, Updates
+from torchopt_fn._base import GradientTransformation, Updates, record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative, check_positive
-from torchopt_fn.transforms._adam import ScaleByAdamState, adam_direction
+from torchopt_fn.transforms._adam import ScaleByAdamState, adam_direction, nesterov_mu_hat
 from torchopt_fn.transforms._common import init_count
 
 __all__ = [
@@ -53,18 +53,6 @@ def _cast_like(gs: list, xs: list) -> list:
     return [x.to(g.dtype) for g, x in zip(gs, xs)]
 
 
-def _nesterov_mu_hat(updates: Updates, mu: Updates, b1: Scalar, count: torch.Tensor) -> Updates:
-    r"""Nesterov's look-ahead first moment, as in NAdam.
-
-    $\hat m_t = \beta_1 m_t / (1 - \beta_1^{t+1}) + (1 - \beta_1) g_t / (1 - \beta_1^t)$.
-    """
-    return _tree.tree_add_scale(
-        _tree.tree_scale(b1, _tree.tree_bias_correction(mu, b1, count + 1)),
-        1 - b1,
-        _tree.tree_bias_correction(updates, b1, count),
-    )
-
-
 # --------------------------------------------------------------------------- AMSGrad
 
 
@@ -83,6 +71,7 @@ class ScaleByAmsgradState(NamedTuple):
     nu_max: Any
 
 
+@record_hyperparams
 def scale_by_amsgrad(
     b1: Scalar = 0.9,
     b2: Scalar = 0.999,
@@ -174,6 +163,7 @@ def scale_by_amsgrad(
 # --------------------------------------------------------------------------- Adamax
 
 
+@record_hyperparams
 def scale_by_adamax(
     b1: Scalar = 0.9,
     b2: Scalar = 0.999,
@@ -247,6 +237,7 @@ def _compute_dtype(tree: Updates) -> torch.dtype:
     return dtype
 
 
+@record_hyperparams
 def scale_by_radam(
     b1: Scalar = 0.9,
     b2: Scalar = 0.999,
@@ -316,7 +307,7 @@ def scale_by_radam(
         nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
         count = state.count + 1
         if nesterov:
-            mu_hat = _nesterov_mu_hat(updates, mu, b1, count)
+            mu_hat = nesterov_mu_hat(updates, mu, b1, count)
         else:
             mu_hat = _tree.tree_bias_correction(mu, b1, count)
         nu_hat = _tree.tree_bias_correction(nu, b2, count)
@@ -386,6 +377,7 @@ def _check_decay(decay: Scalar, bias_correction: bool) -> None:
     check_in_range("decay", decay, 0.0, 1.0, high_inclusive=not bias_correction)
 
 
+@record_hyperparams
 def scale_by_rms(
     decay: Scalar = 0.9,
     eps: Scalar = 1e-8,
@@ -480,6 +472,7 @@ class ScaleByRStdDevWithCountState(NamedTuple):
     nu: Any
 
 
+@record_hyperparams
 def scale_by_stddev(
     decay: Scalar = 0.9,
     eps: Scalar = 1e-8,
@@ -569,6 +562,7 @@ class ScaleByRssState(NamedTuple):
     sum_of_squares: Any
 
 
+@record_hyperparams
 def scale_by_rss(
     initial_accumulator_value: Scalar = 0.1,
     eps: Scalar = 1e-7,
@@ -649,6 +643,7 @@ class ScaleByAdaDeltaState(NamedTuple):
     e_x: Any
 
 
+@record_hyperparams
 def scale_by_adadelta(rho: Scalar = 0.9, eps: Scalar = 1e-6) -> GradientTransformation:
     r"""Rescale updates by Adadelta.
 
@@ -722,6 +717,7 @@ class ScaleByBeliefState(NamedTuple):
     nu: Any
 
 
+@record_hyperparams
 def scale_by_belief(
     b1: Scalar = 0.9,
     b2: Scalar = 0.999,
@@ -783,7 +779,7 @@ def scale_by_belief(
         nu = _tree.map_live(lambda ops, gs, vs: ops.add(vs, eps_root), updates, nu, fill=nu)
         count = state.count + 1
         if nesterov:
-            mu_hat = _nesterov_mu_hat(updates, mu, b1, count)
+            mu_hat = nesterov_mu_hat(updates, mu, b1, count)
         else:
             mu_hat = _tree.tree_bias_correction(mu, b1, count)
         nu_hat = _tree.tree_bias_correction(nu, b2, count)
@@ -801,6 +797,7 @@ def scale_by_belief(
 # --------------------------------------------------------------------------- Yogi
 
 
+@record_hyperparams
 def scale_by_yogi(
     b1: Scalar = 0.9,
     b2: Scalar = 0.999,
@@ -894,6 +891,7 @@ class ScaleByNovogradState(NamedTuple):
     nu: Any
 
 
+@record_hyperparams
 def scale_by_novograd(
     b1: Scalar = 0.9,
     b2: Scalar = 0.25,
@@ -1004,6 +1002,7 @@ class ScaleByAdanState(NamedTuple):
     t: torch.Tensor
 
 
+@record_hyperparams
 def scale_by_adan(
     b1: Scalar = 0.98,
     b2: Scalar = 0.92,
@@ -1113,6 +1112,7 @@ class ScaleByLionState(NamedTuple):
 _LION_MODES = ("hard", "smooth", "refined")
 
 
+@record_hyperparams
 def scale_by_lion(
     b1: Scalar = 0.9,
     b2: Scalar = 0.99,

@@ -7,12 +7,13 @@ from typing import NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import EmptyState, GradientTransformation
+from torchopt_fn._base import EmptyState, GradientTransformation, record_hyperparams
 from torchopt_fn._validate import check_non_negative
 
 __all__ = ["ClipByGlobalNormState", "clip", "clip_by_global_norm"]
 
 
+@record_hyperparams
 def clip(max_delta: float | torch.Tensor) -> GradientTransformation:
     r"""Clip every element to $[-\delta, \delta]$.
 
@@ -45,11 +46,18 @@ def clip(max_delta: float | torch.Tensor) -> GradientTransformation:
 
 
 class ClipByGlobalNormState(NamedTuple):
-    """State of `clip_by_global_norm`: the global norm of the last updates, before clipping."""
+    """State of `clip_by_global_norm`: the global norm of the last updates, before clipping.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.clip_by_global_norm(1.0).init({"w": torch.zeros(2)}).norm
+        tensor(0.)
+    """
 
     norm: torch.Tensor
 
 
+@record_hyperparams
 def clip_by_global_norm(max_norm: float | torch.Tensor) -> GradientTransformation:
     r"""Rescale all updates together so their global L2 norm is at most ``max_norm``.
 
@@ -92,9 +100,7 @@ def clip_by_global_norm(max_norm: float | torch.Tensor) -> GradientTransformatio
         g_norm = _tree.tree_l2_norm(updates)
         # Divide by max(norm, c) so that no Python branch on a tensor value is needed.
         factor = max_norm / torch.maximum(g_norm, torch.as_tensor(max_norm, dtype=g_norm.dtype))
-        out = _tree.map_live(
-            lambda ops, gs: ops.mul(gs, [factor.to(g.dtype) for g in gs]), updates
-        )
+        out = _tree.map_live(lambda ops, gs: ops.mul(gs, [factor.to(g.dtype) for g in gs]), updates)
         return out, ClipByGlobalNormState(norm=g_norm.to(state.norm.dtype))
 
     return GradientTransformation(init_fn, update_fn)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation
+from torchopt_fn._base import GradientTransformation, record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative
 from torchopt_fn.transforms._common import init_count
 
@@ -62,6 +62,13 @@ class FactoredState(NamedTuple):
     ``v_row`` and ``v_col`` hold the factored statistics of factored leaves, ``v`` the full
     second moment of the others; the unused fields of a leaf hold a ``(1,)`` placeholder, as
     in optax.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_factored_rms(min_dim_size_to_factor=2)
+        >>> state = tx.init({"w": torch.zeros(4, 3)})
+        >>> state.v_row["w"].shape, state.v_col["w"].shape, state.v["w"].shape
+        (torch.Size([3]), torch.Size([4]), torch.Size([1]))
     """
 
     count: torch.Tensor
@@ -90,6 +97,7 @@ def _factored_dims(
     return order[-2], order[-1]
 
 
+@record_hyperparams
 def scale_by_factored_rms(
     factored: bool = True,
     decay_rate: float | torch.Tensor = 0.8,
@@ -112,10 +120,11 @@ def scale_by_factored_rms(
     $V_t = \hat\beta_t V_{t-1} + (1 - \hat\beta_t) G_t$ and get $u_t = g_t / \sqrt{V_t}$.
 
     Chain a learning rate after it (`torchopt_fn.adafactor` adds clipping, parameter scaling and
-    momentum). Unlike optax, ``params`` are not needed (the update's shapes are used) and the
+    momentum). Unlike optax, ``params`` are not needed (the update's shapes are used), and the
     decay schedule is evaluated in the leaves' precision (at least float32): the step is passed
-    to ``decay_rate_fn`` as a floating 0-d tensor, where optax computes the default schedule in
-    float32 even for float64 params (a ~1e-8 relative difference in the decay).
+    to ``decay_rate_fn`` as a floating 0-d tensor of that dtype. optax computes the default
+    schedule in float32 even for float64 params, so float64 trajectories differ from optax's by
+    ~1e-7 relative; a ``decay_rate_fn`` that returns a float32 tensor reproduces optax exactly.
 
     Args:
         factored: whether to factor the second moment of leaves with two or more axes.
@@ -225,12 +234,19 @@ class ScaleBySM3State(NamedTuple):
     ``mu`` holds, per parameter, a list of accumulators: one vector per axis for leaves with two
     or more axes, else one accumulator of the leaf's shape. ``nu`` is the momentum of the
     scaled updates.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> state = tf.scale_by_sm3().init({"w": torch.zeros(4, 3)})
+        >>> [m.shape for m in state.mu["w"]], state.nu["w"].shape
+        ([torch.Size([4]), torch.Size([3])], torch.Size([4, 3]))
     """
 
     mu: Any
     nu: Any
 
 
+@record_hyperparams
 def scale_by_sm3(
     b1: float | torch.Tensor = 0.9,
     b2: float | torch.Tensor = 1.0,
@@ -238,8 +254,9 @@ def scale_by_sm3(
 ) -> GradientTransformation:
     r"""Scale updates by SM3's memory-efficient second-moment estimate.
 
-    For a leaf with axes $1..k$, SM3 keeps one accumulator vector $\mu^{(i)}$ per axis (its cover
-    sets are the slices along each axis). Each step, with $\mu^{(i)}$ broadcast along the other axes,
+    For a leaf with axes $1..k$, SM3 keeps one accumulator vector $\mu^{(i)}$ per axis (its
+    cover sets are the slices along each axis). Each step, with $\mu^{(i)}$ broadcast along the
+    other axes,
     $\nu_t = c\, g_t^2 + \beta_2 \min_i \mu^{(i)}_{t-1}$, where $c = 1 - \beta_2$ unless
     $\beta_2 = 1$ (then $c = 1$: the original, non-decaying SM3);
     $\mu^{(i)}_t = \max_{\text{axes} \ne i} \nu_t$;
@@ -302,10 +319,11 @@ def scale_by_sm3(
         if g.dim() < 2:
             prev = mu[0]
         else:
-            prev = functools.reduce(
-                torch.minimum,
-                [m.reshape([-1 if d == i else 1 for d in range(g.dim())]) for i, m in enumerate(mu)],
-            )
+            # Axis i's accumulator broadcast along the other axes.
+            spread = [
+                m.reshape([-1 if d == i else 1 for d in range(g.dim())]) for i, m in enumerate(mu)
+            ]
+            prev = functools.reduce(torch.minimum, spread)
         acc = g_sq_coefficient() * gc * gc + b2 * prev
         # 0 where nothing has been accumulated yet, instead of g / sqrt(eps).
         inv = torch.where(acc > 0, torch.rsqrt(acc + eps), torch.zeros_like(acc))
@@ -313,9 +331,7 @@ def scale_by_sm3(
         if g.dim() < 2:
             new_mu = [acc]
         else:
-            new_mu = [
-                acc.amax(dim=[d for d in range(g.dim()) if d != i]) for i in range(g.dim())
-            ]
+            new_mu = [acc.amax(dim=[d for d in range(g.dim()) if d != i]) for i in range(g.dim())]
         return new_nu.to(g.dtype), new_mu, new_nu
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import EmptyState, GradientTransformation
+from torchopt_fn._base import EmptyState, GradientTransformation, record_hyperparams
 from torchopt_fn._validate import check_non_negative, check_positive
 from torchopt_fn.transforms._common import init_count
 from torchopt_fn.transforms._factored import _map_leaves
@@ -23,6 +23,8 @@ __all__ = [
     "centralize",
     "clip_by_block_rms",
     "keep_params_nonnegative",
+    "scale_by_param_block_norm",
+    "scale_by_param_block_rms",
     "zero_nans",
 ]
 
@@ -34,6 +36,7 @@ def _empty_init(params: Any) -> EmptyState:
     return EmptyState()
 
 
+@record_hyperparams
 def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation:
     r"""Clip each leaf (block) separately so that its root mean square is at most ``threshold``.
 
@@ -52,7 +55,8 @@ def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation
     Examples:
         >>> import torch, torchopt_fn as tf
         >>> tx = tf.clip_by_block_rms(1.0)
-        >>> u, _ = tx.update({"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.5])}, tx.init(None))
+        >>> g = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.5])}
+        >>> u, _ = tx.update(g, tx.init(None))
         >>> u["a"], u["b"]
         (tensor([0.8485, 1.1314]), tensor([0.5000]))
     """
@@ -71,6 +75,80 @@ def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation
         return _tree.map_live(clip, updates), state
 
     return GradientTransformation(_empty_init, update_fn)
+
+
+def _scale_by_param_block(
+    name: str, min_scale: float | torch.Tensor, size: Callable[[torch.Tensor], torch.Tensor]
+) -> GradientTransformation:
+    check_non_negative("min_scale", min_scale)
+
+    def scale_leaves(ops, gs: list, ps: list) -> list:
+        factors = [torch.clamp(size(p), min=min_scale).to(g.dtype) for g, p in zip(gs, ps)]
+        return ops.mul(gs, factors)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(_NO_PARAMS.format(name=name))
+        return _tree.map_live(scale_leaves, updates, params), state
+
+    return GradientTransformation(_empty_init, update_fn)
+
+
+@record_hyperparams
+def scale_by_param_block_rms(min_scale: float | torch.Tensor = 1e-3) -> GradientTransformation:
+    r"""Scale each leaf's update by the root mean square of its parameter (Adafactor).
+
+    $u = g \cdot \max(\mathrm{rms}(\theta), s_{min})$, $\mathrm{rms}(\theta) =
+    \sqrt{\mathrm{mean}(\theta^2)}$ over one leaf.
+
+    Args:
+        min_scale: the smallest factor $s_{min} \ge 0$ (so that zero-initialised parameters move).
+
+    Returns:
+        A stateless `GradientTransformation`; ``update`` needs ``params``.
+
+    Raises:
+        ValueError: if ``min_scale`` is negative, or ``params`` is missing in ``update``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_param_block_rms()
+        >>> p = {"w": torch.tensor([3.0, 4.0])}
+        >>> tx.update({"w": torch.ones(2)}, tx.init(p), p)[0]["w"]
+        tensor([3.5355, 3.5355])
+
+    References:
+        Shazeer and Stern, Adafactor, ICML 2018. https://arxiv.org/abs/1804.04235
+    """
+    return _scale_by_param_block(
+        "scale_by_param_block_rms", min_scale, lambda p: torch.sqrt(torch.mean(p * p))
+    )
+
+
+@record_hyperparams
+def scale_by_param_block_norm(min_scale: float | torch.Tensor = 1e-3) -> GradientTransformation:
+    r"""Scale each leaf's update by the L2 norm of its parameter.
+
+    $u = g \cdot \max(\|\theta\|_2, s_{min})$ over one leaf.
+
+    Args:
+        min_scale: the smallest factor $s_{min} \ge 0$.
+
+    Returns:
+        A stateless `GradientTransformation`; ``update`` needs ``params``.
+
+    Raises:
+        ValueError: if ``min_scale`` is negative, or ``params`` is missing in ``update``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_param_block_norm()
+        >>> p = {"w": torch.tensor([3.0, 4.0])}
+        >>> tx.update({"w": torch.ones(2)}, tx.init(p), p)[0]["w"]
+        tensor([5., 5.])
+    """
+    return _scale_by_param_block("scale_by_param_block_norm", min_scale, torch.linalg.vector_norm)
 
 
 def _unitwise_norm(x: torch.Tensor, axis: int | Sequence[int] | None) -> torch.Tensor:
@@ -95,12 +173,13 @@ def _unitwise_norm(x: torch.Tensor, axis: int | Sequence[int] | None) -> torch.T
     return torch.sqrt(norm_sq).expand(x.shape)
 
 
+@record_hyperparams
 def adaptive_grad_clip(
     clipping: float | torch.Tensor,
     eps: float | torch.Tensor = 1e-3,
     axis: int | Sequence[int] | None = None,
 ) -> GradientTransformation:
-    r"""Adaptive gradient clipping (AGC): clip each unit's update to ``clipping`` times its weight norm.
+    r"""Adaptive gradient clipping (AGC): clip each unit's update relative to its weights' norm.
 
     For every unit $i$ (see below), $u_i = g_i$ if $\|g_i\| < \lambda \max(\|p_i\|, \epsilon)$,
     else $g_i \cdot \lambda \max(\|p_i\|, \epsilon) / \max(\|g_i\|, 10^{-6})$.
@@ -161,6 +240,7 @@ def _centralize_leaf(g: torch.Tensor) -> torch.Tensor:
     return g - g.mean(dim=tuple(range(1, g.dim())), keepdim=True)
 
 
+@record_hyperparams
 def centralize() -> GradientTransformation:
     r"""Gradient centralization: subtract from each leaf its mean over all axes but the first.
 
@@ -173,7 +253,8 @@ def centralize() -> GradientTransformation:
     Examples:
         >>> import torch, torchopt_fn as tf
         >>> tx = tf.centralize()
-        >>> tx.update({"w": torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])}, tx.init(None))[0]["w"]
+        >>> g = {"w": torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])}
+        >>> tx.update(g, tx.init(None))[0]["w"]
         tensor([[-1.,  0.,  1.],
                 [-1.,  0.,  1.]])
 
@@ -190,11 +271,18 @@ def centralize() -> GradientTransformation:
 
 
 class ZeroNansState(NamedTuple):
-    """State of `zero_nans`: per parameter, a 0-d boolean, whether the last update had a NaN."""
+    """State of `zero_nans`: per parameter, a 0-d boolean, whether the last update had a NaN.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.zero_nans().init({"w": torch.zeros(2)}).found_nan
+        {'w': tensor(False)}
+    """
 
     found_nan: Any
 
 
+@record_hyperparams
 def zero_nans() -> GradientTransformation:
     r"""Replace NaNs in the updates by 0 and record, per parameter, whether any was found.
 
@@ -236,6 +324,7 @@ NonNegativeParamsState = EmptyState
 """State of `keep_params_nonnegative` (empty), under optax's name."""
 
 
+@record_hyperparams
 def keep_params_nonnegative() -> GradientTransformation:
     r"""Modify updates so that parameters stay non-negative: $u = -p$ wherever $p + u < 0$.
 
@@ -330,12 +419,19 @@ def _to_int64_seed(key: int | torch.Generator | None, seed: int | None) -> int:
 
 
 class AddNoiseState(NamedTuple):
-    """State of `add_noise`: the step count and the 0-d int64 seed the noise is derived from."""
+    """State of `add_noise`: the step count and the 0-d int64 seed the noise is derived from.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.add_noise(0.01, 0.55, key=42).init({"w": torch.zeros(2)})
+        AddNoiseState(count=tensor(0), rng_key=tensor(42))
+    """
 
     count: torch.Tensor
     rng_key: torch.Tensor
 
 
+@record_hyperparams
 def add_noise(
     eta: float | torch.Tensor,
     gamma: float | torch.Tensor,
@@ -343,7 +439,7 @@ def add_noise(
     *,
     seed: int | None = None,
 ) -> GradientTransformation:
-    r"""Add annealed Gaussian noise to the updates: $u_t = g_t + \sigma_t \xi_t$, $\xi_t \sim N(0, I)$.
+    r"""Add annealed Gaussian noise: $u_t = g_t + \sigma_t \xi_t$, $\xi_t \sim N(0, I)$.
 
     The variance decays as $\sigma_t^2 = \eta / (1 + t)^\gamma$ for $t = 0, 1, \dots$ (the update
     count before the step), as in optax.

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation
+from torchopt_fn._base import GradientTransformation, record_hyperparams
 from torchopt_fn._validate import check_in_range
 from torchopt_fn.transforms._common import init_count
 
@@ -15,17 +15,26 @@ __all__ = ["EmaState", "TraceState", "ema", "momentum", "trace"]
 
 
 class TraceState(NamedTuple):
-    """State of `trace`: the momentum buffer."""
+    """State of `trace`: the momentum buffer.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.trace(0.9).init({"w": torch.zeros(2)}).trace
+        {'w': tensor([0., 0.])}
+    """
 
     trace: Any
 
 
+@record_hyperparams
 def trace(
     decay: float | torch.Tensor,
     nesterov: bool = False,
     accumulator_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
-    r"""Heavy-ball momentum: $m_t = g_t + \beta m_{t-1}$, $u_t = m_t$ (or $g_t + \beta m_t$ with Nesterov).
+    r"""Heavy-ball momentum: $m_t = g_t + \beta m_{t-1}$, $u_t = m_t$.
+
+    With ``nesterov``, $u_t = g_t + \beta m_t$.
 
     Equal to `torch.optim.SGD`'s momentum buffer with ``dampening=0``.
 
@@ -67,8 +76,11 @@ def trace(
         new_trace = _tree.map_live(accumulate, updates, state.trace, fill=state.trace)
         if nesterov:
             out = _tree.map_live(
-                lambda ops, gs, ts: ops.add(gs, [t.to(g.dtype) for g, t in zip(gs, ts)], alpha=decay),
-                updates, new_trace,
+                lambda ops, gs, ts: ops.add(
+                    gs, [t.to(g.dtype) for g, t in zip(gs, ts)], alpha=decay
+                ),
+                updates,
+                new_trace,
             )
         else:
             out = _tree.map_live(
@@ -84,12 +96,19 @@ momentum = trace
 
 
 class EmaState(NamedTuple):
-    """State of `ema`: the step count and the moving average."""
+    """State of `ema`: the step count and the moving average.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.ema(0.9).init({"w": torch.zeros(1)})
+        EmaState(count=tensor(0), ema={'w': tensor([0.])})
+    """
 
     count: torch.Tensor
     ema: Any
 
 
+@record_hyperparams
 def ema(
     decay: float | torch.Tensor,
     debias: bool = True,
@@ -129,7 +148,9 @@ def ema(
         new_ema = _tree.tree_update_moment(updates, state.ema, decay, order=1)
         count = state.count + 1
         out = _tree.tree_bias_correction(new_ema, decay, count) if debias else new_ema
-        out = _tree.map_live(lambda ops, gs, es: [e.to(g.dtype) for g, e in zip(gs, es)], updates, out)
+        out = _tree.map_live(
+            lambda ops, gs, es: [e.to(g.dtype) for g, e in zip(gs, es)], updates, out
+        )
         return out, EmaState(count=count, ema=new_ema)
 
     return GradientTransformation(init_fn, update_fn)

@@ -10,8 +10,9 @@ from torchopt_fn import _tree
 from torchopt_fn._base import (
     EmptyState,
     GradientTransformation,
-    Schedule,
     ScalarOrSchedule,
+    Schedule,
+    record_hyperparams,
 )
 from torchopt_fn._validate import check_non_negative
 from torchopt_fn.transforms._common import init_count
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 
+@record_hyperparams
 def scale(step_size: float | torch.Tensor) -> GradientTransformation:
     r"""Multiply every update by a constant: $u_t = \alpha g_t$.
 
@@ -53,11 +55,18 @@ def scale(step_size: float | torch.Tensor) -> GradientTransformation:
 
 
 class ScaleByScheduleState(NamedTuple):
-    """State of `scale_by_schedule`: the number of steps taken."""
+    """State of `scale_by_schedule`: the number of steps taken.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_schedule(lambda t: 0.1).init({"w": torch.zeros(1)})
+        ScaleByScheduleState(count=tensor(0))
+    """
 
     count: torch.Tensor
 
 
+@record_hyperparams
 def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     r"""Multiply updates by a schedule of the step count: $u_t = s(t) g_t$, $t = 0, 1, \dots$
 
@@ -88,6 +97,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn)
 
 
+@record_hyperparams
 def scale_by_learning_rate(
     learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
 ) -> GradientTransformation:
@@ -113,9 +123,20 @@ def scale_by_learning_rate(
     sign = -1.0 if flip_sign else 1.0
     if callable(learning_rate) and not isinstance(learning_rate, torch.Tensor):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
-    return scale(sign * learning_rate)
+
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        # Negated here, not at construction, so a tensor learning rate changed in place counts.
+        return _tree.tree_scale(sign * learning_rate, updates), state
+
+    return GradientTransformation(init_fn, update_fn)
 
 
+@record_hyperparams
 def scale_by_sign() -> GradientTransformation:
     r"""Replace every update by its element-wise sign: $u_t = \operatorname{sign}(g_t)$.
 

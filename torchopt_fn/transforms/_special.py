@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import EmptyState, GradientTransformation
+from torchopt_fn._base import EmptyState, GradientTransformation, record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative, check_positive
 from torchopt_fn.transforms._common import params_device
 from torchopt_fn.transforms._factored import _map_leaves
@@ -29,6 +29,7 @@ def _empty_init(params: Any) -> EmptyState:
     return EmptyState()
 
 
+@record_hyperparams
 def scale_by_trust_ratio(
     min_norm: float | torch.Tensor = 0.0,
     trust_coefficient: float | torch.Tensor = 1.0,
@@ -89,12 +90,21 @@ def scale_by_trust_ratio(
 
 
 class ScaleByOptimisticGradientState(NamedTuple):
-    """State of `scale_by_optimistic_gradient`: whether no step was taken yet, the last gradient."""
+    """State of `scale_by_optimistic_gradient`: whether no step was taken yet, the last gradient.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_optimistic_gradient()
+        >>> _, state = tx.update({"w": torch.ones(2)}, tx.init({"w": torch.zeros(2)}))
+        >>> state.is_initial_step, state.previous_gradient["w"]
+        (tensor(False), tensor([1., 1.]))
+    """
 
     is_initial_step: torch.Tensor
     previous_gradient: Any
 
 
+@record_hyperparams
 def scale_by_optimistic_gradient(
     alpha: float | torch.Tensor = 1.0, beta: float | torch.Tensor = 1.0
 ) -> GradientTransformation:
@@ -158,6 +168,7 @@ def scale_by_optimistic_gradient(
     return GradientTransformation(init_fn, update_fn)
 
 
+@record_hyperparams
 def scale_by_polyak(
     f_min: float | torch.Tensor = 0.0,
     max_learning_rate: float | torch.Tensor = 1.0,
@@ -229,12 +240,19 @@ def scale_by_polyak(
 
 
 class ScaleByRpropState(NamedTuple):
-    """State of `scale_by_rprop`: per-element step sizes and the last (masked) signed steps."""
+    """State of `scale_by_rprop`: per-element step sizes and the last (masked) signed steps.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_rprop(0.1).init({"w": torch.zeros(2)}).step_sizes["w"]
+        tensor([0.1000, 0.1000])
+    """
 
     step_sizes: Any
     prev_updates: Any
 
 
+@record_hyperparams
 def scale_by_rprop(
     learning_rate: float | torch.Tensor,
     eta_minus: float | torch.Tensor = 0.5,
@@ -302,11 +320,13 @@ def scale_by_rprop(
     check_in_range("eta_plus", eta_plus, 1.0, float("inf"), low_inclusive=False)
     check_non_negative("min_step_size", min_step_size)
     check_positive("max_step_size", max_step_size)
-    if not isinstance(min_step_size, torch.Tensor) and not isinstance(max_step_size, torch.Tensor):
-        if min_step_size > max_step_size:
-            raise ValueError(
-                f"min_step_size ({min_step_size}) must be <= max_step_size ({max_step_size})."
-            )
+    bounds_known = not isinstance(min_step_size, torch.Tensor) and not isinstance(
+        max_step_size, torch.Tensor
+    )
+    if bounds_known and min_step_size > max_step_size:
+        raise ValueError(
+            f"min_step_size ({min_step_size}) must be <= max_step_size ({max_step_size})."
+        )
 
     def init_fn(params):
         return ScaleByRpropState(

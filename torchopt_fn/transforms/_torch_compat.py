@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation, ScalarOrSchedule
+from torchopt_fn._base import GradientTransformation, ScalarOrSchedule, record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative
 from torchopt_fn.transforms._common import init_count, params_device, resolve
 
@@ -76,12 +76,19 @@ def _to_dtypes_of(xs: list[torch.Tensor], likes: list[torch.Tensor]) -> list[tor
 
 
 class ScaleByTorchMomentumState(NamedTuple):
-    """State of `scale_by_torch_momentum`: the step count and the momentum buffer."""
+    """State of `scale_by_torch_momentum`: the step count and the momentum buffer.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_torch_momentum(0.9).init({"w": torch.zeros(2)})
+        ScaleByTorchMomentumState(count=tensor(0), trace={'w': tensor([0., 0.])})
+    """
 
     count: torch.Tensor
     trace: Any
 
 
+@record_hyperparams
 def scale_by_torch_momentum(
     decay: float | torch.Tensor,
     dampening: float | torch.Tensor = 0.0,
@@ -142,7 +149,14 @@ def scale_by_torch_momentum(
 
 
 class ScaleByTorchAmsgradState(NamedTuple):
-    """State of `scale_by_torch_amsgrad`: count, moments ``mu``/``nu``, and ``nu_max``."""
+    """State of `scale_by_torch_amsgrad`: count, moments ``mu``/``nu``, and ``nu_max``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_torch_amsgrad().init({"w": torch.zeros(1)})
+        ScaleByTorchAmsgradState(count=tensor(0), mu={'w': tensor([0.])}, nu={'w': tensor([0.])},
+        nu_max={'w': tensor([0.])})
+    """
 
     count: torch.Tensor
     mu: Any
@@ -150,6 +164,7 @@ class ScaleByTorchAmsgradState(NamedTuple):
     nu_max: Any
 
 
+@record_hyperparams
 def scale_by_torch_amsgrad(
     b1: float | torch.Tensor = 0.9,
     b2: float | torch.Tensor = 0.999,
@@ -226,7 +241,14 @@ def scale_by_torch_amsgrad(
 
 
 class ScaleByTorchNadamState(NamedTuple):
-    """State of `scale_by_torch_nadam`: count, the product of momentum coefficients, moments."""
+    """State of `scale_by_torch_nadam`: count, the product of momentum coefficients, moments.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_torch_nadam().init({"w": torch.zeros(1)})
+        ScaleByTorchNadamState(count=tensor(0), mu_product=tensor(1.), mu={'w': tensor([0.])},
+        nu={'w': tensor([0.])})
+    """
 
     count: torch.Tensor
     mu_product: torch.Tensor
@@ -234,6 +256,7 @@ class ScaleByTorchNadamState(NamedTuple):
     nu: Any
 
 
+@record_hyperparams
 def scale_by_torch_nadam(
     b1: float | torch.Tensor = 0.9,
     b2: float | torch.Tensor = 0.999,
@@ -322,13 +345,20 @@ def scale_by_torch_nadam(
 
 
 class ScaleByTorchRadamState(NamedTuple):
-    """State of `scale_by_torch_radam`: step count and Adam's moments."""
+    """State of `scale_by_torch_radam`: step count and Adam's moments.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_torch_radam().init({"w": torch.zeros(1)})
+        ScaleByTorchRadamState(count=tensor(0), mu={'w': tensor([0.])}, nu={'w': tensor([0.])})
+    """
 
     count: torch.Tensor
     mu: Any
     nu: Any
 
 
+@record_hyperparams
 def scale_by_torch_radam(
     b1: float | torch.Tensor = 0.9,
     b2: float | torch.Tensor = 0.999,
@@ -415,12 +445,19 @@ def scale_by_torch_radam(
 
 
 class ScaleByTorchAdagradState(NamedTuple):
-    """State of `scale_by_torch_adagrad`: step count and the sum of squared gradients."""
+    """State of `scale_by_torch_adagrad`: step count and the sum of squared gradients.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_torch_adagrad(0.1).init({"w": torch.zeros(2)})
+        ScaleByTorchAdagradState(count=tensor(0), sum_of_squares={'w': tensor([0.1000, 0.1000])})
+    """
 
     count: torch.Tensor
     sum_of_squares: Any
 
 
+@record_hyperparams
 def scale_by_torch_adagrad(
     initial_accumulator_value: float | torch.Tensor = 0.0,
     eps: float | torch.Tensor = 1e-10,
@@ -495,12 +532,20 @@ def scale_by_torch_adagrad(
 
 
 class ScaleByTorchRpropState(NamedTuple):
-    """State of `scale_by_torch_rprop`: per-element step sizes and the previous gradient."""
+    """State of `scale_by_torch_rprop`: per-element step sizes and the previous gradient.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_torch_rprop(0.01).init({"w": torch.zeros(2)})
+        ScaleByTorchRpropState(step_sizes={'w': tensor([0.0100, 0.0100])},
+        prev={'w': tensor([0., 0.])})
+    """
 
     step_sizes: Any
     prev: Any
 
 
+@record_hyperparams
 def scale_by_torch_rprop(
     learning_rate: ScalarOrSchedule,
     eta_minus: float = 0.5,
@@ -597,12 +642,19 @@ def scale_by_torch_rprop(
 
 
 class ScaleByTorchAsgdState(NamedTuple):
-    """State of `scale_by_torch_asgd`: step count and ``ax``, the averaged parameters."""
+    """State of `scale_by_torch_asgd`: step count and ``ax``, the averaged parameters.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_torch_asgd(0.01).init({"w": torch.zeros(2)})
+        ScaleByTorchAsgdState(count=tensor(0), ax={'w': tensor([0., 0.])})
+    """
 
     count: torch.Tensor
     ax: Any
 
 
+@record_hyperparams
 def scale_by_torch_asgd(
     learning_rate: ScalarOrSchedule,
     lambd: float | torch.Tensor = 1e-4,

@@ -8,14 +8,23 @@ from typing import Any
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import EmptyState, GradientTransformation, Params
+from torchopt_fn._base import (
+    EmptyState,
+    GradientTransformation,
+    Params,
+    Schedule,
+    record_hyperparams,
+)
 from torchopt_fn._combine import masked
+from torchopt_fn.transforms._common import init_count
+from torchopt_fn.transforms._scale import ScaleByScheduleState
 
 __all__ = ["add_decayed_weights", "add_decoupled_weight_decay"]
 
 
+@record_hyperparams
 def add_decayed_weights(
-    weight_decay: float | torch.Tensor = 0.0,
+    weight_decay: float | torch.Tensor | Schedule = 0.0,
     mask: Any | Callable[[Params], Any] | None = None,
 ) -> GradientTransformation:
     r"""Add the parameters times ``weight_decay`` to the updates: $u_t = g_t + \lambda \theta_t$.
@@ -25,7 +34,8 @@ def add_decayed_weights(
     (torch's ``weight_decay`` in `torch.optim.Adam`/`SGD`).
 
     Args:
-        weight_decay: the coefficient $\lambda$ (a float or 0-d tensor).
+        weight_decay: the coefficient $\lambda$: a float, a 0-d tensor, or a schedule of the
+            step count (then the state counts steps, as in optax).
         mask: a tree of booleans (or a function of the params returning one) selecting the
             parameters to decay; the others pass through.
 
@@ -47,17 +57,22 @@ def add_decayed_weights(
         https://arxiv.org/abs/1711.05101
     """
 
+    scheduled = callable(weight_decay) and not isinstance(weight_decay, torch.Tensor)
+
     def init_fn(params):
-        del params
-        return EmptyState()
+        return ScaleByScheduleState(count=init_count(params)) if scheduled else EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         if params is None:
             raise ValueError("add_decayed_weights needs `params` in update().")
+        decay = weight_decay(state.count) if scheduled else weight_decay
+        if scheduled:
+            state = ScaleByScheduleState(count=state.count + 1)
         out = _tree.map_live(
-            lambda ops, gs, ps: ops.add(gs, [p.to(g.dtype) for g, p in zip(gs, ps)], alpha=weight_decay),
-            updates, params,
+            lambda ops, gs, ps: ops.add(gs, [p.to(g.dtype) for g, p in zip(gs, ps)], alpha=decay),
+            updates,
+            params,
         )
         return out, state
 

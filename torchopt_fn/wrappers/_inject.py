@@ -17,7 +17,14 @@ __all__ = ["InjectHyperparamsState", "inject_hyperparams"]
 
 
 class InjectHyperparamsState(NamedTuple):
-    """State of `inject_hyperparams`: step count, current hyperparameters, the inner state."""
+    """State of `inject_hyperparams`: step count, current hyperparameters, the inner state.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> state = tf.inject_hyperparams(tf.sgd)(learning_rate=0.1).init({"w": torch.zeros(1)})
+        >>> state.hyperparams
+        {'learning_rate': tensor(0.1000, dtype=torch.float64)}
+    """
 
     count: torch.Tensor
     hyperparams: dict[str, torch.Tensor]
