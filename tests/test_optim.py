@@ -407,3 +407,65 @@ def test_compiled_step_does_not_recompile_when_scheduler_changes_lr():
         else:
             step()
         sched.step()
+
+
+@pytest.mark.parametrize(
+    "make_tx",
+    [
+        lambda: tf.adamw(1e-2, weight_decay=1e-2),
+        lambda: tf.adam(1e-2),
+        lambda: tf.sgd(0.05, momentum=0.9),
+        lambda: tf.sgd(0.05, momentum=0.9, nesterov=True),
+    ],
+    ids=["adamw", "adam", "sgd_momentum", "sgd_nesterov"],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_fast_path_equals_generic_path(make_tx, dtype):
+    runs = []
+    for fused in (True, False):
+        model = _model().to(dtype)
+        groups = [
+            {"params": list(model[0].parameters())},
+            {"params": list(model[2].parameters()), "lr": 5e-3},
+        ]
+        opt = tf.Optimizer(groups, make_tx())
+        assert (opt._fused is not None) is True
+        if not fused:
+            opt._fused = None
+        sched = lrs.StepLR(opt, 3, 0.5)
+        for _ in range(8):
+            opt.zero_grad()
+            ((model(_X.to(dtype)) - 0.3) ** 4).mean().backward()
+            opt.step()
+            sched.step()
+        runs.append((model, opt))
+    (fast_model, fast), (slow_model, slow) = runs
+    rtol = 1e-13 if dtype == torch.float64 else 1e-5
+    for p, q in zip(fast_model.parameters(), slow_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=rtol)
+        for key, value in fast.state[p].items():
+            torch.testing.assert_close(value, slow.state[q][key], rtol=rtol, atol=rtol)
+
+
+def test_compiled_mode_matches_torch_without_recompiling():
+    ref_model, our_model = _model(), _model()
+    kwargs = dict(lr=1e-2, weight_decay=1e-2)
+    ref = torch.optim.AdamW(_groups(ref_model, 1e-2), **kwargs)
+    tx = tf.chain(tf.clip_by_global_norm(10.0), tf.adamw(1e-2, weight_decay=1e-2))
+    ours = tf.Optimizer(_groups(our_model, 1e-2), tx, compile=True)
+    ref_sched, our_sched = (
+        lrs.OneCycleLR(ref, 5e-2, total_steps=12),
+        lrs.OneCycleLR(ours, 5e-2, total_steps=12),
+    )
+    for i in range(10):
+        for model, opt, sched in ((ref_model, ref, ref_sched), (our_model, ours, our_sched)):
+            opt.zero_grad()
+            _loss(model).backward()
+            if opt is ours and i >= 2:
+                with torch.compiler.set_stance("fail_on_recompile"):
+                    opt.step()
+            else:
+                opt.step()
+            sched.step()
+    for p, q in zip(our_model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)

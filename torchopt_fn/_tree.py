@@ -242,12 +242,14 @@ class _Ops:
 
     def lerp(self, xs: list, ys: list, w: Scalar) -> list:
         """``x + w * (y - x)``."""
-        if self.foreach and not _requires_grad(w):
+        if isinstance(w, torch.Tensor):
+            # Written out for a tensor weight: Inductor (torch 2.13, CPU) evaluates a weight
+            # computed in the graph (``1 - b1``) in float32 inside `_foreach_lerp`, losing
+            # float64 precision; for w < 1/2 this is exactly lerp's own formula.
+            return self.add(xs, self.mul(self.sub(ys, xs), w))
+        if self.foreach:
             return list(torch._foreach_lerp(xs, ys, w))
-        return [
-            torch.lerp(x, y, w) if not isinstance(w, torch.Tensor) else x + w * (y - x)
-            for x, y in zip(xs, ys)
-        ]
+        return [torch.lerp(x, y, w) for x, y in zip(xs, ys)]
 
     def square(self, xs: list) -> list:
         return self.mul(xs, xs)

@@ -165,9 +165,14 @@ class Optimizer(torch.optim.Optimizer):
         params: what torch optimizers accept: an iterable of tensors, of ``(name, tensor)``
             pairs, or of param-group dicts (which may override hyperparameters, e.g.
             ``{"params": no_decay, "weight_decay": 0.0}``).
-        tx: the transformation. Hyperparameters of named optimizers inside it (``adamw``,
-            ``from_torch(...)``, also inside a ``chain``) appear in ``param_groups`` under
-            torch's names and can be changed between steps by lr schedulers or by hand.
+        tx: the transformation. Its float hyperparameters (of every public factory inside it:
+            ``adamw(...)``, ``from_torch(...)``, the parts of a ``chain``) appear in
+            ``param_groups`` under torch's names and can be changed between steps by lr
+            schedulers or by hand.
+        compile: run each group's update compiled with ``torch.compile(fullgraph=True)``,
+            traced once: changing hyperparameters do not recompile. Otherwise the update runs
+            eagerly on multi-tensor kernels, or torch's fused kernel where the transformation
+            is exactly Adam, AdamW or SGD with momentum.
 
     Raises:
         ValueError: for a param group with a hyperparameter the transformation does not have.
@@ -186,11 +191,14 @@ class Optimizer(torch.optim.Optimizer):
     the numbers of ``torch.optim.AdamW(params, lr, (b1, b2), eps, weight_decay)``.
     """
 
-    def __init__(self, params: Iterable[Any], tx: GradientTransformation):
+    def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, compile: bool = False):
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"Optimizer: tx must be a GradientTransformation, got {type(tx)}.")
         self.tx = tx
-        self._fused = fused_kernel_for(tx)
+        self.compile = compile
+        self._fused = None if compile else fused_kernel_for(tx)
+        # Per group: (non-tensor hyperparameters, transformation, its update, maybe compiled).
+        self._built: dict[int, tuple[Any, GradientTransformation, Callable[..., Any]]] = {}
         self._layouts: dict[int, tuple[Any, list[_Slot]]] = {}
         self._hyper_tensors: dict[int, dict[tuple[str, int], torch.Tensor]] = {}
         defaults, self._ambiguous = _hyperparams(tx)
@@ -244,7 +252,33 @@ class Optimizer(torch.optim.Optimizer):
         return out
 
     def _group_tx(self, group: dict[str, Any]) -> GradientTransformation:
+        return self._group_update(group)[0]
+
+    def _group_update(
+        self, group: dict[str, Any]
+    ) -> tuple[GradientTransformation, Callable[..., Any]]:
+        """The group's transformation and its update function (compiled in compile mode).
+
+        Built once and reused while the group's non-tensor hyperparameters stay the same: the
+        float ones are the group's persistent tensors, refilled by `_group_values` every step.
+        """
         values = self._group_values(group)
+        static = tuple(
+            (k, tuple(None if isinstance(x, torch.Tensor) else x for x in v))
+            if isinstance(v, tuple)
+            else (k, None if isinstance(v, torch.Tensor) else v)
+            for k, v in values.items()
+        )
+        built = self._built.get(id(group))
+        if built is None or built[0] != static:
+            tx = self._build_group_tx(values)
+            update = tx.update
+            if self.compile:
+                update = torch.compile(update, fullgraph=True)
+            built = self._built[id(group)] = (static, tx, update)
+        return built[1], built[2]
+
+    def _build_group_tx(self, values: dict[str, Any]) -> GradientTransformation:
 
         def replacements(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict:
             node = _RecordedView(factory, arguments)
@@ -343,7 +377,7 @@ class Optimizer(torch.optim.Optimizer):
             for g in grads:
                 if g is not None and g.is_sparse:
                     raise RuntimeError("Optimizer: sparse gradients are not supported.")
-            tx = self._group_tx(group)
+            tx, update = self._group_update(group)
             live = [p for p in params if p.grad is not None]
             if self._fused is not None and fused_supported(live):
                 if not self._has_state(params, self._layout(group, tx)[1]):
@@ -351,7 +385,7 @@ class Optimizer(torch.optim.Optimizer):
                 self._fused(group, live, self.state)
                 continue
             state = self._read_state(group, tx)
-            updates, state = tx.update(_tree.ParamList(grads), state, _tree.ParamList(params))
+            updates, state = update(_tree.ParamList(grads), state, _tree.ParamList(params))
             slots = self._layout(group, tx)[1]
             self._write_state(group, state, slots)
             if not any(slot.key == _STEP for slot in slots):
