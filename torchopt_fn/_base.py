@@ -89,7 +89,8 @@ class EmptyState(NamedTuple):
     """
 
 
-def _empty_init(params: Params) -> EmptyState:
+def empty_init(params: Params) -> EmptyState:
+    """The ``init`` of a stateless transformation."""
     del params
     return EmptyState()
 
@@ -198,7 +199,7 @@ def identity() -> GradientTransformation:
         del params, extra_args
         return updates, state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 @record_hyperparams
@@ -216,7 +217,7 @@ def set_to_zero() -> GradientTransformation:
         del params, extra_args
         return _tree.tree_zeros_like(updates), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 @record_hyperparams
@@ -236,7 +237,7 @@ def stateless(
         del extra_args
         return f(updates, params), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 @record_hyperparams

@@ -292,6 +292,36 @@ def _live(updates: Tree, *others: Tree, what: str = "update"):
     return picked, leaves, other_leaves, rebuild
 
 
+def cast_like(xs: list, likes: list) -> list:
+    """Each ``x`` cast to the dtype of the matching ``like`` (outputs keep the updates' dtypes)."""
+    return [x.to(y.dtype) for x, y in zip(xs, likes)]
+
+
+def compute_dtype(tree: Tree) -> torch.dtype:
+    """The dtype for step-dependent scalars: the tree's floating dtypes promoted, >= float32."""
+    dtype = torch.float32
+    for leaf in tree_leaves(tree):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+            dtype = torch.promote_types(dtype, leaf.dtype)
+    return dtype
+
+
+def per_dtype(xs: list, make: Callable[[torch.dtype, torch.device], Any]) -> list:
+    """``make(dtype, device)`` once per (dtype, device) of ``xs``, one entry per leaf.
+
+    The dtype is the leaf's promoted to at least float32, so float16/bfloat16 leaves get
+    float32 step-dependent scalars (bias corrections, ...) and float64 leaves float64 ones.
+    """
+    cache: dict[tuple[torch.dtype, torch.device], Any] = {}
+    out = []
+    for x in xs:
+        key = (torch.promote_types(x.dtype, torch.float32), x.device)
+        if key not in cache:
+            cache[key] = make(*key)
+        out.append(cache[key])
+    return out
+
+
 def map_live(fn: Callable[..., list], updates: Tree, *others: Tree, fill: Tree = None) -> Tree:
     """Apply a multi-tensor function to the non-`None` leaves of ``updates`` (and ``others``).
 
@@ -495,10 +525,8 @@ def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps
 def _bias_correction_factor(
     decay: Scalar, count: torch.Tensor, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    # Computed in the leaves' floating dtype (at least float32) with tensor ops: Dynamo
-    # cannot trace the builtin pow(float, Tensor), and an integer exponent would give
-    # float32 (DESIGN.md §3).
-    dtype = torch.promote_types(dtype, torch.float32)
+    # Computed with tensor ops in the leaves' floating dtype: Dynamo cannot trace the builtin
+    # pow(float, Tensor), and an integer exponent would give float32 (DESIGN.md §3).
     decay_t = torch.as_tensor(decay, dtype=dtype, device=device)
     return 1 - torch.pow(decay_t, count.to(device=device, dtype=dtype))
 
@@ -512,14 +540,10 @@ def tree_bias_correction(moments: Tree, decay: Scalar, count: torch.Tensor) -> T
         {'a': tensor([2.])}
     """
     (ms,), leaves, _, rebuild = _live(moments)
-    factors: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-    per_leaf = []
-    for m in ms:
-        key = (m.dtype, m.device)
-        if key not in factors:
-            factors[key] = _bias_correction_factor(decay, count, m.dtype, m.device)
-        per_leaf.append(factors[key])
-    return rebuild(_Ops(ms).div(ms, per_leaf), leaves)
+    factors = per_dtype(
+        ms, lambda dtype, device: _bias_correction_factor(decay, count, dtype, device)
+    )
+    return rebuild(_Ops(ms).div(ms, factors), leaves)
 
 
 # --------------------------------------------------------------------------- reductions

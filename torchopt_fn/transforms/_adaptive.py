@@ -14,7 +14,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation, Updates, record_hyperparams
+from torchopt_fn._base import GradientTransformation, record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative, check_positive
 from torchopt_fn.transforms._adam import ScaleByAdamState, adam_direction, nesterov_mu_hat
 from torchopt_fn.transforms._common import init_count
@@ -46,11 +46,6 @@ __all__ = [
 ]
 
 Scalar = float | torch.Tensor
-
-
-def _cast_like(gs: list, xs: list) -> list:
-    """Cast every result back to its update's dtype (an update leaf keeps its dtype)."""
-    return [x.to(g.dtype) for g, x in zip(gs, xs)]
 
 
 # --------------------------------------------------------------------------- AMSGrad
@@ -150,7 +145,7 @@ def scale_by_amsgrad(
             fill=state.nu_max,
         )
         out = _tree.map_live(
-            lambda ops, gs, ms, vs: _cast_like(gs, adam_direction(ops, ms, vs, eps, eps_root)),
+            lambda ops, gs, ms, vs: _tree.cast_like(adam_direction(ops, ms, vs, eps, eps_root), gs),
             updates,
             mu_hat,
             nu_max,
@@ -218,7 +213,7 @@ def scale_by_adamax(
         nu = _tree.tree_update_infinity_moment(updates, state.nu, b2, eps)
         mu_hat = _tree.tree_bias_correction(mu, b1, count)
         out = _tree.map_live(
-            lambda ops, gs, ms, vs: _cast_like(gs, ops.div(ms, vs)), updates, mu_hat, nu
+            lambda ops, gs, ms, vs: _tree.cast_like(ops.div(ms, vs), gs), updates, mu_hat, nu
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
@@ -226,15 +221,6 @@ def scale_by_adamax(
 
 
 # --------------------------------------------------------------------------- RAdam
-
-
-def _compute_dtype(tree: Updates) -> torch.dtype:
-    """The widest floating dtype among the leaves of ``tree`` (at least float32)."""
-    dtype = torch.float32
-    for x in _tree.tree_leaves(tree):
-        if x is not None:
-            dtype = torch.promote_types(dtype, x.dtype)
-    return dtype
 
 
 @record_hyperparams
@@ -313,7 +299,7 @@ def scale_by_radam(
         nu_hat = _tree.tree_bias_correction(nu, b2, count)
         # rho_t and r_t are computed with tensor ops in the leaves' precision, so the
         # count may change under torch.compile without a recompile.
-        t = count.to(_compute_dtype(mu_hat))
+        t = count.to(_tree.compute_dtype(mu_hat))
         b2t = torch.pow(torch.as_tensor(b2, dtype=t.dtype, device=t.device), t)
         ro = ro_inf - 2 * t * b2t / (1 - b2t)
         # For 2 < rho_t < 4 the radicand is negative; that branch is never selected
@@ -326,7 +312,7 @@ def scale_by_radam(
         def direction(ops, gs, ms, vs):
             steps = adam_direction(ops, ms, vs, eps, eps_root)
             out = [torch.where(rectify, r.to(s.device, s.dtype) * s, m) for s, m in zip(steps, ms)]
-            return _cast_like(gs, out)
+            return _tree.cast_like(out, gs)
 
         out = _tree.map_live(direction, updates, mu_hat, nu_hat)
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
@@ -367,7 +353,7 @@ def _rms_scaling(eps: Scalar, eps_in_sqrt: bool) -> Callable[..., list]:
 
     def fn(ops, gs, vs):
         denominators = ops.sqrt(ops.add(vs, eps)) if eps_in_sqrt else ops.add(ops.sqrt(vs), eps)
-        return _cast_like(gs, ops.div(gs, denominators))
+        return _tree.cast_like(ops.div(gs, denominators), gs)
 
     return fn
 
@@ -614,7 +600,7 @@ def scale_by_rss(
             g * torch.where(s > 0, torch.rsqrt(torch.where(s > 0, s + eps, 1.0)), 0.0)
             for g, s in zip(gs, ss)
         ]
-        return _cast_like(gs, out)
+        return _tree.cast_like(out, gs)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -688,7 +674,7 @@ def scale_by_adadelta(rho: Scalar = 0.9, eps: Scalar = 1e-6) -> GradientTransfor
 
     def step(ops, gs, e_gs, e_xs):
         ratios = ops.div(ops.sqrt(ops.add(e_xs, eps)), ops.sqrt(ops.add(e_gs, eps)))
-        return _cast_like(gs, ops.mul(ratios, gs))
+        return _tree.cast_like(ops.mul(ratios, gs), gs)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -784,7 +770,7 @@ def scale_by_belief(
             mu_hat = _tree.tree_bias_correction(mu, b1, count)
         nu_hat = _tree.tree_bias_correction(nu, b2, count)
         out = _tree.map_live(
-            lambda ops, gs, ms, vs: _cast_like(gs, adam_direction(ops, ms, vs, eps, 0.0)),
+            lambda ops, gs, ms, vs: _tree.cast_like(adam_direction(ops, ms, vs, eps, 0.0), gs),
             updates,
             mu_hat,
             nu_hat,
@@ -864,7 +850,7 @@ def scale_by_yogi(
         mu_hat = _tree.tree_bias_correction(mu, b1, count)
         nu_hat = _tree.tree_bias_correction(nu, b2, count)
         out = _tree.map_live(
-            lambda ops, gs, ms, vs: _cast_like(gs, adam_direction(ops, ms, vs, eps, eps_root)),
+            lambda ops, gs, ms, vs: _tree.cast_like(adam_direction(ops, ms, vs, eps, eps_root), gs),
             updates,
             mu_hat,
             nu_hat,
@@ -977,7 +963,7 @@ def scale_by_novograd(
 
         extra = (params,) if uses_params else ()
         mu = _tree.map_live(momentum, updates, state.mu, nu, *extra, fill=state.mu)
-        out = _tree.map_live(lambda ops, gs, ms: _cast_like(gs, ms), updates, mu)
+        out = _tree.map_live(lambda ops, gs, ms: _tree.cast_like(ms, gs), updates, mu)
         return out, ScaleByNovogradState(count=count, mu=mu, nu=nu)
 
     return GradientTransformation(init_fn, update_fn)
@@ -1079,7 +1065,7 @@ def scale_by_adan(
 
         def direction(ops, gs, ms, vs, ns):
             numerators = ops.add(ms, vs, alpha=1 - b2)
-            return _cast_like(gs, adam_direction(ops, numerators, ns, eps, eps_root))
+            return _tree.cast_like(adam_direction(ops, numerators, ns, eps, eps_root), gs)
 
         out = _tree.map_live(direction, updates, m_hat, v_hat, n_hat)
         g = _tree.map_live(
@@ -1169,7 +1155,7 @@ def scale_by_lion(
 
     def direction(ops, gs, ms):
         mixed = ops.lerp(ms, [g.to(m.dtype) for g, m in zip(gs, ms)], 1 - b1)
-        return _cast_like(gs, [squash(x) for x in mixed])
+        return _tree.cast_like([squash(x) for x in mixed], gs)
 
     def init_fn(params):
         return ScaleByLionState(

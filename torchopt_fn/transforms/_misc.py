@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import EmptyState, GradientTransformation, record_hyperparams
+from torchopt_fn._base import EmptyState, GradientTransformation, empty_init, record_hyperparams
 from torchopt_fn._validate import check_non_negative, check_positive
 from torchopt_fn.transforms._common import init_count
 from torchopt_fn.transforms._factored import _map_leaves
@@ -29,11 +29,6 @@ __all__ = [
 ]
 
 _NO_PARAMS = "{name} needs the parameters: call update(updates, state, params)."
-
-
-def _empty_init(params: Any) -> EmptyState:
-    del params
-    return EmptyState()
 
 
 @record_hyperparams
@@ -74,7 +69,7 @@ def clip_by_block_rms(threshold: float | torch.Tensor) -> GradientTransformation
         del params, extra_args
         return _tree.map_live(clip, updates), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 def _scale_by_param_block(
@@ -92,7 +87,7 @@ def _scale_by_param_block(
             raise ValueError(_NO_PARAMS.format(name=name))
         return _tree.map_live(scale_leaves, updates, params), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 @record_hyperparams
@@ -231,7 +226,7 @@ def adaptive_grad_clip(
             raise ValueError(_NO_PARAMS.format(name="adaptive_grad_clip"))
         return _tree.tree_map(clip_leaf, updates, params), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 def _centralize_leaf(g: torch.Tensor) -> torch.Tensor:
@@ -267,7 +262,7 @@ def centralize() -> GradientTransformation:
         del params, extra_args
         return _tree.tree_map(_centralize_leaf, updates), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 class ZeroNansState(NamedTuple):
@@ -355,7 +350,7 @@ def keep_params_nonnegative() -> GradientTransformation:
         )
         return out, state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 _M64 = (1 << 64) - 1

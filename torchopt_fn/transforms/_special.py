@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn import _tree
-from torchopt_fn._base import EmptyState, GradientTransformation, record_hyperparams
+from torchopt_fn._base import GradientTransformation, empty_init, record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative, check_positive
 from torchopt_fn.transforms._common import params_device
 from torchopt_fn.transforms._factored import _map_leaves
@@ -22,11 +22,6 @@ __all__ = [
 ]
 
 _NO_PARAMS = "{name} needs the parameters: call update(updates, state, params)."
-
-
-def _empty_init(params: Any) -> EmptyState:
-    del params
-    return EmptyState()
 
 
 @record_hyperparams
@@ -86,7 +81,7 @@ def scale_by_trust_ratio(
             raise ValueError(_NO_PARAMS.format(name="scale_by_trust_ratio"))
         return _tree.map_live(ratios, updates, params), state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 class ScaleByOptimisticGradientState(NamedTuple):
@@ -236,7 +231,7 @@ def scale_by_polyak(
         out = _tree.map_live(lambda ops, gs: ops.mul(gs, [step.to(g.dtype) for g in gs]), updates)
         return out, state
 
-    return GradientTransformation(_empty_init, update_fn)
+    return GradientTransformation(empty_init, update_fn)
 
 
 class ScaleByRpropState(NamedTuple):

@@ -10,7 +10,6 @@ recompiling as the count changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -40,39 +39,9 @@ __all__ = [
 Scalar = float | torch.Tensor
 
 
-def _per_leaf(xs: list[torch.Tensor], make: Callable[[torch.dtype, torch.device], Any]) -> list:
-    """``make(dtype, device)`` once per (floating dtype, device) of ``xs``, one entry per leaf.
-
-    The dtype is the leaf's promoted to at least float32, so float16/bfloat16 leaves get
-    float32 step-dependent scalars and float64 leaves float64 ones.
-    """
-    cache: dict[tuple[torch.dtype, torch.device], Any] = {}
-    out = []
-    for x in xs:
-        key = (torch.promote_types(x.dtype, torch.float32), x.device)
-        if key not in cache:
-            cache[key] = make(*key)
-        out.append(cache[key])
-    return out
-
-
 def _t(value: Scalar, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A hyperparameter or count as a 0-d tensor of ``dtype`` on ``device``."""
     return torch.as_tensor(value, dtype=dtype, device=device)
-
-
-def _scalar_dtype(params: Any) -> torch.dtype:
-    """The widest floating dtype among the params' leaves, at least float32."""
-    dtype = torch.float32
-    for leaf in _tree.tree_leaves(params):
-        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
-            dtype = torch.promote_types(dtype, leaf.dtype)
-    return dtype
-
-
-def _to_dtypes_of(xs: list[torch.Tensor], likes: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each ``x`` cast to the dtype of the matching ``like`` (a no-op where they agree)."""
-    return [x.to(y.dtype) for x, y in zip(xs, likes)]
 
 
 class ScaleByTorchMomentumState(NamedTuple):
@@ -136,13 +105,13 @@ def scale_by_torch_momentum(
         started = state.count != 0
 
         def accumulate(ops, gs, ts):
-            weights = _per_leaf(
+            weights = _tree.per_dtype(
                 ts, lambda dt, dev: 1 - _t(dampening, dt, dev) * started.to(device=dev, dtype=dt)
             )
-            return ops.add(ops.mul(ts, decay), ops.mul(_to_dtypes_of(gs, ts), weights))
+            return ops.add(ops.mul(ts, decay), ops.mul(_tree.cast_like(gs, ts), weights))
 
         new_trace = _tree.map_live(accumulate, updates, state.trace, fill=state.trace)
-        out = _tree.map_live(lambda ops, gs, ts: _to_dtypes_of(ts, gs), updates, new_trace)
+        out = _tree.map_live(lambda ops, gs, ts: _tree.cast_like(ts, gs), updates, new_trace)
         return out, ScaleByTorchMomentumState(count=state.count + 1, trace=new_trace)
 
     return GradientTransformation(init_fn, update_fn)
@@ -230,9 +199,9 @@ def scale_by_torch_amsgrad(
                 bc1 = 1 - torch.pow(_t(b1, dt, dev), t)
                 return bc1, torch.sqrt(1 - torch.pow(_t(b2, dt, dev), t))
 
-            bc1, sqrt_bc2 = zip(*_per_leaf(ms, corrections))
+            bc1, sqrt_bc2 = zip(*_tree.per_dtype(ms, corrections))
             denom = ops.add(ops.div(ops.sqrt(vs), list(sqrt_bc2)), eps)
-            return _to_dtypes_of(ops.div(ops.div(ms, list(bc1)), denom), gs)
+            return _tree.cast_like(ops.div(ops.div(ms, list(bc1)), denom), gs)
 
         out = _tree.map_live(direction, updates, mu, nu_max)
         return out, ScaleByTorchAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
@@ -306,7 +275,7 @@ def scale_by_torch_nadam(
         device = params_device(params)
         return ScaleByTorchNadamState(
             count=init_count(params),
-            mu_product=torch.ones((), dtype=_scalar_dtype(params), device=device),
+            mu_product=torch.ones((), dtype=_tree.compute_dtype(params), device=device),
             mu=_tree.tree_zeros_like(params),
             nu=_tree.tree_zeros_like(params),
         )
@@ -332,11 +301,11 @@ def scale_by_torch_nadam(
                 bc2 = 1 - torch.pow(_t(b2, dt, dev), count.to(device=dev, dtype=dt))
                 return bc2, coef_g.to(device=dev, dtype=dt), coef_m.to(device=dev, dtype=dt)
 
-            bc2, cg, cm = (list(s) for s in zip(*_per_leaf(ms, scalars)))
+            bc2, cg, cm = (list(s) for s in zip(*_tree.per_dtype(ms, scalars)))
             denom = ops.add(ops.sqrt(ops.div(vs, bc2)), eps)
-            gs_ = _to_dtypes_of(gs, ms)
+            gs_ = _tree.cast_like(gs, ms)
             new = ops.add(ops.mul(ops.div(gs_, denom), cg), ops.mul(ops.div(ms, denom), cm))
-            return _to_dtypes_of(new, gs)
+            return _tree.cast_like(new, gs)
 
         out = _tree.map_live(direction, updates, mu, nu)
         return out, ScaleByTorchNadamState(count=count, mu_product=mu_product, mu=mu, nu=nu)
@@ -432,11 +401,11 @@ def scale_by_torch_radam(
             return bc1, torch.sqrt(bc2) * rect, rho_t > threshold
 
         def direction(ops, gs, ms, vs):
-            bc1, factor, rectify = (list(s) for s in zip(*_per_leaf(ms, scalars)))
+            bc1, factor, rectify = (list(s) for s in zip(*_tree.per_dtype(ms, scalars)))
             m_hat = ops.div(ms, bc1)
             adapted = ops.mul(ops.div(m_hat, ops.add(ops.sqrt(vs), eps)), factor)
             new = [torch.where(c, a, m) for c, a, m in zip(rectify, adapted, m_hat)]
-            return _to_dtypes_of(new, gs)
+            return _tree.cast_like(new, gs)
 
         out = _tree.map_live(direction, updates, mu, nu)
         return out, ScaleByTorchRadamState(count=count, mu=mu, nu=nu)
@@ -509,21 +478,21 @@ def scale_by_torch_adagrad(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         sums = _tree.map_live(
-            lambda ops, gs, ss: ops.add(ss, ops.square(_to_dtypes_of(gs, ss))),
+            lambda ops, gs, ss: ops.add(ss, ops.square(_tree.cast_like(gs, ss))),
             updates,
             state.sum_of_squares,
             fill=state.sum_of_squares,
         )
 
         def direction(ops, gs, ss):
-            new = ops.div(_to_dtypes_of(gs, ss), ops.add(ops.sqrt(ss), eps))
+            new = ops.div(_tree.cast_like(gs, ss), ops.add(ops.sqrt(ss), eps))
             if decays:
                 # Step t = count + 1 is divided by 1 + (t - 1) * lr_decay.
-                factors = _per_leaf(
+                factors = _tree.per_dtype(
                     ss, lambda dt, dev: 1 + state.count.to(dev, dt) * _t(lr_decay, dt, dev)
                 )
                 new = ops.div(new, factors)
-            return _to_dtypes_of(new, gs)
+            return _tree.cast_like(new, gs)
 
         out = _tree.map_live(direction, updates, sums)
         return out, ScaleByTorchAdagradState(count=state.count + 1, sum_of_squares=sums)
@@ -606,7 +575,7 @@ def scale_by_torch_rprop(
         del params, extra_args
 
         def signs(ops, gs, prevs):
-            return ops.mul(_to_dtypes_of(gs, prevs), prevs)
+            return ops.mul(_tree.cast_like(gs, prevs), prevs)
 
         products = _tree.map_live(signs, updates, state.prev)
 
@@ -728,15 +697,15 @@ def scale_by_torch_asgd(
             return memo[dt, dev]
 
         def step(ops, gs, ps):
-            neg_eta, neg_eta_decay, _ = (list(s) for s in zip(*_per_leaf(ps, scalars)))
-            new = ops.add(ops.mul(_to_dtypes_of(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
-            return _to_dtypes_of(new, gs)
+            neg_eta, neg_eta_decay, _ = (list(s) for s in zip(*_tree.per_dtype(ps, scalars)))
+            new = ops.add(ops.mul(_tree.cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
+            return _tree.cast_like(new, gs)
 
         out = _tree.map_live(step, updates, params)
 
         def average(ops, gs, ps, us, axs):
-            mu = [s[2] for s in _per_leaf(axs, scalars)]
-            new_ps = _to_dtypes_of(ops.add(ps, _to_dtypes_of(us, ps)), axs)
+            mu = [s[2] for s in _tree.per_dtype(axs, scalars)]
+            new_ps = _tree.cast_like(ops.add(ps, _tree.cast_like(us, ps)), axs)
             return ops.add(axs, ops.mul(ops.sub(new_ps, axs), mu))
 
         ax = _tree.map_live(average, updates, params, out, state.ax, fill=state.ax)
