@@ -8,10 +8,8 @@ equations (with optax's conventions), (2) optax 0.2.8's own trajectories
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -298,75 +296,6 @@ def test_adaptive_matches_reference_loop(case):
 def test_every_adaptive_transform_has_reference_cases():
     assert {name for name, _ in REFERENCE_CASES} == set(NAMES) == set(REFERENCES)
     assert all(name in tf.__all__ for name in NAMES)
-
-
-# --------------------------------------------------------------------------- optax goldens
-
-GOLDENS = Path(__file__).resolve().parents[1] / "goldens" / "optax_goldens.json"
-
-
-def _golden_cases() -> list[Any]:
-    if not GOLDENS.exists():
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"{GOLDENS} not generated"))]
-    cases = json.loads(GOLDENS.read_text())["cases"]
-    return [
-        pytest.param(c, id=c["id"])
-        for c in cases
-        if c["kind"] == "transform" and c["name"] in NAMES
-    ]
-
-
-def _golden_problem():
-    params = {
-        "w": torch.linspace(-1.0, 1.0, 12, dtype=F64).reshape(4, 3),
-        "b": torch.tensor([0.5, -0.3, 0.1], dtype=F64),
-    }
-
-    def grad(p):
-        w, b = p["w"], p["b"]
-        return {
-            "w": w**3 - 0.5 * w + 0.1 * torch.cos(w) + 0.05 * b.sum(),
-            "b": 2 * b - 1 + 0.1 * torch.sin(b) + 0.05 * w.sum(),
-        }
-
-    def loss(p):
-        w, b = p["w"], p["b"]
-        return (
-            torch.sum(w**4 / 4 - 0.25 * w**2 + 0.1 * torch.sin(w))
-            + torch.sum(b**2 - b - 0.1 * torch.cos(b))
-            + 0.05 * w.sum() * b.sum()
-            + 2.0
-        )
-
-    return params, grad, loss
-
-
-@pytest.mark.parametrize("case", _golden_cases())
-def test_adaptive_matches_optax_golden(case):
-    tx = getattr(tf, case["name"])(**case["kwargs"])
-    scale = tf.scale(case["scale"])
-    tx = tf.chain(tx, scale) if case["order"] == "transform_first" else tf.chain(scale, tx)
-    params, grad, loss = _golden_problem()
-    state = tx.init(params)
-    for step in range(len(case["trajectory"]["w"])):
-        extra = {"value": loss(params)} if case["needs_value"] else {}
-        updates, state = tx.update(grad(params), state, params, **extra)
-        params = tf.apply_updates(params, updates)
-        for key in ("w", "b"):
-            expected = torch.tensor(case["trajectory"][key][step], dtype=F64)
-            torch.testing.assert_close(
-                params[key].reshape(-1),
-                expected,
-                rtol=1e-10,
-                atol=0.0,
-                msg=lambda m, key=key, step=step: f"{key} after step {step + 1}: {m}",
-            )
-
-
-@pytest.mark.skipif(not GOLDENS.exists(), reason="optax goldens not generated")
-def test_every_adaptive_transform_has_an_optax_golden():
-    covered = {p.values[0]["name"] for p in _golden_cases()}
-    assert covered == set(NAMES)
 
 
 # --------------------------------------------------------------------------- None leaves
