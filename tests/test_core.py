@@ -228,3 +228,13 @@ def test_inject_hyperparams_compiles_without_recompiling_when_lr_changes():
         for lr in [0.2, 0.3]:
             state = tf.tree_set(state, learning_rate=torch.tensor(lr, dtype=torch.float64))
             p, state = step(p, p, state)
+
+
+def test_sparse_and_complex_gradients_fail_clearly():
+    p = {"w": torch.zeros(3)}
+    tx = tf.scale_by_adam()
+    with pytest.raises(ValueError, match="sparse"):
+        tx.update({"w": torch.zeros(3).to_sparse()}, tx.init(p), p)
+    c = {"w": torch.zeros(3, dtype=torch.complex64)}
+    with pytest.raises(ValueError, match="complex"):
+        tx.update(c, tx.init(c), c)

@@ -469,3 +469,13 @@ def test_compiled_mode_matches_torch_without_recompiling():
             sched.step()
     for p, q in zip(our_model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_train_and_eval_are_forwarded_to_the_transformation():
+    modes = []
+    tx = tf.sgd(0.1)
+    tx.train = modes.append  # a transformation with modes (schedule-free style)
+    opt = tf.Optimizer(_model().parameters(), tx)
+    assert opt.eval() is opt and opt.train() is opt
+    assert modes == [False, True]
+    tf.Optimizer(_model().parameters(), tf.adam(1e-3)).eval()  # no modes: nothing happens

@@ -172,10 +172,20 @@ def tree_map(f: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
         ...             {"a": torch.ones(1), "b": torch.ones(1)})
         {'a': tensor([2.]), 'b': None}
     """
-    leaves, spec = tree_flatten(tree)
-    others = [_flatten_like(spec, tree, r, "tree_map") for r in rest]
-    out = [None if x is None else f(x, *(o[i] for o in others)) for i, x in enumerate(leaves)]
-    return tree_unflatten(spec, out)
+    try:
+        return optree.tree_map(
+            lambda x, *xs: None if x is None else f(x, *xs),
+            tree,
+            *rest,
+            none_is_leaf=True,
+            namespace=_NAMESPACE,
+        )
+    except (ValueError, TypeError) as e:
+        spec = tree_structure(tree)
+        for other in rest:
+            if tree_structure(other) != spec:
+                raise _mismatch_error(tree, other, "tree_map") from e
+        raise
 
 
 # --------------------------------------------------------------------------- multi-tensor
@@ -196,6 +206,13 @@ def _as_scalar(s: Scalar, like: torch.Tensor) -> Scalar:
     return s
 
 
+def _scalars(xs: Sequence[torch.Tensor]) -> bool:
+    # Lists of 0-d tensors (per-leaf norms, NovoGrad's second moments) take the per-leaf path:
+    # they gain nothing from multi-tensor kernels, and Dynamo (torch 2.13) miscompiles foreach
+    # ops over them when the step then writes into its inputs (donation).
+    return any(x.dim() == 0 for x in xs)
+
+
 def _requires_grad(s: Any) -> bool:
     # Foreach kernels cannot backpropagate into a 0-d tensor scalar (eager autograd through a
     # learned hyperparameter), so those calls take the per-leaf path.
@@ -209,14 +226,14 @@ class _Ops:
         self.foreach = _use_foreach(tensors)
 
     def mul(self, xs: list, s: Scalar | list) -> list:
-        if self.foreach and not _requires_grad(s):
+        if self.foreach and not _requires_grad(s) and not _scalars(xs):
             return list(torch._foreach_mul(xs, s))
         if isinstance(s, list):
             return [x * y for x, y in zip(xs, s)]
         return [x * s for x in xs]
 
     def div(self, xs: list, s: Scalar | list) -> list:
-        if self.foreach and not _requires_grad(s):
+        if self.foreach and not _requires_grad(s) and not _scalars(xs):
             return list(torch._foreach_div(xs, s))
         if isinstance(s, list):
             return [x / y for x, y in zip(xs, s)]
@@ -225,18 +242,18 @@ class _Ops:
     def add(self, xs: list, ys: list | Scalar, alpha: Scalar = 1.0) -> list:
         """``x + alpha * y`` (``y`` a list) or ``x + y`` (``y`` a scalar)."""
         if not isinstance(ys, list):
-            if self.foreach and not _requires_grad(ys):
+            if self.foreach and not _requires_grad(ys) and not _scalars(xs):
                 return list(torch._foreach_add(xs, ys))
             return [x + ys for x in xs]
         if isinstance(alpha, torch.Tensor):
             ys = self.mul(ys, alpha)
             alpha = 1.0
-        if self.foreach:
+        if self.foreach and not _scalars(xs):
             return list(torch._foreach_add(xs, ys, alpha=alpha))
         return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys)]
 
     def sub(self, xs: list, ys: list) -> list:
-        if self.foreach:
+        if self.foreach and not _scalars(xs):
             return list(torch._foreach_sub(xs, ys))
         return [x - y for x, y in zip(xs, ys)]
 
@@ -247,7 +264,7 @@ class _Ops:
             # computed in the graph (``1 - b1``) in float32 inside `_foreach_lerp`, losing
             # float64 precision; for w < 1/2 this is exactly lerp's own formula.
             return self.add(xs, self.mul(self.sub(ys, xs), w))
-        if self.foreach:
+        if self.foreach and not _scalars(xs):
             return list(torch._foreach_lerp(xs, ys, w))
         return [torch.lerp(x, y, w) for x, y in zip(xs, ys)]
 
@@ -289,6 +306,12 @@ def _live(updates: Tree, *others: Tree, what: str = "update"):
         return tree_unflatten(spec, out)
 
     picked = [[ls[i] for i in idx] for ls in [leaves, *other_leaves]]
+    for x in picked[0]:
+        if isinstance(x, torch.Tensor) and x.layout != torch.strided:
+            raise ValueError(
+                f"{what}: sparse gradients ({x.layout}) are not supported; densify them "
+                "(`g.to_dense()`) or use torch.optim.SparseAdam."
+            )
     return picked, leaves, other_leaves, rebuild
 
 
@@ -496,15 +519,29 @@ def tree_update_moment_per_elem_norm(
 ) -> Tree:
     r"""Exponential moving average of $|g|^k$ (for real tensors $g^2$ when $k = 2$).
 
+    Raises:
+        ValueError: for complex updates (use `from_torch`, which optimises complex parameters
+            as pairs of reals, as torch.optim does).
+
     Examples:
         >>> import torch, torchopt_fn as tf
         >>> g, m = {"a": torch.tensor([-2.0])}, {"a": torch.zeros(1)}
         >>> tf.tree_update_moment_per_elem_norm(g, m, 0.5, 2)
         {'a': tensor([2.])}
     """
+    _reject_complex(updates, "tree_update_moment_per_elem_norm")
     if order == 2:
         return tree_update_moment(updates, moments, decay, 2)
     return tree_update_moment(tree_map(torch.abs, updates), moments, decay, order)
+
+
+def _reject_complex(tree: Tree, what: str) -> None:
+    for x in tree_leaves(tree):
+        if isinstance(x, torch.Tensor) and x.is_complex():
+            raise ValueError(
+                f"{what}: complex updates are not supported here; `from_torch` optimises complex "
+                "parameters as pairs of reals (`torch.view_as_real`), as torch.optim does."
+            )
 
 
 def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps: Scalar) -> Tree:
@@ -516,6 +553,7 @@ def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps
         >>> tf.tree_update_infinity_moment(g, m, 0.9, 0.0)
         {'a': tensor([2.])}
     """
+    _reject_complex(updates, "tree_update_infinity_moment")
     (gs, ms), _, (m_leaves,), rebuild = _live(updates, moments, what="update_infinity_moment")
     ops = _Ops(gs)
     new = ops.maximum(ops.mul(ms, decay), ops.add(ops.abs(gs), eps))

@@ -393,6 +393,23 @@ class Optimizer(torch.optim.Optimizer):
             apply_updates_(list(params), list(updates))
         return loss
 
+    # ------------------------------------------------------------------ train / eval
+
+    def train(self, mode: bool = True) -> Optimizer:
+        """Forwarded to a transformation with a ``train`` mode (schedule-free style methods).
+
+        HF Trainer and Accelerate call ``optimizer.train()`` / ``.eval()`` when they exist; for
+        transformations without modes this does nothing.
+        """
+        hook = getattr(self.tx, "train", None)
+        if callable(hook):
+            hook(mode)
+        return self
+
+    def eval(self) -> Optimizer:
+        """Forwarded to the transformation (see `train`)."""
+        return self.train(False)
+
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:

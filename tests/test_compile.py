@@ -1,0 +1,155 @@
+"""Every optimizer compiles with fullgraph=True, never recompiles, and equals eager.
+
+The whole table runs on Dynamo + AOTAutograd (``aot_eager``): that is where tracing, graph
+breaks, guards and functionalization are decided, so recompiles and fullgraph failures show up
+there. A few representative optimizers also run through Inductor (slow to compile on CPU).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import torchopt_fn as tf
+from tests.helpers import GOLDEN, OPTIMIZERS, OptCase, make_tx
+
+STEPS = 4
+
+
+def _clone(tree: Any) -> Any:
+    return tf.tree_map(lambda x: x.clone(), tree)
+
+
+def _eager(case: OptCase, params: Any, state: Any, grads: list[Any]) -> tuple[Any, Any]:
+    tx = make_tx(case)
+    for g in grads:
+        extra = {"value": GOLDEN.loss(params)} if case.needs_value else {}
+        updates, state = tx.update(g, state, params, **extra)
+        params = tf.apply_updates(params, updates)
+    return params, state
+
+
+def _grads() -> list[Any]:
+    gen = torch.Generator().manual_seed(0)
+    params = GOLDEN.init_params(torch.float64)
+    return [
+        {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items()}
+        for _ in range(STEPS)
+    ]
+
+
+def _assert_trees_close(a: Any, b: Any) -> None:
+    for x, y in zip(tf.tree_leaves(a), tf.tree_leaves(b)):
+        if isinstance(x, torch.Tensor):
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+
+
+def _check(case: OptCase, backend: str, donate: bool) -> None:
+    torch._dynamo.reset()
+    tx = make_tx(case)
+    params = GOLDEN.init_params(torch.float64)
+    state = tx.init(params)
+    grads = _grads()
+    expected = _eager(case, _clone(params), _clone(state), grads)
+
+    step = tf.compile_step(tx, donate=donate, backend=backend)
+    for i, g in enumerate(grads):
+        extra = {"value": GOLDEN.loss(params)} if case.needs_value else {}
+        if i == 0:
+            new_params, new_state = step(params, g, state, **extra)
+        else:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                new_params, new_state = step(params, g, state, **extra)
+        if donate:  # results are written into the inputs
+            assert new_params is params and new_state is state
+        params, state = new_params, new_state
+    _assert_trees_close(params, expected[0])
+    _assert_trees_close(state, expected[1])
+
+
+DETERMINISTIC = [c for c in OPTIMIZERS if not c.is_stochastic]
+
+
+@pytest.mark.parametrize("case", DETERMINISTIC, ids=lambda c: c.id)
+def test_compile_step_fullgraph_no_recompiles_equals_eager(case: OptCase):
+    _check(case, backend="aot_eager", donate=False)
+
+
+# Known bug (open in the compile issue): with donation, AOTAutograd's handling of NovoGrad's
+# 0-d per-leaf second moments (written back into the inputs, selected with torch.where on the
+# first step) gives wrong values under aot_eager and inductor; plain Dynamo and the pure step
+# (donate=False) are exact.
+_DONATION_BUGS = {"novograd"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(
+            c,
+            marks=pytest.mark.xfail(strict=True, reason="AOTAutograd + donated 0-d state"),
+        )
+        if c.id in _DONATION_BUGS
+        else c
+        for c in DETERMINISTIC
+    ],
+    ids=lambda c: c.id,
+)
+def test_compile_step_with_donation_writes_into_inputs(case: OptCase):
+    _check(case, backend="aot_eager", donate=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["adamw", "sgd", "lion"])
+def test_compile_step_with_inductor(name: str):
+    case = next(c for c in OPTIMIZERS if c.id == name)
+    _check(case, backend="inductor", donate=True)
+
+
+def test_schedule_and_injected_hyperparameters_do_not_recompile():
+    tx = tf.inject_hyperparams(tf.adamw)(
+        learning_rate=tf.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10), weight_decay=1e-2
+    )
+    params = GOLDEN.init_params(torch.float64)
+    state = tx.init(params)
+    step = tf.compile_step(tx, backend="aot_eager")
+    for i, g in enumerate(_grads() * 2):
+        if i == 0:
+            params, state = step(params, g, state)
+            continue
+        state = tf.tree_set(state, weight_decay=torch.tensor(1e-2 * i, dtype=torch.float64))
+        with torch.compiler.set_stance("fail_on_recompile"):
+            params, state = step(params, g, state)
+    assert state.count == 2 * STEPS
+
+
+def test_whole_training_step_compiles_as_one_graph():
+    """The recipe from the docs: forward, torch.func.grad, update and apply in one graph."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    tx = tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(1e-2))
+    state = tx.init(params)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+
+    def loss_fn(p, x, y):
+        return torch.nn.functional.mse_loss(torch.func.functional_call(model, p, (x,)), y)
+
+    def train_step(p, s, x, y):
+        grads, loss = torch.func.grad_and_value(loss_fn)(p, x, y)
+        updates, s = tx.update(grads, s, p)
+        return tf.apply_updates(p, updates), s, loss
+
+    compiled = torch.compile(train_step, fullgraph=True, backend="aot_eager")
+    eager_p, eager_s = params, state
+    for i in range(4):
+        if i == 0:
+            params, state, loss = compiled(params, state, x, y)
+        else:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                params, state, loss = compiled(params, state, x, y)
+        eager_p, eager_s, eager_loss = train_step(eager_p, eager_s, x, y)
+        torch.testing.assert_close(loss, eager_loss)
+    _assert_trees_close(params, eager_p)
