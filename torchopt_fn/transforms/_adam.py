@@ -44,6 +44,24 @@ def nesterov_mu_hat(updates: Any, mu: Any, b1: Any, count: torch.Tensor) -> Any:
     )
 
 
+def bias_corrected_mu(updates: Any, mu: Any, b1: Any, count: torch.Tensor, nesterov: bool) -> Any:
+    r"""$\hat m_t$: the bias-corrected first moment, or Nesterov's look-ahead one."""
+    if nesterov:
+        return nesterov_mu_hat(updates, mu, b1, count)
+    return _tree.tree_bias_correction(mu, b1, count)
+
+
+def adam_moments(
+    updates: Any, state: ScaleByAdamState, b1: Any, b2: Any, nesterov: bool
+) -> tuple[torch.Tensor, Any, Any, Any, Any]:
+    """Adam's moment step: ``(count, mu, nu, mu_hat, nu_hat)``, shared by Adam and RAdam."""
+    mu = _tree.tree_update_moment(updates, state.mu, b1, order=1)
+    nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
+    count = state.count + 1
+    mu_hat = bias_corrected_mu(updates, mu, b1, count, nesterov)
+    return count, mu, nu, mu_hat, _tree.tree_bias_correction(nu, b2, count)
+
+
 def adam_direction(ops, mus: list, nus: list, eps: Any, eps_root: Any) -> list:
     r"""$\hat m / (\sqrt{\hat v + \epsilon_{root}} + \epsilon)$ over lists of leaves."""
     if not (isinstance(eps_root, float) and eps_root == 0.0):
@@ -114,14 +132,7 @@ def scale_by_adam(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        mu = _tree.tree_update_moment(updates, state.mu, b1, order=1)
-        nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
-        count = state.count + 1
-        if nesterov:
-            mu_hat = nesterov_mu_hat(updates, mu, b1, count)
-        else:
-            mu_hat = _tree.tree_bias_correction(mu, b1, count)
-        nu_hat = _tree.tree_bias_correction(nu, b2, count)
+        count, mu, nu, mu_hat, nu_hat = adam_moments(updates, state, b1, b2, nesterov)
         out = _tree.map_live(
             lambda ops, gs, ms, vs: [
                 d.to(g.dtype) for d, g in zip(adam_direction(ops, ms, vs, eps, eps_root), gs)

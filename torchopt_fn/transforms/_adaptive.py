@@ -16,7 +16,12 @@ import torch
 from torchopt_fn import _tree
 from torchopt_fn._base import GradientTransformation, record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative, check_positive
-from torchopt_fn.transforms._adam import ScaleByAdamState, adam_direction, nesterov_mu_hat
+from torchopt_fn.transforms._adam import (
+    ScaleByAdamState,
+    adam_direction,
+    adam_moments,
+    bias_corrected_mu,
+)
 from torchopt_fn.transforms._common import init_count
 
 __all__ = [
@@ -289,14 +294,7 @@ def scale_by_radam(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        mu = _tree.tree_update_moment(updates, state.mu, b1, order=1)
-        nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
-        count = state.count + 1
-        if nesterov:
-            mu_hat = nesterov_mu_hat(updates, mu, b1, count)
-        else:
-            mu_hat = _tree.tree_bias_correction(mu, b1, count)
-        nu_hat = _tree.tree_bias_correction(nu, b2, count)
+        count, mu, nu, mu_hat, nu_hat = adam_moments(updates, state, b1, b2, nesterov)
         # rho_t and r_t are computed with tensor ops in the leaves' precision, so the
         # count may change under torch.compile without a recompile.
         t = count.to(_tree.compute_dtype(mu_hat))
@@ -764,10 +762,7 @@ def scale_by_belief(
         nu = _tree.tree_update_moment(prediction_error, state.nu, b2, order=2)
         nu = _tree.map_live(lambda ops, gs, vs: ops.add(vs, eps_root), updates, nu, fill=nu)
         count = state.count + 1
-        if nesterov:
-            mu_hat = nesterov_mu_hat(updates, mu, b1, count)
-        else:
-            mu_hat = _tree.tree_bias_correction(mu, b1, count)
+        mu_hat = bias_corrected_mu(updates, mu, b1, count, nesterov)
         nu_hat = _tree.tree_bias_correction(nu, b2, count)
         out = _tree.map_live(
             lambda ops, gs, ms, vs: _tree.cast_like(adam_direction(ops, ms, vs, eps, 0.0), gs),
