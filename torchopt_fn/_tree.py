@@ -587,7 +587,7 @@ def tree_bias_correction(moments: Tree, decay: Scalar, count: torch.Tensor) -> T
 # --------------------------------------------------------------------------- reductions
 
 
-def _accumulate(parts: list[torch.Tensor], like: Tree) -> torch.Tensor:
+def _accumulate(parts: list[torch.Tensor]) -> torch.Tensor:
     if not parts:
         return torch.zeros(())
     dtype = parts[0].dtype
@@ -605,7 +605,7 @@ def tree_sum(tree: Tree) -> torch.Tensor:
         tensor(5.)
     """
     (xs,), _, _, _ = _live(tree)
-    return _accumulate([x.sum() for x in xs], tree)
+    return _accumulate([x.sum() for x in xs])
 
 
 def tree_vdot(a: Tree, b: Tree) -> torch.Tensor:
@@ -617,7 +617,7 @@ def tree_vdot(a: Tree, b: Tree) -> torch.Tensor:
         tensor(4.)
     """
     (xs, ys), _, _, _ = _live(a, b)
-    return _accumulate([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)], a)
+    return _accumulate([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)])
 
 
 def tree_l2_norm(tree: Tree, squared: bool = False) -> torch.Tensor:
@@ -630,9 +630,7 @@ def tree_l2_norm(tree: Tree, squared: bool = False) -> torch.Tensor:
     """
     (xs,), _, _, _ = _live(tree)
     norms = _Ops(xs).norm(xs)
-    total = _accumulate(
-        [n.to(torch.promote_types(n.dtype, torch.float32)) ** 2 for n in norms], tree
-    )
+    total = _accumulate([n.to(torch.promote_types(n.dtype, torch.float32)) ** 2 for n in norms])
     return total if squared else torch.sqrt(total)
 
 
@@ -645,7 +643,7 @@ def tree_l1_norm(tree: Tree) -> torch.Tensor:
         tensor(3.)
     """
     (xs,), _, _, _ = _live(tree)
-    return _accumulate([x.abs().sum() for x in xs], tree)
+    return _accumulate([x.abs().sum() for x in xs])
 
 
 def tree_linf_norm(tree: Tree) -> torch.Tensor:

@@ -73,25 +73,24 @@ _STEP = "step"
 _GROUP_KEYS_ALWAYS_ALLOWED = {"params", "name", "initial_lr"}
 
 
-def _is_float(v: Any) -> bool:
+def _is_number(v: Any) -> bool:
     """A hyperparameter to mirror: a real number (torch writes ``weight_decay=0`` as an int)."""
     if isinstance(v, torch.Tensor):
         return v.numel() == 1 and v.is_floating_point()
     return isinstance(v, (float, int)) and not isinstance(v, bool)
 
 
-def _mirrored(node: GradientTransformation) -> dict[str, tuple[str, ...]]:
-    """Torch group key -> the node's argument names it stands for."""
-    arguments = recorded_arguments(node) or {}
-    renames = {**_TORCH_NAME, **_TORCH_NAME_BY_FACTORY.get(node.factory.__name__, {})}
+def _mirrored(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Torch group key -> the names of the recorded call's arguments it stands for."""
+    renames = {**_TORCH_NAME, **_TORCH_NAME_BY_FACTORY.get(factory.__name__, {})}
     out: dict[str, tuple[str, ...]] = {}
-    if _is_float(arguments.get("b1")) and _is_float(arguments.get("b2")):
+    if _is_number(arguments.get("b1")) and _is_number(arguments.get("b2")):
         out["betas"] = ("b1", "b2")
     for name, value in arguments.items():
         if name in ("b1", "b2") and "betas" in out:
             continue
-        if _is_float(value) or (
-            name == "betas" and isinstance(value, tuple) and all(map(_is_float, value))
+        if _is_number(value) or (
+            name == "betas" and isinstance(value, tuple) and all(map(_is_number, value))
         ):
             out[renames.get(name, name)] = (name,)
     return out
@@ -108,7 +107,7 @@ def _hyperparams(tx: GradientTransformation) -> tuple[dict[str, Any], set[str]]:
     ambiguous: set[str] = set()
     for node in recorded_nodes(tx):
         arguments = recorded_arguments(node)
-        for key, names in _mirrored(node).items():
+        for key, names in _mirrored(node.factory, arguments).items():
             value = tuple(arguments[n] for n in names) if len(names) > 1 else arguments[names[0]]
             if key in defaults and defaults[key] != value:
                 ambiguous.add(key)
@@ -281,9 +280,8 @@ class Optimizer(torch.optim.Optimizer):
     def _build_group_tx(self, values: dict[str, Any]) -> GradientTransformation:
 
         def replacements(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict:
-            node = _RecordedView(factory, arguments)
             out = {}
-            for key, names in _mirrored(node).items():
+            for key, names in _mirrored(factory, arguments).items():
                 if key in self._ambiguous:
                     continue
                 value = values[key]
@@ -317,12 +315,17 @@ class Optimizer(torch.optim.Optimizer):
         keys = {s.key for s in slots if s.key is not None}
         return all(keys <= self.state[p].keys() for p in params) if keys else True
 
-    def _read_state(self, group: dict[str, Any], tx: GradientTransformation) -> Any:
+    def _ensure_state(
+        self, group: dict[str, Any], tx: GradientTransformation, slots: list[_Slot]
+    ) -> None:
+        """Create the state of parameters that have none yet (lazily, as torch.optim does)."""
         params = group["params"]
-        spec, slots = self._layout(group, tx)
         if not self._has_state(params, slots):
             fresh = tx.init(_tree.ParamList(params))
             self._write_state(group, fresh, slots, only_missing=True)
+
+    def _read_state(self, group: dict[str, Any], spec: Any, slots: list[_Slot]) -> Any:
+        params = group["params"]
         leaves = []
         for slot in slots:
             if slot.key is None:
@@ -378,15 +381,14 @@ class Optimizer(torch.optim.Optimizer):
                 if g is not None and g.is_sparse:
                     raise RuntimeError("Optimizer: sparse gradients are not supported.")
             tx, update = self._group_update(group)
+            spec, slots = self._layout(group, tx)
+            self._ensure_state(group, tx, slots)
             live = [p for p in params if p.grad is not None]
             if self._fused is not None and fused_supported(live):
-                if not self._has_state(params, self._layout(group, tx)[1]):
-                    self._read_state(group, tx)  # creates the state
                 self._fused(group, live, self.state)
                 continue
-            state = self._read_state(group, tx)
+            state = self._read_state(group, spec, slots)
             updates, state = update(_tree.ParamList(grads), state, _tree.ParamList(params))
-            slots = self._layout(group, tx)[1]
             self._write_state(group, state, slots)
             if not any(slot.key == _STEP for slot in slots):
                 self._advance_own_step(params)
@@ -492,10 +494,3 @@ class Optimizer(torch.optim.Optimizer):
                             f"load_state_dict: state {slot.key!r} of parameter {i} in group {g} "
                             f"has shape {shape}, expected {slot.shape}."
                         )
-
-
-class _RecordedView(NamedTuple):
-    """A (factory, arguments) pair that `_mirrored` can read like a recorded transformation."""
-
-    factory: Callable[..., Any]
-    arguments: dict[str, Any]
