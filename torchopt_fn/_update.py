@@ -21,7 +21,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         {'w': tensor([1.5000, 0.0000])}
     """
     (us, ps), _, (p_leaves,), rebuild = _tree._live(updates, params, what="apply_updates")
-    new = _tree._Ops(ps).add(ps, [u.to(p.dtype) for u, p in zip(us, ps)])
+    new = _tree._Ops(ps).add(ps, _tree.cast_like(us, ps))
     return rebuild(new, p_leaves)
 
 
@@ -36,7 +36,7 @@ def apply_updates_(params: Params, updates: Updates) -> Params:
         tensor([1.5000, 0.0000])
     """
     (us, ps), _, _, _ = _tree._live(updates, params, what="apply_updates_")
-    us = [u.to(p.dtype) for u, p in zip(us, ps)]
+    us = _tree.cast_like(us, ps)
     with torch.no_grad():
         if _tree._use_foreach(ps):
             torch._foreach_add_(ps, us)

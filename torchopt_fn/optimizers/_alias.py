@@ -24,6 +24,7 @@ from torchopt_fn._base import (
     record_hyperparams,
 )
 from torchopt_fn._combine import chain, masked
+from torchopt_fn._fused import with_eager_fused_adam
 
 __all__ = [
     "adabelief",
@@ -416,11 +417,15 @@ def adam(
     torch.optim equivalent: `torch.optim.Adam(lr, betas=(b1, b2), eps=eps)` gives the same
     numbers; torch's coupled ``weight_decay`` is ``chain(add_decayed_weights(wd), adam(...))``.
     """
-    return chain(
+    tx = chain(
         transforms.scale_by_adam(
             b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
         ),
         transforms.scale_by_learning_rate(learning_rate),
+    )
+    plain = eps_root == 0.0 and mu_dtype is None and not nesterov
+    return with_eager_fused_adam(
+        tx, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, plain=plain
     )
 
 
@@ -483,12 +488,22 @@ def adamw(
     weight_decay=wd)` gives the same numbers when given the same ``weight_decay`` (mind the
     different defaults: 1e-4 here and in optax, 1e-2 in torch).
     """
-    return chain(
+    tx = chain(
         transforms.scale_by_adam(
             b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
         ),
         transforms.add_decayed_weights(weight_decay, mask),
         transforms.scale_by_learning_rate(learning_rate),
+    )
+    plain = eps_root == 0.0 and mu_dtype is None and not nesterov and mask is None
+    return with_eager_fused_adam(
+        tx,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        plain=plain,
     )
 
 

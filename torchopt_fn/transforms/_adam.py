@@ -36,9 +36,7 @@ def nesterov_mu_hat(updates: Any, mu: Any, b1: Any, count: torch.Tensor) -> Any:
     mu_hat = _tree.tree_bias_correction(mu, b1, count + 1)
     g_hat = _tree.tree_bias_correction(updates, b1, count)
     return _tree.map_live(
-        lambda ops, gs, ms: ops.add(
-            ops.mul([m.to(g.dtype) for g, m in zip(gs, ms)], b1), gs, alpha=1 - b1
-        ),
+        lambda ops, gs, ms: ops.add(ops.mul(_tree.cast_like(ms, gs), b1), gs, alpha=1 - b1),
         g_hat,
         mu_hat,
     )

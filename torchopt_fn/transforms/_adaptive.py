@@ -589,7 +589,7 @@ def scale_by_rss(
         )
 
     def accumulate(ops, gs, ss):
-        return ops.add(ss, ops.square([g.to(s.dtype) for g, s in zip(gs, ss)]))
+        return ops.add(ss, ops.square(_tree.cast_like(gs, ss)))
 
     def scaled(ops, gs, ss):
         # The inner `where` keeps rsqrt finite where it is not selected, so gradients taken
@@ -833,7 +833,7 @@ def scale_by_yogi(
         )
 
     def second_moment(ops, gs, vs):
-        squares = ops.square([g.to(v.dtype) for g, v in zip(gs, vs)])
+        squares = ops.square(_tree.cast_like(gs, vs))
         signed = ops.mul([torch.sign(v - q) for v, q in zip(vs, squares)], squares)
         return ops.add(vs, signed, alpha=-(1 - b2))
 
@@ -939,7 +939,7 @@ def scale_by_novograd(
         first = count == 1
 
         def second_moment(ops, gs, ns):
-            squares = ops.square(ops.norm([g.to(n.dtype) for g, n in zip(gs, ns)]))
+            squares = ops.square(ops.norm(_tree.cast_like(gs, ns)))
             averages = ops.lerp(ns, squares, 1 - b2)
             return [torch.where(first, s, a) for s, a in zip(squares, averages)]
 
@@ -947,11 +947,11 @@ def scale_by_novograd(
 
         def momentum(ops, gs, ms, ns, *ps):
             steps = ops.div(
-                [g.to(m.dtype) for g, m in zip(gs, ms)],
+                _tree.cast_like(gs, ms),
                 [(torch.sqrt(n + eps_root) + eps).to(m.dtype) for n, m in zip(ns, ms)],
             )
             if uses_params:
-                steps = ops.add(steps, [p.to(m.dtype) for p, m in zip(ps[0], ms)], weight_decay)
+                steps = ops.add(steps, _tree.cast_like(ps[0], ms), weight_decay)
             # mu starts at zero, so on the first step b1 * mu + step is the step itself
             # (the branch optax selects with lax.cond).
             return ops.add(steps, ms, alpha=b1)
@@ -1046,7 +1046,7 @@ def scale_by_adan(
         started = state.t > 0
 
         def difference(ops, gs, prevs):
-            diffs = ops.sub([g.to(p.dtype) for g, p in zip(gs, prevs)], prevs)
+            diffs = ops.sub(_tree.cast_like(gs, prevs), prevs)
             return [torch.where(started, d, 0.0) for d in diffs]
 
         diff = _tree.map_live(difference, updates, state.g)
@@ -1064,7 +1064,7 @@ def scale_by_adan(
 
         out = _tree.map_live(direction, updates, m_hat, v_hat, n_hat)
         g = _tree.map_live(
-            lambda ops, gs, ps: [x.to(p.dtype) for x, p in zip(gs, ps)],
+            lambda ops, gs, ps: _tree.cast_like(gs, ps),
             updates,
             state.g,
             fill=state.g,
@@ -1149,7 +1149,7 @@ def scale_by_lion(
         return torch.clamp(x, -1.0, 1.0)
 
     def direction(ops, gs, ms):
-        mixed = ops.lerp(ms, [g.to(m.dtype) for g, m in zip(gs, ms)], 1 - b1)
+        mixed = ops.lerp(ms, _tree.cast_like(gs, ms), 1 - b1)
         return _tree.cast_like([squash(x) for x in mixed], gs)
 
     def init_fn(params):

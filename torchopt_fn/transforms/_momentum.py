@@ -71,21 +71,17 @@ def trace(
         del params, extra_args
 
         def accumulate(ops, gs, ts):
-            return ops.add([g.to(t.dtype) for g, t in zip(gs, ts)], ts, alpha=decay)
+            return ops.add(_tree.cast_like(gs, ts), ts, alpha=decay)
 
         new_trace = _tree.map_live(accumulate, updates, state.trace, fill=state.trace)
         if nesterov:
             out = _tree.map_live(
-                lambda ops, gs, ts: ops.add(
-                    gs, [t.to(g.dtype) for g, t in zip(gs, ts)], alpha=decay
-                ),
+                lambda ops, gs, ts: ops.add(gs, _tree.cast_like(ts, gs), alpha=decay),
                 updates,
                 new_trace,
             )
         else:
-            out = _tree.map_live(
-                lambda ops, gs, ts: [t.to(g.dtype) for g, t in zip(gs, ts)], updates, new_trace
-            )
+            out = _tree.map_live(lambda ops, gs, ts: _tree.cast_like(ts, gs), updates, new_trace)
         return out, TraceState(trace=new_trace)
 
     return GradientTransformation(init_fn, update_fn)
@@ -148,9 +144,7 @@ def ema(
         new_ema = _tree.tree_update_moment(updates, state.ema, decay, order=1)
         count = state.count + 1
         out = _tree.tree_bias_correction(new_ema, decay, count) if debias else new_ema
-        out = _tree.map_live(
-            lambda ops, gs, es: [e.to(g.dtype) for g, e in zip(gs, es)], updates, out
-        )
+        out = _tree.map_live(lambda ops, gs, es: _tree.cast_like(es, gs), updates, out)
         return out, EmaState(count=count, ema=new_ema)
 
     return GradientTransformation(init_fn, update_fn)

@@ -151,7 +151,7 @@ def scale_by_optimistic_gradient(
 
         out = _tree.map_live(step, updates, state.previous_gradient)
         previous = _tree.map_live(
-            lambda ops, gs, ps: [g.to(p.dtype) for g, p in zip(gs, ps)],
+            lambda ops, gs, ps: _tree.cast_like(gs, ps),
             updates,
             state.previous_gradient,
             fill=state.previous_gradient,

@@ -70,7 +70,7 @@ def add_decayed_weights(
         if scheduled:
             state = ScaleByScheduleState(count=state.count + 1)
         out = _tree.map_live(
-            lambda ops, gs, ps: ops.add(gs, [p.to(g.dtype) for g, p in zip(gs, ps)], alpha=decay),
+            lambda ops, gs, ps: ops.add(gs, _tree.cast_like(ps, gs), alpha=decay),
             updates,
             params,
         )
