@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+from typing import Any, NamedTuple
+
+import optree
 import pytest
 import torch
 from hypothesis import given, settings
@@ -105,3 +110,154 @@ def test_bias_correction_is_computed_in_float64_for_float64_leaves():
     m = {"a": torch.ones(1, dtype=torch.float64)}
     out = tf.tree_bias_correction(m, 0.999, torch.tensor(3))
     assert out["a"].item() == 1.0 / (1 - 0.999**3)
+
+
+# ----------------------------------------------------------------------- flattening while compiling
+
+
+class _Pair(NamedTuple):
+    first: Any
+    second: Any
+
+
+_leaves = st.one_of(
+    st.none(),
+    st.integers(0, 3).map(torch.zeros),
+    st.integers(-3, 3),
+    st.floats(-1, 1),
+    st.text(max_size=2),
+)
+_trees = st.recursive(
+    _leaves,
+    lambda kids: st.one_of(
+        st.lists(kids, max_size=4),
+        st.lists(kids, max_size=4).map(tuple),
+        st.lists(kids, max_size=4).map(_tree.ParamList),
+        st.builds(_Pair, kids, kids),
+        st.dictionaries(st.text(max_size=2), kids, max_size=4),
+        st.dictionaries(st.integers(-5, 5), kids, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+def _assert_same(a: Any, b: Any) -> None:
+    """Same node types, dict key order and leaf objects."""
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        a, b = list(a.values()), list(b.values())
+    if isinstance(a, (list, tuple, collections.deque)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a is b
+
+
+def _optree_flatten(tree: Any) -> tuple[list[Any], optree.PyTreeSpec]:
+    return optree.tree_flatten(tree, none_is_leaf=True, namespace="torchopt_fn")
+
+
+@settings(max_examples=200, deadline=None)
+@given(_trees)
+def test_loop_flatten_equals_optree(tree):
+    leaves, spec = _tree._loop_flatten(tree)
+    ref_leaves, ref_spec = _optree_flatten(tree)
+    assert len(leaves) == len(ref_leaves) == spec.num_leaves
+    assert all(x is y for x, y in zip(leaves, ref_leaves))
+    rebuilt = _tree.tree_unflatten(spec, leaves)
+    _assert_same(rebuilt, tree)
+    assert _optree_flatten(rebuilt)[1] == ref_spec
+    assert spec == _tree._loop_flatten(rebuilt)[1]
+    new = [object() for _ in leaves]
+    _assert_same(_tree.tree_unflatten(spec, new), optree.tree_unflatten(ref_spec, new))
+    assert all(x is y for x, y in zip(spec.flatten_up_to(tree), ref_leaves))
+
+
+@settings(max_examples=50, deadline=None)
+@given(_trees)
+def test_loop_flatten_up_to_takes_subtrees_at_leaves(tree):
+    leaves, spec = _tree._loop_flatten(tree)
+    fuller = _tree.tree_unflatten(spec, [[x, {"k": x}] for x in leaves])
+    expected = _optree_flatten(tree)[1].flatten_up_to(fuller)
+    _assert_same(spec.flatten_up_to(fuller), expected)
+
+
+@dataclasses.dataclass
+class _Registered:
+    x: Any
+
+
+optree.register_pytree_node(
+    _Registered,
+    lambda r: ([r.x], None, None),
+    lambda _, xs: _Registered(*xs),
+    namespace="torchopt_fn",
+)
+
+
+class _CustomPair(NamedTuple):
+    first: Any
+    second: Any
+
+
+with pytest.warns(UserWarning, match="namedtuple"):
+    optree.register_pytree_node(  # children reversed, to tell it from a NamedTuple node
+        _CustomPair,
+        lambda p: ([p.second, p.first], None, None),
+        lambda _, xs: _CustomPair(xs[1], xs[0]),
+        namespace="torchopt_fn",
+    )
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        collections.OrderedDict(b=torch.ones(1), a=None),
+        collections.defaultdict(list, {"a": torch.ones(1)}),
+        collections.deque([torch.ones(1), None]),
+        {"a": torch.ones(1), 1: torch.zeros(1)},  # keys that `sorted` cannot order
+        {"w": [_Registered(torch.ones(1))]},
+        _CustomPair(torch.ones(1), torch.zeros(1)),
+        torch.max(torch.ones(2, 2), dim=0),  # a structseq
+        [torch.Size([2, 3]), object()],  # leaves to optree, unknown to the loop
+    ],
+    ids=lambda t: type(t).__name__,
+)
+def test_loop_flatten_falls_back_to_optree(monkeypatch, tree):
+    assert _tree._loop_flatten(tree) is None
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    leaves, spec = _tree.tree_flatten(tree)
+    ref_leaves, ref_spec = _optree_flatten(tree)
+    assert spec == ref_spec and all(x is y for x, y in zip(leaves, ref_leaves))
+    assert _tree.tree_leaves(tree) == leaves and _tree.tree_structure(tree) == ref_spec
+    assert isinstance(spec, optree.PyTreeSpec)  # optree's own spec: rebuilt by optree
+
+
+def test_tree_helpers_use_the_loop_while_compiling(monkeypatch):
+    tree = {"b": [torch.ones(1), None], "a": _Pair(_tree.ParamList([torch.zeros(2)]), 3)}
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    leaves, spec = _tree.tree_flatten(tree)
+    assert isinstance(spec, _tree._LoopSpec)
+    assert isinstance(_tree.tree_structure(tree), _tree._LoopSpec)
+    assert _tree.tree_leaves(tree) == leaves and len(leaves) == 4
+    _assert_same(_tree.tree_unflatten(spec, leaves), tree)
+    # As in optree, a dict matches any standard dict with the same keys, in any order.
+    reordered = {"a": tree["a"], "b": tree["b"]}
+    for other in (reordered, collections.OrderedDict(tree)):
+        assert _tree._flatten_like(spec, tree, other, "test") == leaves
+    assert _tree.tree_structure(reordered) == spec  # blind to the order, as optree is
+    with pytest.raises(ValueError, match=r"test: .*\['b'\]\[1\]"):
+        _tree._flatten_like(spec, tree, {"a": tree["a"], "b": [None]}, "test")
+    with pytest.raises(ValueError, match=r"test: .*'c'"):
+        _tree._flatten_like(spec, tree, {**tree, "c": None}, "test")
+    with pytest.raises(ValueError, match=r"2 leaves for a spec of 4 \(LoopSpec\(\{'b': \[\*, \*\]"):
+        _tree.tree_unflatten(spec, leaves[:2])
+
+
+def test_loop_flatten_keeps_optree_dict_order_mode():
+    tree = {"b": torch.ones(1), "a": torch.zeros(1)}
+    with optree.dict_insertion_ordered(True, namespace="torchopt_fn"):
+        assert _tree._loop_flatten(tree) is None
+    assert _tree._loop_flatten(tree)[0][0] is tree["a"]

@@ -168,13 +168,15 @@ def _eager_fusable(tensors: list[torch.Tensor]) -> bool:
 
 def with_eager_fused_adam(
     tx: GradientTransformation,
-    *,
     learning_rate: Any,
     b1: Any,
     b2: Any,
     eps: Any,
-    weight_decay: Any = None,
-    plain: bool,
+    eps_root: Any,
+    mu_dtype: torch.dtype | None,
+    nesterov: bool,
+    weight_decay: Any,
+    mask: Any,
 ) -> GradientTransformation:
     """``tx`` (the chain of `adam` or `adamw`) with an eager fast path through `_fused_adam_`.
 
@@ -182,12 +184,15 @@ def with_eager_fused_adam(
     parameters, so it leaves ``-lr * m_hat / (sqrt(v_hat) + eps)`` there: the update, without
     touching anything the caller holds. Decoupled weight decay is then one more multi-tensor
     op (``weight_decay`` is `None` for `adam`'s two-stage chain). About 72 bytes move per
-    parameter against some 108 for the generic chain's eleven multi-tensor ops. ``plain`` says
-    the other options (``eps_root``, ``mu_dtype``, ``nesterov``, ``mask``) are the kernel's;
-    the hyperparameters must be Python floats.
+    parameter against some 108 for the generic chain's eleven multi-tensor ops. The arguments
+    are the alias's; the hyperparameters must be Python floats (`inject_hyperparams` passes
+    tensors: those take the generic path) and the other options the kernel's.
     """
-    hyperparams = (learning_rate, b1, b2, eps) + (() if weight_decay is None else (weight_decay,))
-    if not plain or not all(type(h) is float for h in hyperparams):
+    hyperparams = (learning_rate, b1, b2, eps, eps_root)
+    hyperparams += () if weight_decay is None else (weight_decay,)
+    if not all(type(h) is float for h in hyperparams):
+        return tx
+    if eps_root != 0.0 or mu_dtype is not None or nesterov or mask is not None:
         return tx
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -423,9 +423,8 @@ def adam(
         ),
         transforms.scale_by_learning_rate(learning_rate),
     )
-    plain = eps_root == 0.0 and mu_dtype is None and not nesterov
     return with_eager_fused_adam(
-        tx, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, plain=plain
+        tx, learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay=None, mask=None
     )
 
 
@@ -495,15 +494,8 @@ def adamw(
         transforms.add_decayed_weights(weight_decay, mask),
         transforms.scale_by_learning_rate(learning_rate),
     )
-    plain = eps_root == 0.0 and mu_dtype is None and not nesterov and mask is None
     return with_eager_fused_adam(
-        tx,
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        weight_decay=weight_decay,
-        plain=plain,
+        tx, learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, weight_decay, mask
     )
 
 

@@ -8,6 +8,7 @@ import torch
 
 from torchopt_fn import _tree
 from torchopt_fn._base import Params, ScalarOrSchedule
+from torchopt_fn._scalar import step_scalar
 
 __all__ = ["init_count", "params_device", "resolve"]
 
@@ -28,5 +29,5 @@ def init_count(params: Params) -> torch.Tensor:
 def resolve(value: ScalarOrSchedule, count: torch.Tensor) -> Any:
     """The value of a hyperparameter at step ``count``: a schedule is called, a number returned."""
     if callable(value) and not isinstance(value, torch.Tensor):
-        return value(count)
+        return step_scalar(value(count))
     return value

@@ -14,6 +14,7 @@ from torchopt_fn._base import (
     Schedule,
     record_hyperparams,
 )
+from torchopt_fn._scalar import step_scalar
 from torchopt_fn._validate import check_non_negative
 from torchopt_fn.transforms._common import init_count
 
@@ -91,7 +92,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        factor = step_size_fn(state.count)
+        factor = step_scalar(step_size_fn(state.count))
         return _tree.tree_scale(factor, updates), ScaleByScheduleState(count=state.count + 1)
 
     return GradientTransformation(init_fn, update_fn)
