@@ -13,6 +13,8 @@ from torchopt_fn._update import apply_updates
 
 __all__ = ["compile_step", "copy_into_"]
 
+_TENSORS = frozenset((torch.Tensor, torch.nn.Parameter))
+
 
 def copy_into_(dst: Any, src: Any) -> Any:
     """Copy every tensor leaf of ``src`` into the matching leaf of ``dst`` in place; return ``dst``.
@@ -27,6 +29,13 @@ def copy_into_(dst: Any, src: Any) -> Any:
     """
     dst_leaves, spec = _tree.tree_flatten(dst)
     src_leaves = _tree._flatten_like(spec, dst, src, "copy_into_")
+    leaf_types = frozenset(map(type, dst_leaves + src_leaves))
+    if torch.compiler.is_compiling() and leaf_types and leaf_types <= _TENSORS:
+        # One traced op instead of a Python frame per leaf for Dynamo; copying a leaf onto
+        # itself is a no-op in the functionalized graph.
+        with torch.no_grad():
+            torch._foreach_copy_(dst_leaves, src_leaves)
+        return dst
     pairs = [
         (d, s)
         for d, s in zip(dst_leaves, src_leaves)

@@ -404,7 +404,11 @@ def _use_foreach(tensors: Sequence[torch.Tensor]) -> bool:
     # sparse tensors take the per-leaf path too.
     if not tensors or torch._C._are_functorch_transforms_active():
         return False
-    return all(t.layout == torch.strided and not t.is_complex() for t in tensors)
+    if True in frozenset(map(torch.Tensor.is_complex, tensors)):
+        return False
+    # Sparse tensors never get here while compiling (`_live` rejects them eagerly), and this
+    # per-leaf check would cost Dynamo a Python frame per leaf.
+    return torch.compiler.is_compiling() or all(t.layout == torch.strided for t in tensors)
 
 
 def _as_scalar(s: Scalar, like: torch.Tensor) -> Scalar:
@@ -418,7 +422,7 @@ def _scalars(xs: Sequence[torch.Tensor]) -> bool:
     # Lists of 0-d tensors (per-leaf norms, NovoGrad's second moments) take the per-leaf path:
     # they gain nothing from multi-tensor kernels, and Dynamo (torch 2.13) miscompiles foreach
     # ops over them when the step then writes into its inputs (donation).
-    return any(x.dim() == 0 for x in xs)
+    return 0 in frozenset(map(torch.Tensor.dim, xs))
 
 
 def _requires_grad(s: Any) -> bool:
@@ -505,22 +509,35 @@ def _live(updates: Tree, *others: Tree, what: str = "update"):
     """
     leaves, spec = tree_flatten(updates)
     other_leaves = [_flatten_like(spec, updates, o, what) for o in others]
-    idx = [i for i, x in enumerate(leaves) if x is not None]
+    if type(None) not in frozenset(map(type, leaves)):
+        # No `None` leaf (the common case): no gather, which is also cheap for Dynamo to trace.
+        picked = [leaves, *other_leaves]
 
-    def rebuild(new: list, fallback: list) -> Tree:
-        out = list(fallback)
-        for i, v in zip(idx, new):
-            out[i] = v
-        return tree_unflatten(spec, out)
+        def rebuild(new: list, fallback: list) -> Tree:
+            return tree_unflatten(spec, new)
 
-    picked = [[ls[i] for i in idx] for ls in [leaves, *other_leaves]]
-    for x in picked[0]:
+    else:
+        idx = [i for i, x in enumerate(leaves) if x is not None]
+        picked = [[ls[i] for i in idx] for ls in [leaves, *other_leaves]]
+
+        def rebuild(new: list, fallback: list) -> Tree:
+            out = list(fallback)
+            for i, v in zip(idx, new):
+                out[i] = v
+            return tree_unflatten(spec, out)
+
+    if not torch.compiler.is_compiling():  # a sparse tensor cannot reach Inductor anyway
+        _reject_sparse(picked[0], what)
+    return picked, leaves, other_leaves, rebuild
+
+
+def _reject_sparse(xs: list, what: str) -> None:
+    for x in xs:
         if isinstance(x, torch.Tensor) and x.layout != torch.strided:
             raise ValueError(
                 f"{what}: sparse gradients ({x.layout}) are not supported; densify them "
                 "(`g.to_dense()`) or use torch.optim.SparseAdam."
             )
-    return picked, leaves, other_leaves, rebuild
 
 
 def cast_like(xs: list, likes: list) -> list:
