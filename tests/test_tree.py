@@ -261,3 +261,53 @@ def test_loop_flatten_keeps_optree_dict_order_mode():
     with optree.dict_insertion_ordered(True, namespace="torchopt_fn"):
         assert _tree._loop_flatten(tree) is None
     assert _tree._loop_flatten(tree)[0][0] is tree["a"]
+
+
+# --------------------------------------------------------------------------- ravel_tree
+
+
+def _ravel_problem() -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "w": torch.randn(4, 3, generator=gen, dtype=torch.float64),
+        "b": torch.randn(3, generator=gen, dtype=torch.float64),
+        "none": None,
+    }
+
+
+def test_ravel_tree_unravels_to_views_in_leaf_order():
+    params = _ravel_problem()
+    flat, unravel = tf.ravel_tree(params)
+    torch.testing.assert_close(flat, torch.cat([params["b"], params["w"].reshape(-1)]))
+    tree = unravel(flat)
+    assert tree["none"] is None
+    torch.testing.assert_close(tree, params)
+    assert tree["w"].untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+
+
+def test_optimizing_the_raveled_tree_is_the_same_for_elementwise_optimizers():
+    params = _ravel_problem()
+    flat, unravel = tf.ravel_tree(params)
+
+    def loss(p: Any) -> torch.Tensor:
+        return (p["w"] ** 4).sum() + (torch.sin(p["b"]) * p["w"].sum(0)).sum()
+
+    tx = tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(0.1, weight_decay=0.1))
+    state, flat_state = tx.init(params), tx.init(flat)
+    for _ in range(10):
+        live = {k: v for k, v in params.items() if v is not None}
+        grads = {**torch.func.grad(loss)(live), "none": None}
+        updates, state = tx.update(grads, state, params)
+        params = tf.apply_updates(params, updates)
+        flat_grads = torch.func.grad(lambda f: loss(unravel(f)))(flat)
+        updates, flat_state = tx.update(flat_grads, flat_state, flat)
+        flat = tf.apply_updates(flat, updates)
+    torch.testing.assert_close(unravel(flat), params, rtol=1e-12, atol=1e-15)
+
+
+def test_ravel_tree_rejects_mixed_dtypes_and_a_wrong_flat_shape():
+    with pytest.raises(ValueError, match="share one dtype and device"):
+        tf.ravel_tree({"a": torch.zeros(2), "b": torch.zeros(2, dtype=torch.float64)})
+    _, unravel = tf.ravel_tree({"a": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"expected shape \(2,\)"):
+        unravel(torch.zeros(3))

@@ -37,6 +37,7 @@ from torchopt_fn._combine import (
 from torchopt_fn._compile import compile_step, copy_into_
 from torchopt_fn._from_torch import from_torch
 from torchopt_fn._tree import (
+    ravel_tree,
     tree_add,
     tree_add_scale,
     tree_all_finite,
@@ -102,6 +103,7 @@ __all__ = [
     "stateless_with_tree_map",
     "transforms",
     "wrappers",
+    "ravel_tree",
     "tree_add",
     "tree_add_scale",
     "tree_all_finite",

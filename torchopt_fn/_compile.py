@@ -60,6 +60,9 @@ def compile_step(
     survives the call, and Inductor can update in place. Treat the inputs as consumed. With
     ``donate=False`` the step is pure and returns new tensors.
 
+    The first call compiles; its time grows with the number of tensors (about 0.4 s each on
+    a small CPU). For element-wise optimizers, `ravel_tree` gives one flat tensor to compile.
+
     Args:
         tx: the transformation.
         donate: write results into the input params and state.
