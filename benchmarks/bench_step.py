@@ -40,6 +40,7 @@ MOMENTUM = 0.9
 # SGD with momentum reads p, g, m and writes p, m.
 BYTES_PER_PARAM = {"adamw": 28, "adam": 28, "sgdm": 20}
 OPTIMIZERS = tuple(BYTES_PER_PARAM)
+ALLOCATOR_ENV_PREFIXES = ("MALLOC_", "THP_MEM_ALLOC_ENABLE", "LD_PRELOAD")
 
 
 # --------------------------------------------------------------------------- workloads
@@ -360,7 +361,11 @@ def markdown_table(
 
 
 def save_plot(all_results: dict[tuple[str, str], list[Result]], path: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed, so no {path} (pip install 'torchopt_fn[examples]')")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -438,6 +443,11 @@ def main(argv: list[str] | None = None) -> None:
     probes = streaming_bandwidth_gbs(1 << (22 if args.quick else 26))
     bandwidth = max(probes.values())
     print(f"Machine: {machine_description()}")
+    # The allocator decides whether a pure step's fresh buffers cost page faults (docs: Benchmarks).
+    allocator = [
+        f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(ALLOCATOR_ENV_PREFIXES)
+    ]
+    print(f"Allocator settings: {' '.join(allocator) or 'defaults'}")
     print(
         "Streaming bandwidth (fp32, bytes read + written): "
         + ", ".join(f"`{name}` {gbs:.1f} GB/s" for name, gbs in probes.items())
