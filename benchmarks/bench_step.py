@@ -90,6 +90,8 @@ class Runner:
     step: Callable[[], None]
     state: Callable[[], list[torch.Tensor]]
     first_call_s: float | None = None
+    # For a library outside torch (optax): its state's size; its temporaries are not measured.
+    foreign_state_nbytes: Callable[[], int] | None = None
 
 
 def _tx(opt: str) -> tf.GradientTransformation:
@@ -118,8 +120,18 @@ def _leaves(tree: Any) -> list[torch.Tensor]:
     return [x for x in tf.tree_leaves(tree) if isinstance(x, torch.Tensor)]
 
 
+def _tensors_in(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in nested dicts, lists and tuples (heavyball nests its per-param state)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    children = obj.values() if isinstance(obj, dict) else obj
+    if not isinstance(obj, (dict, list, tuple)):
+        return []
+    return [t for child in children for t in _tensors_in(child)]
+
+
 def _torch_state(optimizer: torch.optim.Optimizer) -> Callable[[], list[torch.Tensor]]:
-    return lambda: [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    return lambda: _tensors_in(list(optimizer.state.values()))
 
 
 def tf_eager(opt: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> Runner:
@@ -190,6 +202,98 @@ def torch_compiled(opt: str, params: list[torch.Tensor], grads: list[torch.Tenso
     return Runner(compiled, _torch_state(optimizer), first_call_s=_timed_first_call(compiled))
 
 
+# --------------------------------------------------------------------------- other libraries
+# Benchmarked when installed (none is installed by this script), with the same hyperparameters.
+# Their algorithms differ in details (heavyball's defaults, optax's epsilon placement), not in
+# the memory traffic a step needs.
+
+
+def heavyball_runner(opt: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> Runner:
+    """heavyball's `AdamW` / `SGD` classes (compile-first: their step is `torch.compile`d)."""
+    import heavyball
+
+    params = _with_grads(params, grads)
+    if opt == "sgdm":
+        optimizer = heavyball.SGD(params, lr=LR, beta=MOMENTUM)
+    else:
+        decay = WEIGHT_DECAY if opt == "adamw" else 0.0
+        optimizer = heavyball.AdamW(params, lr=LR, betas=(0.9, 0.999), weight_decay=decay)
+
+    def step() -> None:
+        optimizer.step()
+        for p, g in zip(params, grads):  # heavyball sets `p.grad = None` after its step
+            p.grad = g
+
+    return Runner(step, _torch_state(optimizer), first_call_s=_timed_first_call(step))
+
+
+def torchopt_runner(opt: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> Runner:
+    """TorchOpt's functional API: ``update`` out of place (the gradients are shared), then
+    ``apply_updates(inplace=True)``."""
+    import torchopt
+
+    if opt == "adamw":
+        tx = torchopt.adamw(LR, weight_decay=WEIGHT_DECAY)
+    elif opt == "adam":
+        tx = torchopt.adam(LR)
+    else:
+        tx = torchopt.sgd(LR, momentum=MOMENTUM)
+    box = {"state": tx.init(params)}
+
+    def step() -> None:
+        updates, box["state"] = tx.update(grads, box["state"], params=params, inplace=False)
+        torchopt.apply_updates(params, updates, inplace=True)
+
+    return Runner(step, lambda: _leaves(box["state"]))
+
+
+def optax_runner(opt: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> Runner:
+    """optax under ``jax.jit`` with params and state donated, on JAX's CPU backend."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    if opt == "adamw":
+        tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
+    elif opt == "adam":
+        tx = optax.adam(LR)
+    else:
+        tx = optax.sgd(LR, momentum=MOMENTUM)
+
+    def update(p: Any, g: Any, s: Any) -> Any:
+        updates, s = tx.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    jitted = jax.jit(update, donate_argnums=(0, 2))
+    jax_grads = [jnp.asarray(g.numpy()) for g in grads]
+    jax_params = [jnp.asarray(p.numpy()) for p in params]
+    box = {"params": jax_params, "state": tx.init(jax_params)}
+
+    def step() -> None:
+        box["params"], box["state"] = jitted(box["params"], jax_grads, box["state"])
+        jax.block_until_ready(box["params"])
+
+    return Runner(
+        step,
+        lambda: [],
+        first_call_s=_timed_first_call(step),
+        foreign_state_nbytes=lambda: sum(x.nbytes for x in jax.tree.leaves(box["state"])),
+    )
+
+
+OPTIONAL_CONTENDERS = {
+    "heavyball": ("heavyball", heavyball_runner),
+    "torchopt": ("torchopt", torchopt_runner),
+    "optax jit+donate": ("optax", optax_runner),
+}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 CONTENDERS: dict[str, Callable[[str, list[torch.Tensor], list[torch.Tensor]], Runner]] = {
     "tf eager": tf_eager,
     "tf compile_step": tf_compile_step,
@@ -199,16 +303,12 @@ CONTENDERS: dict[str, Callable[[str, list[torch.Tensor], list[torch.Tensor]], Ru
     "torch foreach": _torch_runner(foreach=True),
     "torch fused": _torch_runner(fused=True),
     "torch.compile(step)": torch_compiled,
+    **{name: make for name, (module, make) in OPTIONAL_CONTENDERS.items() if _installed(module)},
 }
-COMPILED = {"tf compile_step", "tf compile_step (raveled)", "torch.compile(step)"}
-# Other libraries are benchmarked only when installed; none is installed by this script.
-OPTIONAL_LIBRARIES = ("heavyball", "torchopt", "optax")
 
 
 def missing_optional_libraries() -> list[str]:
-    import importlib.util
-
-    return [name for name in OPTIONAL_LIBRARIES if importlib.util.find_spec(name) is None]
+    return [module for module, _ in OPTIONAL_CONTENDERS.values() if not _installed(module)]
 
 
 # --------------------------------------------------------------------------- measurements
@@ -280,7 +380,7 @@ class Result:
     contender: str
     times: list[float] = field(default_factory=list)
     state_bytes: int = 0
-    peak_temp_bytes: int = 0
+    peak_temp_bytes: int | None = 0  # None: not measured (a library outside torch)
     first_call_s: float | None = None
 
     @property
@@ -319,8 +419,12 @@ def run_case(
             runners[name].step()
             results[name].times.append(time.perf_counter() - start)
     for name, runner in runners.items():
-        results[name].peak_temp_bytes = peak_temporary_bytes(runner.step)
-        results[name].state_bytes = unique_nbytes(runner.state())
+        if runner.foreign_state_nbytes is None:
+            results[name].peak_temp_bytes = peak_temporary_bytes(runner.step)
+            results[name].state_bytes = unique_nbytes(runner.state())
+        else:
+            results[name].peak_temp_bytes = None
+            results[name].state_bytes = runner.foreign_state_nbytes()
     if not math.isclose(float(sum(g.double().sum() for g in grads)), grad_sum):
         raise RuntimeError("a contender modified the shared gradients")
     return [results[name] for name in contenders]
@@ -351,11 +455,12 @@ def markdown_table(
     for r in results:
         q = statistics.quantiles(r.times, n=4) if len(r.times) > 1 else [r.median] * 3
         first = f"{r.first_call_s:.1f}" if r.first_call_s is not None else ""
+        temp = f"{r.peak_temp_bytes / 1e6:.1f}" if r.peak_temp_bytes is not None else "n/a"
         lines.append(
             f"| {r.contender} | {r.median * 1e3:.2f} | {(q[2] - q[0]) * 1e3:.2f} "
             f"| {_ratio(r.median, foreach)} | {_ratio(r.median, fused)} "
             f"| {100 * limit_s / r.median:.0f}% | {r.state_bytes / 1e6:.1f} "
-            f"| {r.peak_temp_bytes / 1e6:.1f} | {first} |"
+            f"| {temp} | {first} |"
         )
     return "\n".join(lines)
 
@@ -430,6 +535,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+        if args.threads == 1:  # read when JAX starts: one thread for XLA's CPU kernels too
+            os.environ["XLA_FLAGS"] = " ".join(
+                [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"]
+            ).strip()
     workloads = ["Q"] if args.quick else args.workloads + (["W3"] if args.big else [])
     reps, warmup = (5, 1) if args.quick else (args.reps, args.warmup)
     for name, known in (
