@@ -94,12 +94,13 @@ class Runner:
     foreign_state_nbytes: Callable[[], int] | None = None
 
 
-def _tx(opt: str) -> tf.GradientTransformation:
+def _tx(opt: str, lib: Any = tf) -> Any:
+    """``opt``'s transformation from ``lib``: torchopt_fn, TorchOpt and optax share these names."""
     if opt == "adamw":
-        return tf.adamw(LR, weight_decay=WEIGHT_DECAY)
+        return lib.adamw(LR, weight_decay=WEIGHT_DECAY)
     if opt == "adam":
-        return tf.adam(LR)
-    return tf.sgd(LR, momentum=MOMENTUM)
+        return lib.adam(LR)
+    return lib.sgd(LR, momentum=MOMENTUM)
 
 
 def _torch_optim(opt: str, params: list[torch.Tensor], **impl: Any) -> torch.optim.Optimizer:
@@ -124,9 +125,9 @@ def _tensors_in(obj: Any) -> list[torch.Tensor]:
     """Every tensor in nested dicts, lists and tuples (heavyball nests its per-param state)."""
     if isinstance(obj, torch.Tensor):
         return [obj]
-    children = obj.values() if isinstance(obj, dict) else obj
     if not isinstance(obj, (dict, list, tuple)):
         return []
+    children = obj.values() if isinstance(obj, dict) else obj
     return [t for child in children for t in _tensors_in(child)]
 
 
@@ -232,12 +233,7 @@ def torchopt_runner(opt: str, params: list[torch.Tensor], grads: list[torch.Tens
     ``apply_updates(inplace=True)``."""
     import torchopt
 
-    if opt == "adamw":
-        tx = torchopt.adamw(LR, weight_decay=WEIGHT_DECAY)
-    elif opt == "adam":
-        tx = torchopt.adam(LR)
-    else:
-        tx = torchopt.sgd(LR, momentum=MOMENTUM)
+    tx = _tx(opt, torchopt)
     box = {"state": tx.init(params)}
 
     def step() -> None:
@@ -253,12 +249,7 @@ def optax_runner(opt: str, params: list[torch.Tensor], grads: list[torch.Tensor]
     import jax.numpy as jnp
     import optax
 
-    if opt == "adamw":
-        tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
-    elif opt == "adam":
-        tx = optax.adam(LR)
-    else:
-        tx = optax.sgd(LR, momentum=MOMENTUM)
+    tx = _tx(opt, optax)
 
     def update(p: Any, g: Any, s: Any) -> Any:
         updates, s = tx.update(g, s, p)

@@ -941,10 +941,10 @@ def ravel_tree(tree: Tree) -> tuple[torch.Tensor, Callable[[torch.Tensor], Tree]
         )
     shapes = [x.shape for x in tensors]
     sizes = [x.numel() for x in tensors]
+    total = sum(sizes)
     flat = torch.cat([x.reshape(-1) for x in tensors]) if tensors else torch.zeros(0)
 
     def unravel(flat: torch.Tensor) -> Tree:
-        total = sum(sizes)
         if flat.shape != (total,):
             raise ValueError(f"unravel: expected shape ({total},), got {tuple(flat.shape)}.")
         views = iter(chunk.view(shape) for chunk, shape in zip(flat.split(sizes), shapes))
