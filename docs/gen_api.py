@@ -21,11 +21,9 @@ PAGES = {
     "optimizers.md": ("Optimizers", "Named optimizers: chains of transforms with optax's names."),
     "schedules.md": ("Schedules", "Pure torch functions of the 0-d step count."),
     "wrappers.md": ("Wrappers", "Transformations that wrap other transformations."),
-    "torch.md": ("torch.optim interoperability", "From and to `torch.optim`."),
+    "interop.md": ("torch.optim interoperability", "From and to `torch.optim`."),
     "tree.md": ("Tree utilities", "Pytree arithmetic; `None` leaves mean 'no value'."),
 }
-# Top-level private modules whose names do not belong on the core page.
-TOP_LEVEL_PAGES = {"_tree": "tree.md", "_from_torch": "torch.md", "optim": "torch.md"}
 
 
 def _modules() -> list[ModuleType]:
@@ -57,7 +55,7 @@ def page_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) >= 3:  # torchopt_fn.<subpackage>.<_module>
         return f"{parts[1]}.md"
-    return TOP_LEVEL_PAGES.get(parts[-1], "core.md")
+    return "core.md"
 
 
 def grouping() -> dict[str, dict[str, list[str]]]:

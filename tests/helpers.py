@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 import torchopt_fn as tf
+from torchopt_fn.tree import _flatten
 
 Params = Any
 GOLDENS_PATH = Path(__file__).parent / "goldens" / "optax_goldens.json"
@@ -55,9 +56,9 @@ class Problem:
         # Plain autograd: torch.func.grad's first call costs seconds of imports.
         leaves = [p.detach().requires_grad_() for p in tf.tree_leaves(params)]
         with torch.enable_grad():
-            loss = self.loss(tf._tree.tree_unflatten(tf._tree.tree_structure(params), leaves))
-        return tf._tree.tree_unflatten(
-            tf._tree.tree_structure(params), torch.autograd.grad(loss, leaves)
+            loss = self.loss(_flatten.tree_unflatten(_flatten.tree_structure(params), leaves))
+        return _flatten.tree_unflatten(
+            _flatten.tree_structure(params), torch.autograd.grad(loss, leaves)
         )
 
     def __str__(self) -> str:

@@ -15,7 +15,7 @@ import torch
 
 import torchopt_fn as tf
 from tests.helpers import GOLDEN, OPTIMIZERS, OptCase, make_tx
-from torchopt_fn import _tree
+from torchopt_fn.tree import _flatten as _tree
 
 STEPS = 4
 
@@ -212,7 +212,7 @@ def test_tree_helpers_trace_with_the_loop_or_fall_back_to_optree(container: type
         return (
             isinstance(spec, _tree._LoopSpec),
             doubled,
-            _tree._flatten_like(spec, tree, doubled, "t"),
+            _tree.flatten_like(spec, tree, doubled, "t"),
         )
 
     tree = container(

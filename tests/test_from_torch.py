@@ -27,9 +27,9 @@ import pytest
 import torch
 
 import torchopt_fn as tf
-from torchopt_fn import _from_torch
-from torchopt_fn._from_torch import from_torch
-from torchopt_fn.transforms._torch_compat import (
+from torchopt_fn import from_torch
+from torchopt_fn.interop import _from_torch
+from torchopt_fn.transforms import (
     ScaleByTorchAsgdState,
     scale_by_torch_adagrad,
     scale_by_torch_amsgrad,

@@ -19,6 +19,7 @@ from torch.func import grad, vmap
 
 import torchopt_fn as tf
 from tests.helpers import golden_grad, golden_loss, golden_params
+from torchopt_fn.tree import _flatten
 
 F64 = torch.float64
 Factory = Callable[..., tf.GradientTransformation]
@@ -47,7 +48,7 @@ def _stack(trees: list[Any]) -> Any:
 
 
 def _assert_trees_close(actual: Any, expected: Any, rtol: float = 1e-12, atol: float = 1e-14):
-    assert tf._tree.tree_structure(actual) == tf._tree.tree_structure(expected)
+    assert _flatten.tree_structure(actual) == _flatten.tree_structure(expected)
     for a, e in zip(tf.tree_leaves(actual), tf.tree_leaves(expected)):
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
 

@@ -115,5 +115,5 @@ def test_generic_path_where_the_kernel_cannot_stand_in(case, fused_calls):
 def test_fused_path_keeps_the_error_for_a_missing_params():
     params, grad_fn = _problem(torch.float64)
     tx = tf.adamw(0.05, weight_decay=0.1)
-    with pytest.raises(ValueError, match="needs `params`"):
+    with pytest.raises(ValueError, match="needs the parameters"):
         tx.update(grad_fn(params), tx.init(params))

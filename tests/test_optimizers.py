@@ -19,6 +19,7 @@ from tests.helpers import (
     make_tx,
     run_case,
 )
+from torchopt_fn.tree import _flatten
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
@@ -31,7 +32,7 @@ def _leaves_with_paths(tree: Any) -> list[tuple[tuple, Any]]:
 def _signature(state: Any) -> tuple:
     """Structure plus (shape, dtype, device) of every leaf: what must not change across steps."""
     return (
-        tf._tree.tree_structure(state),
+        _flatten.tree_structure(state),
         tuple(
             None if x is None else (tuple(x.shape), x.dtype, x.device)
             for x in tf.tree_leaves(state)

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchopt_fn as tf
-from torchopt_fn import _tree
+from torchopt_fn.tree import _flatten as _tree
+from torchopt_fn.tree import _ops
 
 shapes = st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3), min_size=1, max_size=5)
 
@@ -97,7 +98,7 @@ def test_foreach_path_equals_per_leaf_path(monkeypatch, make_tx):
         return u, state
 
     fast = run()
-    monkeypatch.setattr(_tree, "_use_foreach", lambda tensors: False)
+    monkeypatch.setattr(_ops, "use_foreach", lambda tensors: False)
     slow = run()
     for x, y in zip(_tree.tree_leaves(fast), _tree.tree_leaves(slow)):
         if x is None:
@@ -246,12 +247,12 @@ def test_tree_helpers_use_the_loop_while_compiling(monkeypatch):
     # As in optree, a dict matches any standard dict with the same keys, in any order.
     reordered = {"a": tree["a"], "b": tree["b"]}
     for other in (reordered, collections.OrderedDict(tree)):
-        assert _tree._flatten_like(spec, tree, other, "test") == leaves
+        assert _tree.flatten_like(spec, tree, other, "test") == leaves
     assert _tree.tree_structure(reordered) == spec  # blind to the order, as optree is
     with pytest.raises(ValueError, match=r"test: .*\['b'\]\[1\]"):
-        _tree._flatten_like(spec, tree, {"a": tree["a"], "b": [None]}, "test")
+        _tree.flatten_like(spec, tree, {"a": tree["a"], "b": [None]}, "test")
     with pytest.raises(ValueError, match=r"test: .*'c'"):
-        _tree._flatten_like(spec, tree, {**tree, "c": None}, "test")
+        _tree.flatten_like(spec, tree, {**tree, "c": None}, "test")
     with pytest.raises(ValueError, match=r"2 leaves for a spec of 4 \(LoopSpec\(\{'b': \[\*, \*\]"):
         _tree.tree_unflatten(spec, leaves[:2])
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
-from torchopt_fn import _tree
-from torchopt_fn._base import (
-    GradientTransformation,
-    OptState,
-    Params,
-    record_hyperparams,
-)
+from torchopt_fn._base import GradientTransformation, OptState, Params
+from torchopt_fn._record import record_hyperparams
+from torchopt_fn.tree._flatten import flatten_like, tree_flatten, tree_unflatten
 
 __all__ = [
     "MaskedNode",
@@ -113,12 +109,12 @@ def _select(tree: Any, mask_leaves: list[bool], spec) -> Any:
     leaves = spec.flatten_up_to(tree) if tree is not None else None
     if leaves is None:
         return None
-    return _tree.tree_unflatten(spec, [x if m else None for x, m in zip(leaves, mask_leaves)])
+    return tree_unflatten(spec, [x if m else None for x, m in zip(leaves, mask_leaves)])
 
 
 def _mask_leaves(mask_tree: Any, reference: Any, what: str) -> tuple[list[bool], Any]:
-    _, spec = _tree.tree_flatten(reference)
-    flat = _tree._flatten_like(spec, reference, mask_tree, what)
+    _, spec = tree_flatten(reference)
+    flat = flatten_like(spec, reference, mask_tree, what)
     return [bool(m) for m in flat], spec
 
 
@@ -157,7 +153,7 @@ def masked(
                 spec.flatten_up_to(inner_updates), spec.flatten_up_to(updates), m
             )
         ]
-        return _tree.tree_unflatten(spec, merged), MaskedState(inner_state)
+        return tree_unflatten(spec, merged), MaskedState(inner_state)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -197,8 +193,8 @@ def partition(
 
     def labels_of(params):
         labels = param_labels(params) if callable(param_labels) else param_labels
-        _, spec = _tree.tree_flatten(params)
-        flat = _tree._flatten_like(spec, params, labels, "partition: labels vs params")
+        _, spec = tree_flatten(params)
+        flat = flatten_like(spec, params, labels, "partition: labels vs params")
         unknown = sorted({str(lab) for lab in flat} - {str(k) for k in transforms})
         if unknown:
             raise ValueError(f"partition: labels {unknown} have no transformation.")
@@ -228,6 +224,6 @@ def partition(
             for i, (keep, v) in enumerate(zip(m, spec.flatten_up_to(u))):
                 if keep:
                     out[i] = v
-        return _tree.tree_unflatten(spec, out), PartitionState(new_states)
+        return tree_unflatten(spec, out), PartitionState(new_states)
 
     return GradientTransformation(init_fn, update_fn)

@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from torchopt_fn import _tree
 from torchopt_fn._base import GradientTransformation, OptState, Params, Updates
-from torchopt_fn._update import apply_updates
+from torchopt_fn._update import apply_updates, copy_pairs
+from torchopt_fn.tree._flatten import leaf_paths, path_str, tree_leaves
 
-__all__ = ["compile_step", "copy_into_"]
-
-
-def copy_into_(dst: Any, src: Any) -> Any:
-    """Copy every tensor leaf of ``src`` into the matching leaf of ``dst`` in place; return ``dst``.
-
-    Leaves that are the same object, or `None`, are skipped.
-
-    Examples:
-        >>> import torch, torchopt_fn as tf
-        >>> dst = {"w": torch.zeros(2)}
-        >>> tf.copy_into_(dst, {"w": torch.ones(2)})["w"]
-        tensor([1., 1.])
-    """
-    pairs = _copy_pairs(dst, src, "copy_into_")
-    with torch.no_grad():
-        for d, s in pairs:
-            d.copy_(s)
-    return dst
-
-
-def _copy_pairs(dst: Any, src: Any, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (destination, source) tensor leaves of ``dst`` and ``src`` that need a copy."""
-    dst_leaves, spec = _tree.tree_flatten(dst)
-    src_leaves = _tree._flatten_like(spec, dst, src, what)
-    return [
-        (d, s)
-        for d, s in zip(dst_leaves, src_leaves)
-        if isinstance(d, torch.Tensor) and isinstance(s, torch.Tensor) and d is not s
-    ]
+__all__ = ["compile_step"]
 
 
 def compile_step(
@@ -56,6 +28,12 @@ def compile_step(
     survives the call, and Inductor can update in place. Treat the inputs as consumed. (0-d
     state such as the step count is copied back just after the graph, not inside it, to step
     around an Inductor bug.) With ``donate=False`` the step is pure and returns new tensors.
+    Donated params and state must not share memory (a tied parameter listed at two paths):
+    that is refused, since one write would clobber the other.
+
+    Inputs are checked as ``tx.update`` and `apply_updates` check them eagerly: a gradient
+    whose shape differs from its parameter's, or a state of other params, raises the same
+    `ValueError` (naming the path) before anything is written.
 
     The first call compiles; its time grows with the number of tensors (about 0.4 s each on
     a small CPU). For element-wise optimizers, `ravel_tree` gives one flat tensor to compile.
@@ -70,6 +48,10 @@ def compile_step(
     Returns:
         ``step(params, grads, state) -> (params, state)``. Extra keyword arguments of
         ``step`` (e.g. ``value=loss``) are forwarded to ``tx.update``.
+
+    Raises:
+        ValueError: from ``step``, for inputs the eager update would refuse, or aliased
+            donated tensors.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -91,12 +73,26 @@ def compile_step(
         updates, new_state = tx.update(grads, state, params, **extra_args)
         return apply_updates(params, updates), new_state
 
+    def explain(error: Exception, params: Params, grads: Updates, state: OptState, **extra: Any):
+        # Dynamo reports an exception raised while tracing as `Unsupported`; the eager step
+        # (pure: nothing is written) raises the user's error itself, or we re-raise Dynamo's.
+        pure_step(params, grads, state, **extra)
+        raise error
+
     if not donate:
-        return torch.compile(pure_step, **compile_kwargs)
+        compiled_pure = torch.compile(pure_step, **compile_kwargs)
+
+        def step(params: Params, grads: Updates, state: OptState, **extra_args: Any):
+            try:
+                return compiled_pure(params, grads, state, **extra_args)
+            except torch._dynamo.exc.TorchDynamoException as e:
+                explain(e, params, grads, state, **extra_args)
+
+        return step
 
     def donating_step(params: Params, grads: Updates, state: OptState, **extra_args: Any):
         new_params, new_state = pure_step(params, grads, state, **extra_args)
-        pairs = _copy_pairs(params, new_params, "compile_step") + _copy_pairs(
+        pairs = copy_pairs(params, new_params, "compile_step") + copy_pairs(
             state, new_state, "compile_step"
         )
         # Inside the graph one `copy_` per tensor: Inductor (torch 2.13) miscompiles a single
@@ -111,12 +107,54 @@ def compile_step(
         return params, state, [d for d, _ in scalars], [s for _, s in scalars]
 
     compiled = torch.compile(donating_step, **compile_kwargs)
+    checked: list[tuple[int, ...]] = [()]  # the ids of the last inputs found free of aliasing
 
     def step(params: Params, grads: Updates, state: OptState, **extra_args: Any):
-        params, state, scalar_dsts, scalar_srcs = compiled(params, grads, state, **extra_args)
+        donated = [x for x in tree_leaves((params, state)) if isinstance(x, torch.Tensor)]
+        ids = tuple(map(id, donated))
+        if ids != checked[0]:
+            _refuse_aliasing((params, state), donated)
+            checked[0] = ids
+        try:
+            params, state, scalar_dsts, scalar_srcs = compiled(params, grads, state, **extra_args)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            explain(e, params, grads, state, **extra_args)
         if scalar_dsts:
             with torch.no_grad():
                 torch._foreach_copy_(scalar_dsts, scalar_srcs)
         return params, state
 
     return step
+
+
+def _memory_span(t: torch.Tensor) -> tuple[int, int]:
+    """The byte range of ``t``'s elements in its storage."""
+    if t.numel() == 0:
+        return 0, 0
+    start = t.storage_offset()
+    last = start + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return start * t.element_size(), (last + 1) * t.element_size()
+
+
+def _refuse_aliasing(tree: Any, tensors: list[torch.Tensor]) -> None:
+    """Raise if two donated tensors share memory: writing one would clobber the other."""
+    by_storage: dict[int, list[tuple[int, int, int]]] = {}
+    for i, t in enumerate(tensors):
+        if t.numel() == 0 or t.device.type == "meta":
+            continue
+        start, end = _memory_span(t)
+        by_storage.setdefault(t.untyped_storage().data_ptr(), []).append((start, end, i))
+    for spans in by_storage.values():
+        spans.sort()
+        for (_, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
+            if start_b < end_a:
+                paths = [
+                    path_str(p)
+                    for p, x in zip(leaf_paths(tree), tree_leaves(tree))
+                    if isinstance(x, torch.Tensor)
+                ]
+                raise ValueError(
+                    f"compile_step(donate=True): (params, state){paths[a]} and "
+                    f"(params, state){paths[b]} share memory (a tied parameter?); donation "
+                    "would write one over the other. Untie them, or use donate=False."
+                )

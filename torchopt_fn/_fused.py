@@ -1,240 +1,270 @@
-"""Fast paths through torch's fused kernels where a transformation is exactly their algorithm.
+"""torch's fused optimizer kernels, where a transformation is exactly their algorithm.
 
-`torch._fused_adamw_`, `_fused_adam_` and `_fused_sgd_` update params and state in place in one
-pass with no temporaries. Two users, each falling back to the generic path for every other case:
+`torch._fused_adam_`, `_fused_adamw_` and `_fused_sgd_` update params and state in place in
+one pass with no temporaries. They are guests: each assumes that every tensor it gets has the
+parameter's shape and strides and is dense, and reads out of bounds otherwise (DESIGN.md §5).
+So a kernel runs only where `fusable` proves that, and every other case takes the generic
+path.
 
-- `Optimizer` runs them in place on ``opt.state`` for a param group whose transformation is
-  exactly `adam`, `adamw` or `sgd` (or their `from_torch` equivalents) with options the kernels
-  support (`fused_kernel_for`). Tested against the generic path in tests/test_optim.py.
-- The functional `adam` and `adamw` run `_fused_adam_` eagerly on fresh copies of their moments
-  (`with_eager_fused_adam`): one pass instead of a dozen multi-tensor ops, still pure. Tested
-  against the generic chain in tests/test_fused.py.
+- A named optimizer (`adam`, `adamw`, `sgd`; `from_torch`'s Adam, AdamW and SGD) that is
+  exactly a kernel's algorithm carries a `FusedPlan`: the one predicate "is this plain Adam /
+  AdamW / SGD", decided from the arguments it was built with. The `Optimizer` adapter reads
+  the plan of each group's *current* transformation (`fused_plan`), so every group override
+  (``eps_root``, a schedule, ...) decides for itself.
+- The functional `adam` and `adamw` run `_fused_adam_` eagerly on fresh copies of their
+  moments (`with_fused_adam`): one pass instead of a dozen multi-tensor ops, still pure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation, recorded_arguments
+from torchopt_fn._base import GradientTransformation
+from torchopt_fn.tree._ops import map_leaves
 
-__all__ = ["fused_kernel_for", "fused_supported", "with_eager_fused_adam"]
+__all__ = [
+    "FusedPlan",
+    "adam_plan",
+    "attach_plan",
+    "fusable",
+    "fused_plan",
+    "run_fused_",
+    "sgd_plan",
+    "with_fused_adam",
+]
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-FusedStep = Callable[[dict[str, Any], list[torch.Tensor], dict[torch.Tensor, dict]], None]
-
-
-def _alias(name: str) -> Callable[..., Any]:
-    from torchopt_fn.optimizers import _alias
-
-    return getattr(_alias, name)
-
-
-def _adam_like(weight_decay_key: str | None, kernel: Callable[..., None]) -> FusedStep:
-    @torch.compiler.disable  # a fused kernel gains nothing from tracing
-    def step(group: dict[str, Any], params: list[torch.Tensor], state: dict) -> None:
-        grads = [p.grad for p in params]
-        exp_avgs = [state[p]["exp_avg"] for p in params]
-        exp_avg_sqs = [state[p]["exp_avg_sq"] for p in params]
-        new_step = state[params[0]]["step"] + 1
-        beta1, beta2 = group["betas"]
-        kernel(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            [],
-            [new_step] * len(params),
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group[weight_decay_key] if weight_decay_key else 0.0,
-            amsgrad=False,
-            maximize=False,
-        )
-        for p in group["params"]:
-            state[p]["step"] = new_step
-
-    return step
+_FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+_PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
 
 
-def _sgd_momentum(nesterov: bool) -> FusedStep:
-    @torch.compiler.disable  # a fused kernel gains nothing from tracing
-    def step(group: dict[str, Any], params: list[torch.Tensor], state: dict) -> None:
-        # Our momentum buffer starts at zero, so the first step needs no special case.
-        torch._fused_sgd_(
-            params,
-            [p.grad for p in params],
-            [state[p]["momentum_buffer"] for p in params],
-            weight_decay=0.0,
-            momentum=group["momentum"],
-            lr=group["lr"],
-            dampening=0.0,
-            nesterov=nesterov,
-            maximize=False,
-            is_first_step=False,
-        )
+class FusedPlan(NamedTuple):
+    """Which fused kernel reproduces a transformation, and its options.
 
-    return step
+    ``kernel`` is ``"adam"`` (coupled weight decay), ``"adamw"`` (decoupled) or ``"sgd"``;
+    ``options`` are the kernel's keyword arguments (``lr``, ``beta1``, ...), Python numbers.
+    """
+
+    kernel: str
+    options: dict[str, Any]
+
+    @property
+    def state_keys(self) -> tuple[str, ...]:
+        """torch's state keys the kernel reads and writes, per parameter."""
+        if self.kernel == "sgd":
+            return ("momentum_buffer",) if self.options["momentum"] else ()
+        amsgrad = ("max_exp_avg_sq",) if self.options["amsgrad"] else ()
+        return ("exp_avg", "exp_avg_sq", *amsgrad)
 
 
-def fused_kernel_for(tx: GradientTransformation) -> FusedStep | None:
-    """The fused step for ``tx`` if it is exactly an algorithm torch has a fused kernel for."""
-    arguments = recorded_arguments(tx)
-    if arguments is None:
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def adam_plan(
+    decoupled: bool, lr: Any, b1: Any, b2: Any, eps: Any, weight_decay: Any, **flags: bool
+) -> FusedPlan | None:
+    """The plan for Adam(W) with these values, or `None` where one is not a plain number.
+
+    ``flags`` are the kernel's booleans (``amsgrad``, ``maximize``); both default to False.
+    """
+    values = (lr, b1, b2, eps, weight_decay)
+    if not all(map(_number, values)):
         return None
-    factory = tx.factory
-    if factory in (_alias("adam"), _alias("adamw")):
-        plain = (
-            not callable(arguments["learning_rate"])
-            and arguments["eps_root"] == 0.0
-            and arguments["mu_dtype"] is None
-            and not arguments["nesterov"]
-            and arguments.get("mask") is None
-        )
-        if not plain:
-            return None
-        if factory is _alias("adam"):
-            return _adam_like(None, torch._fused_adam_)
-        return _adam_like("weight_decay", torch._fused_adamw_)
-    if factory is _alias("sgd"):
-        momentum = arguments["momentum"]
-        plain = (
-            not callable(arguments["learning_rate"])
-            and isinstance(momentum, float)
-            and momentum > 0.0
-            and arguments["accumulator_dtype"] is None
-        )
-        return _sgd_momentum(arguments["nesterov"]) if plain else None
-    return None
+    options = dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay)
+    options.update(amsgrad=flags.get("amsgrad", False), maximize=flags.get("maximize", False))
+    return FusedPlan("adamw" if decoupled else "adam", options)
 
 
-def fused_supported(params: list[torch.Tensor]) -> bool:
-    """Whether the fused kernels can run on these parameters and their gradients."""
+def sgd_plan(
+    lr: Any, momentum: Any, nesterov: bool, weight_decay: Any = 0.0, maximize: bool = False
+) -> FusedPlan | None:
+    """The plan for SGD (heavy-ball momentum without dampening), or `None`."""
+    if not all(map(_number, (lr, momentum, weight_decay))):
+        return None
+    options = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    return FusedPlan("sgd", {**options, "maximize": maximize, "dampening": 0.0})
+
+
+def fused_plan(tx: GradientTransformation) -> FusedPlan | None:
+    """The fused plan ``tx`` carries, if it is exactly a kernel's algorithm."""
+    return getattr(tx, "fused_plan", None)
+
+
+class _Fusable(GradientTransformation):
+    """A transformation with a `FusedPlan` attached (and kept by the call record)."""
+
+    fused_plan: FusedPlan | None
+
+
+# --------------------------------------------------------------------------- the predicate
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill a block of memory exactly once (any order of axes)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def fusable(params: list[torch.Tensor], *others: list[torch.Tensor]) -> bool:
+    """Whether a fused kernel may run on ``params`` and the matching tensors of ``others``.
+
+    Every tensor must be a plain dense tensor with its parameter's shape, strides, dtype and
+    device, on CPU or CUDA, in a floating dtype the kernels support. A stride-0 gradient
+    (`torch.func.grad` of a ``.sum()``), a sliced view, or a channels_last parameter with a
+    contiguous gradient all fail this, and take the generic path.
+    """
     if not params:
         return False
-    device = params[0].device
-    if device.type not in ("cpu", "cuda"):
+    device, dtype = params[0].device, params[0].dtype
+    if device.type not in ("cpu", "cuda") or dtype not in _FUSED_DTYPES:
         return False
-    for p in params:
-        g = p.grad
-        if (
-            p.device != device
-            or p.dtype not in _FLOAT_DTYPES
-            or g is None
-            or g.is_sparse
-            or g.dtype != p.dtype
-            or (type(p) is not torch.nn.Parameter and type(p) is not torch.Tensor)
-        ):
+    for p, *rest in zip(params, *others):
+        if type(p) not in _PLAIN_TENSORS or p.device != device or p.dtype != dtype:
             return False
+        if not _dense(p):
+            return False
+        shape, stride = p.shape, p.stride()
+        for t in rest:
+            if (
+                type(t) not in _PLAIN_TENSORS
+                or t.layout != torch.strided
+                or t.dtype != dtype
+                or t.device != device
+                or t.shape != shape
+                or t.stride() != stride
+            ):
+                return False
     return True
+
+
+# --------------------------------------------------------------------------- in place
+
+
+@torch.compiler.disable  # a fused kernel gains nothing from tracing
+def run_fused_(
+    plan: FusedPlan,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    state: list[list[torch.Tensor]],
+    step: torch.Tensor | None,
+) -> None:
+    """Run ``plan``'s kernel in place; ``state`` lists the tensors of `FusedPlan.state_keys`.
+
+    ``step`` is the new step count (after this step), read by the Adam kernels. The caller
+    has checked `fusable` on ``params``, ``grads`` and ``state``.
+    """
+    o = plan.options
+    if plan.kernel == "sgd":
+        torch._fused_sgd_(
+            params,
+            grads,
+            state[0] if state else [],
+            weight_decay=o["weight_decay"],
+            momentum=o["momentum"],
+            lr=o["lr"],
+            dampening=o["dampening"],
+            nesterov=o["nesterov"],
+            maximize=o["maximize"],
+            # Our momentum buffers start at zero, so no step needs torch's first-step copy.
+            is_first_step=False,
+        )
+        return
+    kernel = torch._fused_adamw_ if plan.kernel == "adamw" else torch._fused_adam_
+    steps = step.to(device=params[0].device, dtype=torch.float32)
+    kernel(
+        params,
+        grads,
+        state[0],
+        state[1],
+        state[2] if o["amsgrad"] else [],
+        [steps] * len(params),
+        lr=o["lr"],
+        beta1=o["beta1"],
+        beta2=o["beta2"],
+        weight_decay=o["weight_decay"],
+        eps=o["eps"],
+        amsgrad=o["amsgrad"],
+        maximize=o["maximize"],
+    )
 
 
 # --------------------------------------------------------------------------- functional
 
 
-def _eager_fusable(tensors: list[torch.Tensor]) -> bool:
-    """Whether the generic maths over ``tensors`` may be replaced by a fused kernel call.
+def _eager_plain(tensors: list[torch.Tensor]) -> bool:
+    """Whether pure eager float32/float64 work may call a kernel instead of the generic ops.
 
-    Only plain eager float32/float64 work on one device qualifies: under `torch.compile` the
-    generic maths is what gets traced, under vmap/grad the kernels have no batching rule, and
-    when autograd would record the generic ops the kernel cannot stand in for them. Lower
-    precisions stay generic because the kernel computes them in float32 and rounds once,
-    which is more accurate than, and so different from, the generic ops.
+    Not while compiling (the generic maths is what gets traced), not under vmap/grad (no
+    batching rule), not where autograd would record the generic ops; and not in lower
+    precisions, which the kernel computes in float32 and rounds once, so more accurately than,
+    and differently from, the generic ops.
     """
-    if not tensors or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False
-    first = tensors[0]
-    if first.device.type not in ("cpu", "cuda") or first.dtype not in (
-        torch.float32,
-        torch.float64,
-    ):
+    if tensors[0].dtype not in (torch.float32, torch.float64):
         return False
-    grad_mode = torch.is_grad_enabled()
-    return all(
-        type(t) in (torch.Tensor, torch.nn.Parameter)  # not DTensor or other subclasses
-        and t.layout == torch.strided
-        and t.device == first.device
-        and t.dtype == first.dtype
-        and not (grad_mode and t.requires_grad)
-        for t in tensors
-    )
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def with_eager_fused_adam(
-    tx: GradientTransformation,
-    learning_rate: Any,
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    eps_root: Any,
-    mu_dtype: torch.dtype | None,
-    nesterov: bool,
-    weight_decay: Any,
-    mask: Any,
-) -> GradientTransformation:
-    """``tx`` (the chain of `adam` or `adamw`) with an eager fast path through `_fused_adam_`.
+def attach_plan(tx: GradientTransformation, plan: FusedPlan | None) -> GradientTransformation:
+    """``tx`` carrying ``plan`` (read by the `Optimizer` adapter); ``tx`` itself for `None`."""
+    if plan is None:
+        return tx
+    out = _Fusable(tx.init, tx.update)
+    out.fused_plan = plan
+    return out
 
-    The kernel runs on fresh copies of the moments and on a zero buffer standing in for the
-    parameters, so it leaves ``-lr * m_hat / (sqrt(v_hat) + eps)`` there: the update, without
-    touching anything the caller holds. For decoupled weight decay that buffer starts at
-    ``-lr * wd * params`` instead of zero (``weight_decay`` is `None` for `adam`'s two-stage
-    chain). With `apply_updates`, about 64 bytes move per fp32 parameter against some 108 for
-    the generic chain's eleven multi-tensor ops. The arguments are the alias's; the
-    hyperparameters must be Python floats (`inject_hyperparams` passes tensors: those take the
-    generic path) and the other options the kernel's.
+
+def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> GradientTransformation:
+    """`adam`'s or `adamw`'s chain with its plan and an eager fast path through the kernel.
+
+    ``tx`` is ``chain(scale_by_adam, [add_decayed_weights], scale_by_learning_rate)``, exactly
+    as ``plan`` describes it (no L2 term, no AMSGrad, no maximize). The kernel runs on fresh
+    copies of the moments and on a buffer standing in for the parameters, starting at
+    ``-lr * wd * params`` (AdamW) or zero, so it leaves there exactly the update, touching
+    nothing the caller holds. With `apply_updates`, about 64 bytes move per fp32 parameter
+    against some 108 for the generic chain. Anything `fusable` and `_eager_plain` do not
+    accept takes ``tx.update``.
     """
-    hyperparams = (learning_rate, b1, b2, eps, eps_root)
-    hyperparams += () if weight_decay is None else (weight_decay,)
-    if not all(type(h) is float for h in hyperparams):
+    if plan is None:
         return tx
-    if eps_root != 0.0 or mu_dtype is not None or nesterov or mask is not None:
-        return tx
+    o = plan.options
+    decay = o["weight_decay"] if plan.kernel == "adamw" else 0.0
+    adam_only = FusedPlan("adam", {**o, "weight_decay": 0.0})  # the decay is in `out` already
 
     def update_fn(updates, state, params=None, **extra_args):
-        decays = bool(weight_decay)  # adamw with weight_decay=0.0 needs no params
-        stages = 2 if weight_decay is None else 3
-        if len(state) != stages or (decays and params is None):
+        if len(state) == 0 or (decay and params is None):
             return tx.update(updates, state, params, **extra_args)  # it raises the error
         adam_state = state[0]
-        others = (adam_state.mu, adam_state.nu) + ((params,) if decays else ())
-        (gs, mus, nus, *ps), leaves, (mu_leaves, nu_leaves, *_), rebuild = _tree._live(
-            updates, *others, what="update"
-        )
-        if not _eager_fusable(gs + mus + nus + (ps[0] if ps else [])):
-            return tx.update(updates, state, params, **extra_args)
         count = adam_state.count + 1
-        new_mus = [m.clone() for m in mus]
-        new_nus = [v.clone() for v in nus]
-        # The kernel subtracts lr * m_hat / denom from `out`: start it at the decay term, or at 0.
-        if decays:
-            out = torch._foreach_mul(ps[0], -learning_rate * weight_decay)
-        else:
-            out = [torch.zeros_like(g) for g in gs]
-        step = count.to(device=gs[0].device, dtype=torch.float32)
-        torch._fused_adam_(
-            out,
-            gs,
-            new_mus,
-            new_nus,
-            [],
-            [step] * len(gs),
-            lr=learning_rate,
-            beta1=b1,
-            beta2=b2,
-            weight_decay=0.0,
-            eps=eps,
-            amsgrad=False,
-            maximize=False,
-        )
-        new_adam_state = adam_state._replace(
-            count=count, mu=rebuild(new_mus, mu_leaves), nu=rebuild(new_nus, nu_leaves)
-        )
-        return rebuild(out, leaves), (new_adam_state, *state[1:])
 
-    return GradientTransformation(tx.init, update_fn)
+        def fused(ops, gs, mus, nus, *ps):
+            tensors = [*gs, *mus, *nus, *(ps[0] if ps else ())]
+            if not gs or not _eager_plain(tensors) or not fusable(gs, mus, nus, *ps):
+                return None
+            new_mus = [m.clone() for m in mus]
+            new_nus = [v.clone() for v in nus]
+            # The kernel subtracts lr * m_hat / denom from `out`: start it at the decay term,
+            # or at 0 * g (NaN where g is not finite, as the generic update is there).
+            out = list(torch._foreach_mul(ps[0] if ps else gs, -o["lr"] * decay))
+            run_fused_(adam_only, out, gs, [new_mus, new_nus], count)
+            return out, new_mus, new_nus
+
+        others = (adam_state.mu, adam_state.nu) + ((params,) if decay else ())
+        result = map_leaves(fused, updates, *others, keep=(None, 0, 1), what="update")
+        if result is None:
+            return tx.update(updates, state, params, **extra_args)
+        new_updates, mu, nu = result
+        return new_updates, (adam_state._replace(count=count, mu=mu, nu=nu), *state[1:])
+
+    return attach_plan(GradientTransformation(tx.init, update_fn), plan)

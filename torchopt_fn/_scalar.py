@@ -1,4 +1,5 @@
-"""`step_scalar`: have `torch.compile` compute a step-dependent scalar once, not per element.
+"""Scalars: the `Scalar` type, `is_schedule`, and `step_scalar`, the only way a step-dependent
+scalar reaches a compiled graph.
 
 Inductor inlines a pointwise 0-d computation into every kernel that reads it. A bias
 correction ``1 - b1 ** t`` or a schedule's ``cos(...)`` then runs once per *element* of every
@@ -12,11 +13,19 @@ Eagerly (and under vmap/grad outside compile) `step_scalar` is the identity and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 
-__all__ = ["step_scalar"]
+__all__ = ["Scalar", "is_schedule", "step_scalar"]
+
+Scalar: TypeAlias = float | torch.Tensor
+"""A hyperparameter value: a Python number or a 0-d tensor."""
+
+
+def is_schedule(value: Any) -> bool:
+    """Whether ``value`` is a schedule (a function of the step count) rather than a number."""
+    return callable(value) and not isinstance(value, torch.Tensor)
 
 
 @torch.library.custom_op("torchopt_fn::step_scalar", mutates_args=())

@@ -1,55 +1,91 @@
-"""Construction-time checks of hyperparameters, with messages naming the argument."""
+"""Construction-time checks of hyperparameters, with messages naming the argument.
+
+A hyperparameter is a Python number, a 0-d real tensor, or (where documented) a schedule.
+Anything else (a string, a list, a tensor with more than one element, a complex or boolean
+tensor) is a `TypeError`/`ValueError` at construction, never a failure at the first step.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["check_in_range", "check_non_negative", "check_positive", "checks_disabled"]
+from torchopt_fn._scalar import is_schedule
 
-_DISABLED = [False]
+__all__ = [
+    "check_in_range",
+    "check_non_negative",
+    "check_number",
+    "check_positive",
+    "checks_disabled",
+    "require_params",
+]
+
+# Per thread and per asyncio task: a factory rebuilt in one thread does not silence another's.
+_CHECKS_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "torchopt_fn_checks_off", default=False
+)
 
 
 @contextlib.contextmanager
 def checks_disabled() -> Iterator[None]:
-    """Skip the checks: a factory rebuilt every step (`inject_hyperparams`) was checked once."""
-    _DISABLED.append(True)
+    """Skip value checks: a factory rebuilt every step (`inject_hyperparams`) was checked once."""
+    if torch.compiler.is_compiling():  # no check runs while tracing; Dynamo can't set a ContextVar
+        yield
+        return
+    token = _CHECKS_OFF.set(True)
     try:
         yield
     finally:
-        _DISABLED.pop()
+        _CHECKS_OFF.reset(token)
 
 
-def _value(x: Any) -> float | None:
-    """A Python number to check, or None when ``x`` cannot be checked eagerly."""
-    if _DISABLED[-1] or torch.compiler.is_compiling():
-        return None
-    if callable(x) and not isinstance(x, torch.Tensor):
-        return None  # a schedule
-    if isinstance(x, torch.Tensor):
-        if x.numel() != 1 or torch._C._are_functorch_transforms_active():
-            return None
-        try:
-            return float(x.detach().reshape(()).item())
-        except RuntimeError:  # a fake or meta tensor
-            return None
+def _value(name: str, x: Any) -> float | None:
+    """The number to check, or None when ``x`` is a schedule or cannot be read eagerly.
+
+    Raises:
+        TypeError: ``x`` is not a number, a real 0-d tensor or a callable.
+        ValueError: ``x`` is a tensor with other than one element.
+    """
+    if is_schedule(x) or torch.compiler.is_compiling():
+        return None  # a factory called inside a compiled step was checked when first built
+    off = _CHECKS_OFF.get()
+    if isinstance(x, bool) or not isinstance(x, (int, float, torch.Tensor)):
+        raise TypeError(f"{name} must be a number or a 0-d tensor, got {type(x).__name__} {x!r}.")
     if isinstance(x, (int, float)):
-        return float(x)
-    return None
+        return None if off else float(x)
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be a real number, got a {x.dtype} tensor.")
+    if x.dim() != 0:
+        raise ValueError(f"{name} must be a 0-d tensor, got shape {tuple(x.shape)}.")
+    if off or torch._C._are_functorch_transforms_active():
+        return None
+    try:
+        return float(x.detach().item())
+    except (RuntimeError, NotImplementedError):  # a fake or meta tensor
+        return None
+
+
+def check_number(name: str, x: Any) -> None:
+    """Only the type: a number, a 0-d real tensor or a schedule; NaN is refused."""
+    v = _value(name, x)
+    if v is not None and math.isnan(v):
+        raise ValueError(f"{name} must not be NaN.")
 
 
 def check_non_negative(name: str, x: Any) -> None:
-    v = _value(x)
+    v = _value(name, x)
     if v is not None and not (v >= 0.0):
         raise ValueError(f"{name} must be >= 0, got {v}.")
 
 
 def check_positive(name: str, x: Any) -> None:
-    v = _value(x)
+    v = _value(name, x)
     if v is not None and not (v > 0.0):
         raise ValueError(f"{name} must be > 0, got {v}.")
 
@@ -63,7 +99,7 @@ def check_in_range(
     low_inclusive: bool = True,
     high_inclusive: bool = False,
 ) -> None:
-    v = _value(x)
+    v = _value(name, x)
     if v is None:
         return
     ok_low = v >= low if low_inclusive else v > low
@@ -72,3 +108,9 @@ def check_in_range(
         lo = "[" if low_inclusive else "("
         hi = "]" if high_inclusive else ")"
         raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {v}.")
+
+
+def require_params(params: Any, name: str) -> None:
+    """Raise unless ``update`` was given the parameters, which ``name`` needs."""
+    if params is None:
+        raise ValueError(f"{name} needs the parameters: call update(updates, state, params).")

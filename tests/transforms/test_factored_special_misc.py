@@ -19,6 +19,7 @@ import torch
 
 import torchopt_fn as tf
 from tests.helpers import GOLDEN, GOLDENS_PATH, run_steps
+from torchopt_fn.tree import _flatten
 
 F64 = torch.float64
 STEPS = 12
@@ -440,8 +441,8 @@ def test_compiled_without_recompiles_equals_eager(name):
 
 def _stack(trees: list[Any]) -> Any:
     leaves = [tf.tree_leaves(t) for t in trees]
-    spec = tf._tree.tree_structure(trees[0])
-    return tf._tree.tree_unflatten(spec, [torch.stack(xs) for xs in zip(*leaves)])
+    spec = _flatten.tree_structure(trees[0])
+    return _flatten.tree_unflatten(spec, [torch.stack(xs) for xs in zip(*leaves)])
 
 
 @pytest.mark.parametrize("name", FACTORIES)
@@ -488,7 +489,7 @@ INVALID = [
     (tf.scale_by_polyak, {"max_learning_rate": -1.0}, "max_learning_rate"),
     (tf.scale_by_polyak, {"eps": -1.0}, "eps"),
     (tf.scale_by_polyak, {"variant": "sgd"}, "variant"),
-    (tf.scale_by_rprop, {"learning_rate": 0.0}, "learning_rate"),
+    (tf.scale_by_rprop, {"learning_rate": -0.1}, "learning_rate"),
     (tf.scale_by_rprop, {"learning_rate": 0.1, "eta_minus": 1.0}, "eta_minus"),
     (tf.scale_by_rprop, {"learning_rate": 0.1, "eta_plus": 1.0}, "eta_plus"),
     (tf.scale_by_rprop, {"learning_rate": 0.1, "min_step_size": -1.0}, "min_step_size"),

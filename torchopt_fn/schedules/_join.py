@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from torchopt_fn._base import Schedule, record_hyperparams
+from torchopt_fn._base import Schedule
+from torchopt_fn._record import record_hyperparams
 from torchopt_fn.schedules._common import ScalarLike, as_count, as_float, check
 
 __all__ = ["join_schedules"]

@@ -9,7 +9,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from torchopt_fn._base import Schedule, record_hyperparams
+from torchopt_fn._base import Schedule
+from torchopt_fn._record import record_hyperparams
 from torchopt_fn.schedules._common import ScalarLike, as_count, as_float, check
 from torchopt_fn.schedules._join import join_schedules
 from torchopt_fn.schedules._schedules import (

@@ -1,7 +1,8 @@
 """Memory-saving second-moment scalings: Adafactor's factored RMS and SM3's cover sets.
 
 Both keep per-axis statistics whose shapes depend on each leaf's shape, so their maths runs
-one leaf at a time (`_map_leaves`) rather than over lists of same-shaped leaves.
+one leaf at a time inside `map_leaves`, which checks every statistic's shape against the shape
+its leaf implies before anything is computed.
 """
 
 from __future__ import annotations
@@ -12,33 +13,14 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation, record_hyperparams
+from torchopt_fn._base import GradientTransformation, init_count
+from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative
-from torchopt_fn.transforms._common import init_count
+from torchopt_fn.tree._flatten import tree_flatten, tree_map, tree_unflatten
+from torchopt_fn.tree._math import tree_zeros_like
+from torchopt_fn.tree._ops import map_leaves
 
 __all__ = ["FactoredState", "ScaleBySM3State", "scale_by_factored_rms", "scale_by_sm3"]
-
-
-def _map_leaves(
-    fn: Callable[..., tuple], updates: Any, *trees: Any, n_state: int
-) -> tuple[Any, ...]:
-    """Apply ``fn(g, *leaves) -> (new_g, *new_state)`` to every non-`None` update leaf.
-
-    ``trees`` are flattened up to the structure of ``updates``, so a state leaf may itself be
-    a container (SM3 keeps a list of per-axis accumulators per parameter). The first
-    ``n_state`` of ``trees`` are state trees: where the update is `None` the update stays
-    `None` and these state leaves are returned unchanged. Returns ``(updates, *states)``.
-    """
-    leaves, spec = _tree.tree_flatten(updates)
-    others = [spec.flatten_up_to(t) for t in trees]
-    outs: list[list[Any]] = [[] for _ in range(1 + n_state)]
-    for i, g in enumerate(leaves):
-        row = [o[i] for o in others]
-        res = (None, *row[:n_state]) if g is None else fn(g, *row)
-        for out, r in zip(outs, res):
-            out.append(r)
-    return tuple(_tree.tree_unflatten(spec, out) for out in outs)
 
 
 def _abs_sq(x: torch.Tensor) -> torch.Tensor:
@@ -167,22 +149,25 @@ def scale_by_factored_rms(
     check_non_negative("min_dim_size_to_factor", min_dim_size_to_factor)
     check_non_negative("epsilon", epsilon)
 
-    def init_leaf(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dims = _factored_dims(p.shape, factored, min_dim_size_to_factor)
-        placeholder = p.new_zeros((1,))
+    def statistics_shape(k: int, shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape of ``v_row`` (k = 0), ``v_col`` (1) or ``v`` (2) for a leaf of ``shape``."""
+        dims = _factored_dims(shape, factored, min_dim_size_to_factor)
         if dims is None:
-            return placeholder, placeholder.clone(), torch.zeros_like(p)
-        d1, d0 = dims
-        row_shape = [s for d, s in enumerate(p.shape) if d != d0]
-        col_shape = [s for d, s in enumerate(p.shape) if d != d1]
-        return p.new_zeros(row_shape), p.new_zeros(col_shape), placeholder
+            return tuple(shape) if k == 2 else (1,)
+        if k == 2:
+            return (1,)
+        dropped = dims[1] if k == 0 else dims[0]
+        return tuple(s for d, s in enumerate(shape) if d != dropped)
+
+    def init_leaf(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        row, col, full = (statistics_shape(k, p.shape) for k in range(3))
+        return p.new_zeros(row), p.new_zeros(col), p.new_zeros(full)
 
     def init_fn(params):
-        leaves, spec = _tree.tree_flatten(params)
+        leaves, spec = tree_flatten(params)
         inits = [None if p is None else init_leaf(p) for p in leaves]
         v_row, v_col, v = (
-            _tree.tree_unflatten(spec, [None if x is None else x[k] for x in inits])
-            for k in range(3)
+            tree_unflatten(spec, [None if x is None else x[k] for x in inits]) for k in range(3)
         )
         return FactoredState(count=init_count(params), v_row=v_row, v_col=v_col, v=v)
 
@@ -220,8 +205,19 @@ def scale_by_factored_rms(
             col_factor = torch.rsqrt(new_col.to(cd)).unsqueeze(d1)
             return (g * row_factor * col_factor).to(g.dtype), new_row, new_col, v
 
-        out, v_row, v_col, v = _map_leaves(
-            update_leaf, updates, state.v_row, state.v_col, state.v, n_state=3
+        def step(ops, gs, rows, cols, vs):
+            outs = [update_leaf(*leaf) for leaf in zip(gs, rows, cols, vs)]
+            return tuple(map(list, zip(*outs))) if outs else ([], [], [], [])
+
+        out, v_row, v_col, v = map_leaves(
+            step,
+            updates,
+            state.v_row,
+            state.v_col,
+            state.v,
+            keep=(None, 0, 1, 2),
+            shapes={k: functools.partial(statistics_shape, k) for k in range(3)},
+            what="scale_by_factored_rms",
         )
         return out, FactoredState(count=state.count + 1, v_row=v_row, v_col=v_col, v=v)
 
@@ -244,6 +240,11 @@ class ScaleBySM3State(NamedTuple):
 
     mu: Any
     nu: Any
+
+
+def _sm3_shapes(shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """SM3's accumulators for a leaf of ``shape``: one vector per axis, or one full-size one."""
+    return [(n,) for n in shape] if len(shape) >= 2 else [tuple(shape)]
 
 
 @record_hyperparams
@@ -300,14 +301,10 @@ def scale_by_sm3(
     def init_leaf(p: torch.Tensor) -> list[torch.Tensor]:
         if p.is_complex():
             raise ValueError("scale_by_sm3 does not support complex parameters.")
-        if p.dim() < 2:
-            return [torch.zeros_like(p)]
-        return [p.new_zeros((n,)) for n in p.shape]
+        return [p.new_zeros(shape) for shape in _sm3_shapes(p.shape)]
 
     def init_fn(params):
-        return ScaleBySM3State(
-            mu=_tree.tree_map(init_leaf, params), nu=_tree.tree_zeros_like(params)
-        )
+        return ScaleBySM3State(mu=tree_map(init_leaf, params), nu=tree_zeros_like(params))
 
     def g_sq_coefficient() -> float | torch.Tensor:
         if isinstance(b2, torch.Tensor):
@@ -336,7 +333,20 @@ def scale_by_sm3(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        out, mu, nu = _map_leaves(update_leaf, updates, state.mu, state.nu, n_state=2)
+
+        def step(ops, gs, mus, nus):
+            outs = [update_leaf(*leaf) for leaf in zip(gs, mus, nus)]
+            return tuple(map(list, zip(*outs))) if outs else ([], [], [])
+
+        out, mu, nu = map_leaves(
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            keep=(None, 0, 1),
+            shapes={0: _sm3_shapes},
+            what="scale_by_sm3",
+        )
         return out, ScaleBySM3State(mu=mu, nu=nu)
 
     return GradientTransformation(init_fn, update_fn)

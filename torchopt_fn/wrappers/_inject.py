@@ -9,9 +9,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt_fn._base import GradientTransformation
+from torchopt_fn._base import GradientTransformation, init_count, params_device
+from torchopt_fn._record import bind_arguments, record
+from torchopt_fn._scalar import is_schedule
 from torchopt_fn._validate import checks_disabled
-from torchopt_fn.transforms._common import init_count, params_device
 
 __all__ = ["InjectHyperparamsState", "inject_hyperparams"]
 
@@ -31,10 +32,6 @@ class InjectHyperparamsState(NamedTuple):
     inner_state: Any
 
 
-def _is_schedule(v: Any) -> bool:
-    return callable(v) and not isinstance(v, torch.Tensor)
-
-
 def _is_injectable(v: Any) -> bool:
     # Floats and floating tensors become state; ints and bools stay static (they usually pick a
     # code path, e.g. `min_dim_size_to_factor`), as do dtypes, masks and other objects.
@@ -44,7 +41,7 @@ def _is_injectable(v: Any) -> bool:
         return True
     if isinstance(v, torch.Tensor):
         return v.numel() == 1 and v.is_floating_point()
-    return _is_schedule(v)
+    return is_schedule(v)
 
 
 def _default_dtype(device: torch.device) -> torch.dtype:
@@ -84,17 +81,41 @@ def inject_hyperparams(
         >>> tx.update({"w": torch.ones(1)}, state, params)[0]["w"]
         tensor([-0.5000])
     """
-    static = {static_args} if isinstance(static_args, str) else set(static_args)
-    signature = inspect.signature(inner_factory)
+    return _InjectedFactory(inner_factory, static_args, hyperparam_dtype)
 
-    @functools.wraps(inner_factory)
-    def wrapped_factory(*args: Any, **kwargs: Any) -> GradientTransformation:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        all_args = dict(bound.arguments)
-        var_kw = [n for n, p in signature.parameters.items() if p.kind is p.VAR_KEYWORD]
-        for name in var_kw:
-            all_args.update(all_args.pop(name))
+
+class _InjectedFactory:
+    """What `inject_hyperparams` returns: a factory that pickles (as the call that made it).
+
+    The transformations it builds are recorded with it as their factory, so they pickle too.
+    Their hyperparameters live in the state, not in the call: the `Optimizer` adapter does not
+    mirror them into param groups (``hyperparams_in_state``).
+    """
+
+    hyperparams_in_state = True
+
+    def __init__(
+        self,
+        inner_factory: Callable[..., GradientTransformation],
+        static_args: str | Iterable[str],
+        hyperparam_dtype: torch.dtype | None,
+    ):
+        self.inner_factory = inner_factory
+        self.static_args = static_args
+        self.hyperparam_dtype = hyperparam_dtype
+        self.signature = inspect.signature(inner_factory)
+        functools.update_wrapper(self, inner_factory)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _InjectedFactory, (self.inner_factory, self.static_args, self.hyperparam_dtype)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> GradientTransformation:
+        arguments = bind_arguments(self.signature, args, kwargs)
+        return record(self._build(arguments), self, arguments)
+
+    def _build(self, all_args: dict[str, Any]) -> GradientTransformation:
+        static = {self.static_args} if isinstance(self.static_args, str) else set(self.static_args)
+        inner_factory, hyperparam_dtype = self.inner_factory, self.hyperparam_dtype
         injected = {k: v for k, v in all_args.items() if k not in static and _is_injectable(v)}
         fixed = {k: v for k, v in all_args.items() if k not in injected}
         # Build once with the given values so invalid hyperparameters fail here.
@@ -104,8 +125,9 @@ def inject_hyperparams(
             dtype = hyperparam_dtype or _default_dtype(device)
             out = {}
             for k, v in injected.items():
-                v = v(count) if _is_schedule(v) else v
-                out[k] = torch.as_tensor(v, device=device).to(dtype)
+                v = v(count) if is_schedule(v) else v
+                # Straight to `dtype`: through float32 first, 0.999 would become 0.99900001.
+                out[k] = torch.as_tensor(v, dtype=dtype, device=device)
             return out
 
         def init_fn(params):
@@ -119,7 +141,7 @@ def inject_hyperparams(
             hyperparams = dict(state.hyperparams)
             # Schedules are re-evaluated at the current count; the others keep their (possibly
             # user-modified) stored values.
-            scheduled = {k for k, v in injected.items() if _is_schedule(v)}
+            scheduled = {k for k, v in injected.items() if is_schedule(v)}
             if scheduled:
                 now = values_at(state.count, state.count.device)
                 hyperparams.update({k: now[k] for k in scheduled})
@@ -131,5 +153,3 @@ def inject_hyperparams(
             return new_updates, InjectHyperparamsState(state.count + 1, hyperparams, inner_state)
 
         return GradientTransformation(init_fn, update_fn)
-
-    return wrapped_factory

@@ -8,19 +8,20 @@ from typing import Any
 
 import torch
 
-from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation, record
+from torchopt_fn._base import GradientTransformation
 from torchopt_fn._combine import chain
-from torchopt_fn.transforms._adam import scale_by_adam
-from torchopt_fn.transforms._adaptive import (
+from torchopt_fn._fused import FusedPlan, adam_plan, attach_plan, sgd_plan
+from torchopt_fn._record import record
+from torchopt_fn._scalar import is_schedule
+from torchopt_fn.transforms import (
+    add_decayed_weights,
+    scale,
     scale_by_adadelta,
+    scale_by_adam,
     scale_by_adamax,
+    scale_by_learning_rate,
     scale_by_rms,
     scale_by_stddev,
-)
-from torchopt_fn.transforms._momentum import trace
-from torchopt_fn.transforms._scale import scale, scale_by_learning_rate
-from torchopt_fn.transforms._torch_compat import (
     scale_by_torch_adagrad,
     scale_by_torch_amsgrad,
     scale_by_torch_asgd,
@@ -28,8 +29,9 @@ from torchopt_fn.transforms._torch_compat import (
     scale_by_torch_nadam,
     scale_by_torch_radam,
     scale_by_torch_rprop,
+    trace,
 )
-from torchopt_fn.transforms._weight_decay import add_decayed_weights
+from torchopt_fn.tree._flatten import tree_leaves, tree_map
 
 __all__ = ["from_torch"]
 
@@ -191,7 +193,7 @@ def _options(name: str, cls: type, kwargs: Options) -> Options:
         )
     options = {**defaults, **kwargs}
     lr = options["lr"]
-    if callable(lr) and not isinstance(lr, torch.Tensor):
+    if is_schedule(lr):
         lr = 1.0  # a schedule: torch cannot check it; scale_by_learning_rate calls it per step
     checked = {k: v for k, v in options.items() if k in read} | {"lr": lr}
     try:
@@ -207,7 +209,7 @@ def _as_real(tx: GradientTransformation, name: str) -> GradientTransformation:
     """Run ``tx`` on real views of complex leaves (torch.optim's rule), and refuse sparse ones."""
 
     def has_complex(tree: Any) -> bool:
-        for x in _tree.tree_leaves(tree):
+        for x in tree_leaves(tree):
             if x is None:
                 continue
             if x.layout != torch.strided:
@@ -220,7 +222,7 @@ def _as_real(tx: GradientTransformation, name: str) -> GradientTransformation:
         return False
 
     def real(tree: Any) -> Any:
-        return _tree.tree_map(lambda x: torch.view_as_real(x) if x.is_complex() else x, tree)
+        return tree_map(lambda x: torch.view_as_real(x) if x.is_complex() else x, tree)
 
     def restore(update: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return torch.view_as_complex(update) if like.is_complex() else update
@@ -232,7 +234,7 @@ def _as_real(tx: GradientTransformation, name: str) -> GradientTransformation:
         if not (has_complex(updates) or has_complex(params)):
             return tx.update(updates, state, params, **extra_args)
         new, state = tx.update(real(updates), state, real(params), **extra_args)
-        return _tree.tree_map(restore, new, updates), state
+        return tree_map(restore, new, updates), state
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -316,6 +318,18 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     name, cls = _resolve_optimizer(optimizer)
     options = _options(name, cls, kwargs)
     build, _ = _BUILDERS[name]
+    tx = attach_plan(_as_real(chain(*build(options)), name), _fused_plan(name, options))
     # Record every resolved option (torch's defaults included) so that the `Optimizer` adapter
     # mirrors them into param groups under torch's names.
-    return record(_as_real(chain(*build(options)), name), from_torch, {"optimizer": cls, **options})
+    return record(tx, from_torch, {"optimizer": cls, **options})
+
+
+def _fused_plan(name: str, o: Options) -> FusedPlan | None:
+    """torch's fused kernel for these options, where it computes exactly this chain."""
+    if name in ("Adam", "AdamW"):
+        decoupled = name == "AdamW" or o["decoupled_weight_decay"]
+        flags = {"amsgrad": o["amsgrad"], "maximize": o["maximize"]}
+        return adam_plan(decoupled, o["lr"], *o["betas"], o["eps"], o["weight_decay"], **flags)
+    if name == "SGD" and not _nonzero(o["dampening"]):
+        return sgd_plan(o["lr"], o["momentum"], o["nesterov"], o["weight_decay"], o["maximize"])
+    return None

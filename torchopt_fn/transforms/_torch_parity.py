@@ -4,8 +4,8 @@ Each is an ordinary transform that `from_torch` composes, usable on its own too.
 torch's single-tensor code order of operations (where the bias correction goes, where ``eps``
 sits, which moment AMSGrad maximises), so chains built from them follow torch.optim's
 trajectories to rounding error in float64. Scalars derived from the step count are computed
-in the leaves' floating dtype (at least float32) with tensor ops, so they compile without
-recompiling as the count changes.
+in the leaves' floating dtype (at least float32) with tensor ops, through `Ops.per_dtype`, so
+they compile once and do not recompile as the count changes.
 """
 
 from __future__ import annotations
@@ -14,10 +14,30 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt_fn import _tree
-from torchopt_fn._base import GradientTransformation, ScalarOrSchedule, record_hyperparams
-from torchopt_fn._validate import check_in_range, check_non_negative
-from torchopt_fn.transforms._common import init_count, params_device, resolve
+from torchopt_fn._base import (
+    GradientTransformation,
+    Scalar,
+    ScalarOrSchedule,
+    init_count,
+    params_device,
+    torch_names,
+    value_at,
+)
+from torchopt_fn._combine import chain
+from torchopt_fn._record import record_hyperparams
+from torchopt_fn._validate import check_in_range, check_non_negative, check_number, require_params
+from torchopt_fn.transforms._adam import radam_rectifier
+from torchopt_fn.transforms._scaling import scale
+from torchopt_fn.transforms._sign import scale_by_rprop
+from torchopt_fn.tree._math import (
+    bias_factor,
+    moment,
+    reject_complex,
+    tree_float_dtype,
+    tree_full_like,
+    tree_zeros_like,
+)
+from torchopt_fn.tree._ops import cast_like, map_leaves
 
 __all__ = [
     "ScaleByTorchAdagradState",
@@ -26,7 +46,6 @@ __all__ = [
     "ScaleByTorchMomentumState",
     "ScaleByTorchNadamState",
     "ScaleByTorchRadamState",
-    "ScaleByTorchRpropState",
     "scale_by_torch_adagrad",
     "scale_by_torch_amsgrad",
     "scale_by_torch_asgd",
@@ -35,8 +54,6 @@ __all__ = [
     "scale_by_torch_radam",
     "scale_by_torch_rprop",
 ]
-
-Scalar = float | torch.Tensor
 
 
 def _t(value: Scalar, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -56,11 +73,13 @@ class ScaleByTorchMomentumState(NamedTuple):
     count: torch.Tensor
     trace: Any
 
+    torch_keys = torch_names(trace="momentum_buffer")
+
 
 @record_hyperparams
 def scale_by_torch_momentum(
-    decay: float | torch.Tensor,
-    dampening: float | torch.Tensor = 0.0,
+    decay: Scalar,
+    dampening: Scalar = 0.0,
     accumulator_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""`torch.optim.SGD`'s momentum buffer, dampening included.
@@ -92,11 +111,11 @@ def scale_by_torch_momentum(
     ``chain(scale_by_torch_momentum(decay, dampening), scale_by_learning_rate(lr))``.
     """
     check_non_negative("decay", decay)
+    check_number("dampening", dampening)
 
     def init_fn(params):
         return ScaleByTorchMomentumState(
-            count=init_count(params),
-            trace=_tree.tree_zeros_like(params, dtype=accumulator_dtype),
+            count=init_count(params), trace=tree_zeros_like(params, dtype=accumulator_dtype)
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -104,15 +123,17 @@ def scale_by_torch_momentum(
         # The gradient's weight: 1 on the first step, 1 - d afterwards (exact in floating point).
         started = state.count != 0
 
-        def accumulate(ops, gs, ts):
-            weights = _tree.per_dtype(
+        def step(ops, gs, ts):
+            weights = ops.per_dtype(
                 ts, lambda dt, dev: 1 - _t(dampening, dt, dev) * started.to(device=dev, dtype=dt)
             )
-            return ops.add(ops.mul(ts, decay), ops.mul(_tree.cast_like(gs, ts), weights))
+            ts = ops.add(ops.mul(ts, decay), ops.mul(cast_like(gs, ts), weights))
+            return ts, ts
 
-        new_trace = _tree.map_live(accumulate, updates, state.trace, fill=state.trace)
-        out = _tree.map_live(lambda ops, gs, ts: _tree.cast_like(ts, gs), updates, new_trace)
-        return out, ScaleByTorchMomentumState(count=state.count + 1, trace=new_trace)
+        out, trace = map_leaves(
+            step, updates, state.trace, keep=(None, 0), what="scale_by_torch_momentum"
+        )
+        return out, ScaleByTorchMomentumState(count=state.count + 1, trace=trace)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -132,12 +153,14 @@ class ScaleByTorchAmsgradState(NamedTuple):
     nu: Any
     nu_max: Any
 
+    torch_keys = torch_names(count="step", mu="exp_avg", nu="exp_avg_sq", nu_max="max_exp_avg_sq")
+
 
 @record_hyperparams
 def scale_by_torch_amsgrad(
-    b1: float | torch.Tensor = 0.9,
-    b2: float | torch.Tensor = 0.999,
-    eps: float | torch.Tensor = 1e-8,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
 ) -> GradientTransformation:
     r"""AMSGrad as in `torch.optim.Adam(amsgrad=True)`: the maximum of the *raw* second moment.
 
@@ -179,31 +202,36 @@ def scale_by_torch_amsgrad(
     def init_fn(params):
         return ScaleByTorchAmsgradState(
             count=init_count(params),
-            mu=_tree.tree_zeros_like(params),
-            nu=_tree.tree_zeros_like(params),
-            nu_max=_tree.tree_zeros_like(params),
+            mu=tree_zeros_like(params),
+            nu=tree_zeros_like(params),
+            nu_max=tree_zeros_like(params),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        mu = _tree.tree_update_moment(updates, state.mu, b1, order=1)
-        nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
-        nu_max = _tree.map_live(
-            lambda ops, gs, a, b: ops.maximum(a, b), updates, state.nu_max, nu, fill=state.nu_max
-        )
         count = state.count + 1
 
-        def direction(ops, gs, ms, vs):
-            def corrections(dt, dev):
-                t = count.to(device=dev, dtype=dt)
-                bc1 = 1 - torch.pow(_t(b1, dt, dev), t)
-                return bc1, torch.sqrt(1 - torch.pow(_t(b2, dt, dev), t))
+        def corrections(dt, dev):
+            return bias_factor(b1, count, dt, dev), torch.sqrt(bias_factor(b2, count, dt, dev))
 
-            bc1, sqrt_bc2 = zip(*_tree.per_dtype(ms, corrections))
-            denom = ops.add(ops.div(ops.sqrt(vs), list(sqrt_bc2)), eps)
-            return _tree.cast_like(ops.div(ops.div(ms, list(bc1)), denom), gs)
+        def step(ops, gs, mus, nus, maxima):
+            reject_complex(gs, "scale_by_torch_amsgrad")
+            mus = moment(ops, gs, mus, b1, order=1)
+            nus = moment(ops, gs, nus, b2, order=2)
+            maxima = ops.maximum(maxima, nus)
+            bc1, sqrt_bc2 = (list(s) for s in zip(*ops.per_dtype(mus, corrections)))
+            denominators = ops.add(ops.div(ops.sqrt(maxima), sqrt_bc2), eps)
+            return ops.div(ops.div(mus, bc1), denominators), mus, nus, maxima
 
-        out = _tree.map_live(direction, updates, mu, nu_max)
+        out, mu, nu, nu_max = map_leaves(
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            state.nu_max,
+            keep=(None, 0, 1, 2),
+            what="scale_by_torch_amsgrad",
+        )
         return out, ScaleByTorchAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
 
     return GradientTransformation(init_fn, update_fn)
@@ -224,13 +252,15 @@ class ScaleByTorchNadamState(NamedTuple):
     mu: Any
     nu: Any
 
+    torch_keys = torch_names(count="step", mu="exp_avg", nu="exp_avg_sq")
+
 
 @record_hyperparams
 def scale_by_torch_nadam(
-    b1: float | torch.Tensor = 0.9,
-    b2: float | torch.Tensor = 0.999,
-    eps: float | torch.Tensor = 1e-8,
-    momentum_decay: float | torch.Tensor = 4e-3,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    momentum_decay: Scalar = 4e-3,
 ) -> GradientTransformation:
     r"""NAdam with `torch.optim.NAdam`'s momentum schedule (Dozat's $\mu_t$).
 
@@ -272,12 +302,11 @@ def scale_by_torch_nadam(
     check_non_negative("momentum_decay", momentum_decay)
 
     def init_fn(params):
-        device = params_device(params)
         return ScaleByTorchNadamState(
             count=init_count(params),
-            mu_product=torch.ones((), dtype=_tree.compute_dtype(params), device=device),
-            mu=_tree.tree_zeros_like(params),
-            nu=_tree.tree_zeros_like(params),
+            mu_product=torch.ones((), dtype=tree_float_dtype(params), device=params_device(params)),
+            mu=tree_zeros_like(params),
+            nu=tree_zeros_like(params),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -293,21 +322,21 @@ def scale_by_torch_nadam(
         coef_g = (1.0 - mu_t) / (1.0 - mu_product)
         coef_m = mu_next / (1.0 - mu_product * mu_next)
 
-        mu = _tree.tree_update_moment(updates, state.mu, b1, order=1)
-        nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
+        def scalars(dt, dev):
+            return bias_factor(b2, count, dt, dev), coef_g.to(dev, dt), coef_m.to(dev, dt)
 
-        def direction(ops, gs, ms, vs):
-            def scalars(dt, dev):
-                bc2 = 1 - torch.pow(_t(b2, dt, dev), count.to(device=dev, dtype=dt))
-                return bc2, coef_g.to(device=dev, dtype=dt), coef_m.to(device=dev, dtype=dt)
+        def step(ops, gs, mus, nus):
+            reject_complex(gs, "scale_by_torch_nadam")
+            mus = moment(ops, gs, mus, b1, order=1)
+            nus = moment(ops, gs, nus, b2, order=2)
+            bc2, cg, cm = (list(s) for s in zip(*ops.per_dtype(mus, scalars)))
+            denominators = ops.add(ops.sqrt(ops.div(nus, bc2)), eps)
+            from_g = ops.mul(ops.div(cast_like(gs, mus), denominators), cg)
+            return ops.add(from_g, ops.mul(ops.div(mus, denominators), cm)), mus, nus
 
-            bc2, cg, cm = (list(s) for s in zip(*_tree.per_dtype(ms, scalars)))
-            denom = ops.add(ops.sqrt(ops.div(vs, bc2)), eps)
-            gs_ = _tree.cast_like(gs, ms)
-            new = ops.add(ops.mul(ops.div(gs_, denom), cg), ops.mul(ops.div(ms, denom), cm))
-            return _tree.cast_like(new, gs)
-
-        out = _tree.map_live(direction, updates, mu, nu)
+        out, mu, nu = map_leaves(
+            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_torch_nadam"
+        )
         return out, ScaleByTorchNadamState(count=count, mu_product=mu_product, mu=mu, nu=nu)
 
     return GradientTransformation(init_fn, update_fn)
@@ -326,12 +355,14 @@ class ScaleByTorchRadamState(NamedTuple):
     mu: Any
     nu: Any
 
+    torch_keys = torch_names(count="step", mu="exp_avg", nu="exp_avg_sq")
+
 
 @record_hyperparams
 def scale_by_torch_radam(
-    b1: float | torch.Tensor = 0.9,
-    b2: float | torch.Tensor = 0.999,
-    eps: float | torch.Tensor = 1e-8,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
     threshold: float = 5.0,
 ) -> GradientTransformation:
     r"""Rectified Adam with `torch.optim.RAdam`'s placement of ``eps``.
@@ -372,42 +403,35 @@ def scale_by_torch_radam(
     check_in_range("b1", b1, 0.0, 1.0)
     check_in_range("b2", b2, 0.0, 1.0)
     check_non_negative("eps", eps)
+    check_number("threshold", threshold)
 
     def init_fn(params):
         return ScaleByTorchRadamState(
-            count=init_count(params),
-            mu=_tree.tree_zeros_like(params),
-            nu=_tree.tree_zeros_like(params),
+            count=init_count(params), mu=tree_zeros_like(params), nu=tree_zeros_like(params)
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        mu = _tree.tree_update_moment(updates, state.mu, b1, order=1)
-        nu = _tree.tree_update_moment_per_elem_norm(updates, state.nu, b2, order=2)
         count = state.count + 1
 
         def scalars(dt, dev):
-            t = count.to(device=dev, dtype=dt)
-            beta2 = _t(b2, dt, dev)
-            b2_t = torch.pow(beta2, t)
-            bc1 = 1 - torch.pow(_t(b1, dt, dev), t)
-            bc2 = 1 - b2_t
-            rho_inf = 2 / (1 - beta2) - 1
-            rho_t = rho_inf - 2 * t * b2_t / bc2
-            # The ratio is negative for small rho_t, where it is not used; clamping keeps
-            # the unused branch free of NaN.
-            ratio = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
-            rect = torch.sqrt(torch.clamp(ratio, min=0))
-            return bc1, torch.sqrt(bc2) * rect, rho_t > threshold
+            rho_t, r_t = radam_rectifier(b2, count, dt, dev)
+            bc2 = bias_factor(b2, count, dt, dev)
+            return bias_factor(b1, count, dt, dev), torch.sqrt(bc2) * r_t, rho_t > threshold
 
-        def direction(ops, gs, ms, vs):
-            bc1, factor, rectify = (list(s) for s in zip(*_tree.per_dtype(ms, scalars)))
-            m_hat = ops.div(ms, bc1)
-            adapted = ops.mul(ops.div(m_hat, ops.add(ops.sqrt(vs), eps)), factor)
-            new = [torch.where(c, a, m) for c, a, m in zip(rectify, adapted, m_hat)]
-            return _tree.cast_like(new, gs)
+        def step(ops, gs, mus, nus):
+            reject_complex(gs, "scale_by_torch_radam")
+            mus = moment(ops, gs, mus, b1, order=1)
+            nus = moment(ops, gs, nus, b2, order=2)
+            bc1, factor, rectify = (list(s) for s in zip(*ops.per_dtype(mus, scalars)))
+            mu_hat = ops.div(mus, bc1)
+            adapted = ops.mul(ops.div(mu_hat, ops.add(ops.sqrt(nus), eps)), factor)
+            out = [torch.where(c, a, m) for c, a, m in zip(rectify, adapted, mu_hat)]
+            return out, mus, nus
 
-        out = _tree.map_live(direction, updates, mu, nu)
+        out, mu, nu = map_leaves(
+            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_torch_radam"
+        )
         return out, ScaleByTorchRadamState(count=count, mu=mu, nu=nu)
 
     return GradientTransformation(init_fn, update_fn)
@@ -425,12 +449,14 @@ class ScaleByTorchAdagradState(NamedTuple):
     count: torch.Tensor
     sum_of_squares: Any
 
+    torch_keys = torch_names(count="step", sum_of_squares="sum")
+
 
 @record_hyperparams
 def scale_by_torch_adagrad(
-    initial_accumulator_value: float | torch.Tensor = 0.0,
-    eps: float | torch.Tensor = 1e-10,
-    lr_decay: float | torch.Tensor = 0.0,
+    initial_accumulator_value: Scalar = 0.0,
+    eps: Scalar = 1e-10,
+    lr_decay: Scalar = 0.0,
 ) -> GradientTransformation:
     r"""Adagrad as in `torch.optim.Adagrad`: ``eps`` outside the square root, torch's ``lr_decay``.
 
@@ -472,64 +498,46 @@ def scale_by_torch_adagrad(
     def init_fn(params):
         return ScaleByTorchAdagradState(
             count=init_count(params),
-            sum_of_squares=_tree.tree_full_like(params, initial_accumulator_value),
+            sum_of_squares=tree_full_like(params, initial_accumulator_value),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        sums = _tree.map_live(
-            lambda ops, gs, ss: ops.add(ss, ops.square(_tree.cast_like(gs, ss))),
-            updates,
-            state.sum_of_squares,
-            fill=state.sum_of_squares,
-        )
 
-        def direction(ops, gs, ss):
-            new = ops.div(_tree.cast_like(gs, ss), ops.add(ops.sqrt(ss), eps))
+        def step(ops, gs, sums):
+            reject_complex(gs, "scale_by_torch_adagrad")
+            sums = ops.add(sums, ops.square(cast_like(gs, sums)))
+            out = ops.div(cast_like(gs, sums), ops.add(ops.sqrt(sums), eps))
             if decays:
                 # Step t = count + 1 is divided by 1 + (t - 1) * lr_decay.
-                factors = _tree.per_dtype(
-                    ss, lambda dt, dev: 1 + state.count.to(dev, dt) * _t(lr_decay, dt, dev)
+                factors = ops.per_dtype(
+                    sums, lambda dt, dev: 1 + state.count.to(dev, dt) * _t(lr_decay, dt, dev)
                 )
-                new = ops.div(new, factors)
-            return _tree.cast_like(new, gs)
+                out = ops.div(out, factors)
+            return out, sums
 
-        out = _tree.map_live(direction, updates, sums)
+        out, sums = map_leaves(
+            step, updates, state.sum_of_squares, keep=(None, 0), what="scale_by_torch_adagrad"
+        )
         return out, ScaleByTorchAdagradState(count=state.count + 1, sum_of_squares=sums)
 
     return GradientTransformation(init_fn, update_fn)
 
 
-class ScaleByTorchRpropState(NamedTuple):
-    """State of `scale_by_torch_rprop`: per-element step sizes and the previous gradient.
-
-    Examples:
-        >>> import torch, torchopt_fn as tf
-        >>> tf.scale_by_torch_rprop(0.01).init({"w": torch.zeros(2)})
-        ScaleByTorchRpropState(step_sizes={'w': tensor([0.0100, 0.0100])},
-        prev={'w': tensor([0., 0.])})
-    """
-
-    step_sizes: Any
-    prev: Any
-
-
 @record_hyperparams
 def scale_by_torch_rprop(
     learning_rate: ScalarOrSchedule,
-    eta_minus: float = 0.5,
-    eta_plus: float = 1.2,
-    min_step_size: float = 1e-6,
-    max_step_size: float = 50.0,
+    eta_minus: Scalar = 0.5,
+    eta_plus: Scalar = 1.2,
+    min_step_size: Scalar = 1e-6,
+    max_step_size: Scalar = 50.0,
 ) -> GradientTransformation:
-    r"""Rprop as in `torch.optim.Rprop`: sign-based steps with per-element adaptive sizes.
+    r"""Rprop as in `torch.optim.Rprop`: `scale_by_rprop` with torch's clipping, negated.
 
-    With $s = g_t \cdot g_{t-1}$ element-wise: the step size $\delta$ is multiplied by
-    $\eta^+$ where $s > 0$, by $\eta^-$ where $s < 0$, by 1 where $s = 0$, then clipped to
-    ``[min_step_size, max_step_size]``; where $s < 0$ the gradient is zeroed (no step, and it
-    is remembered as 0); $u_t = -\operatorname{sign}(g_t)\,\delta_t$. The output is the final
-    (negated) update: do not chain a learning-rate stage after it. optax's `scale_by_rprop`
-    applies the previous step's update instead of the current one.
+    ``chain(scale_by_rprop(..., clip_unchanged=True), scale(-1.0))``: per-element step sizes
+    adapted from the signs of successive gradients (see `scale_by_rprop`), every one clipped
+    to ``[min_step_size, max_step_size]`` at every step, as torch does. The output is the final
+    (negated) update: do not chain a learning-rate stage after it.
 
     Args:
         learning_rate: the initial step size. A schedule is evaluated at step 0 only: like
@@ -540,7 +548,7 @@ def scale_by_torch_rprop(
         max_step_size: the largest step size.
 
     Returns:
-        A `GradientTransformation` with state `ScaleByTorchRpropState`.
+        A `GradientTransformation` whose state is ``(ScaleByRpropState, EmptyState)``.
 
     Raises:
         ValueError: for a negative ``learning_rate`` or ``not 0 < eta_minus < 1 < eta_plus``.
@@ -561,53 +569,10 @@ def scale_by_torch_rprop(
     torch.optim equivalent: `torch.optim.Rprop(lr, etas=(eta_minus, eta_plus),
     step_sizes=(min_step_size, max_step_size))` is ``scale_by_torch_rprop(lr, ...)``.
     """
-    check_non_negative("learning_rate", learning_rate)
-    check_in_range("eta_minus", eta_minus, 0.0, 1.0, low_inclusive=False)
-    check_in_range("eta_plus", eta_plus, 1.0, float("inf"), low_inclusive=False)
-
-    def init_fn(params):
-        initial = resolve(learning_rate, init_count(params))
-        return ScaleByTorchRpropState(
-            step_sizes=_tree.tree_full_like(params, initial), prev=_tree.tree_zeros_like(params)
-        )
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-
-        def signs(ops, gs, prevs):
-            return ops.mul(_tree.cast_like(gs, prevs), prevs)
-
-        products = _tree.map_live(signs, updates, state.prev)
-
-        def new_step_size(s: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-            # Python-float branches of torch.where keep the tensor's dtype.
-            factor = torch.where(s > 0, eta_plus, torch.where(s < 0, eta_minus, torch.ones_like(s)))
-            return torch.clamp(step * factor, min_step_size, max_step_size).to(step.dtype)
-
-        step_sizes = _tree.map_live(
-            lambda ops, gs, ss, steps: [new_step_size(s, d) for s, d in zip(ss, steps)],
-            updates,
-            products,
-            state.step_sizes,
-            fill=state.step_sizes,
-        )
-        prev = _tree.map_live(
-            lambda ops, gs, ss: [g.to(s.dtype).masked_fill(s < 0, 0) for g, s in zip(gs, ss)],
-            updates,
-            products,
-            fill=state.prev,
-        )
-        out = _tree.map_live(
-            lambda ops, gs, ps, steps: [
-                torch.neg(torch.sign(p) * d).to(g.dtype) for g, p, d in zip(gs, ps, steps)
-            ],
-            updates,
-            prev,
-            step_sizes,
-        )
-        return out, ScaleByTorchRpropState(step_sizes=step_sizes, prev=prev)
-
-    return GradientTransformation(init_fn, update_fn)
+    rprop = scale_by_rprop(
+        learning_rate, eta_minus, eta_plus, min_step_size, max_step_size, clip_unchanged=True
+    )
+    return chain(rprop, scale(-1.0))
 
 
 class ScaleByTorchAsgdState(NamedTuple):
@@ -622,13 +587,15 @@ class ScaleByTorchAsgdState(NamedTuple):
     count: torch.Tensor
     ax: Any
 
+    torch_keys = torch_names(count="step")
+
 
 @record_hyperparams
 def scale_by_torch_asgd(
     learning_rate: ScalarOrSchedule,
-    lambd: float | torch.Tensor = 1e-4,
-    alpha: float | torch.Tensor = 0.75,
-    t0: float | torch.Tensor = 1e6,
+    lambd: Scalar = 1e-4,
+    alpha: Scalar = 0.75,
+    t0: Scalar = 1e6,
 ) -> GradientTransformation:
     r"""Averaged SGD as in `torch.optim.ASGD`, including its running average of the parameters.
 
@@ -670,45 +637,39 @@ def scale_by_torch_asgd(
     ``scale_by_torch_asgd(lr, lambd, alpha, t0)``.
     """
     check_non_negative("learning_rate", learning_rate)
+    check_number("lambd", lambd)
+    check_number("alpha", alpha)
+    check_number("t0", t0)
 
     def init_fn(params):
-        return ScaleByTorchAsgdState(count=init_count(params), ax=_tree.tree_zeros_like(params))
+        return ScaleByTorchAsgdState(count=init_count(params), ax=tree_zeros_like(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError("scale_by_torch_asgd needs `params` in update().")
-        lr = resolve(learning_rate, state.count)
-        # (-eta, -eta * lambd, mu) per (dtype, device), shared by the step and the averaging.
-        memo: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+        require_params(params, "scale_by_torch_asgd")
+        lr = value_at(learning_rate, state.count)
 
         def scalars(dt, dev):
-            if (dt, dev) not in memo:
-                steps_done = state.count.to(device=dev, dtype=dt)
-                rate = _t(lr, dt, dev)
-                base = 1 + _t(lambd, dt, dev) * rate * steps_done
-                eta = rate / torch.pow(base, _t(alpha, dt, dev))
-                mu = torch.where(
-                    state.count.to(dev) == 0,
-                    torch.ones((), dtype=dt, device=dev),
-                    1 / torch.clamp(steps_done - _t(t0, dt, dev), min=1),
-                )
-                memo[dt, dev] = -eta, -eta * _t(lambd, dt, dev), mu
-            return memo[dt, dev]
+            """(-eta, -eta * lambd, mu): the step's scales and the averaging weight."""
+            steps_done = state.count.to(device=dev, dtype=dt)
+            rate = _t(lr, dt, dev)
+            eta = rate / torch.pow(1 + _t(lambd, dt, dev) * rate * steps_done, _t(alpha, dt, dev))
+            mu = torch.where(
+                state.count.to(dev) == 0,
+                torch.ones((), dtype=dt, device=dev),
+                1 / torch.clamp(steps_done - _t(t0, dt, dev), min=1),
+            )
+            return -eta, -eta * _t(lambd, dt, dev), mu
 
-        def step(ops, gs, ps):
-            neg_eta, neg_eta_decay, _ = (list(s) for s in zip(*_tree.per_dtype(ps, scalars)))
-            new = ops.add(ops.mul(_tree.cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
-            return _tree.cast_like(new, gs)
+        def step(ops, gs, axs, ps):
+            neg_eta, neg_eta_decay, mu = (list(s) for s in zip(*ops.per_dtype(ps, scalars)))
+            out = ops.add(ops.mul(cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
+            new_ps = cast_like(ops.add(ps, out), axs)
+            return out, ops.add(axs, ops.mul(ops.sub(new_ps, axs), mu))
 
-        out = _tree.map_live(step, updates, params)
-
-        def average(ops, gs, ps, us, axs):
-            mu = [s[2] for s in _tree.per_dtype(axs, scalars)]
-            new_ps = _tree.cast_like(ops.add(ps, _tree.cast_like(us, ps)), axs)
-            return ops.add(axs, ops.mul(ops.sub(new_ps, axs), mu))
-
-        ax = _tree.map_live(average, updates, params, out, state.ax, fill=state.ax)
+        out, ax = map_leaves(
+            step, updates, state.ax, params, keep=(None, 0), what="scale_by_torch_asgd"
+        )
         return out, ScaleByTorchAsgdState(count=state.count + 1, ax=ax)
 
     return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,166 @@
+"""The call record: what lets the adapter rebuild a transformation and closures pickle.
+
+Every public factory (transforms, optimizers, combinators, schedules) is decorated with
+`record_hyperparams`, so what it returns remembers the call that built it. The `Optimizer`
+adapter reads those arguments to mirror hyperparameters into param groups and calls the
+factories again with a group's current values (`rebuild`); pickling a transformation, whose
+``init``/``update`` are closures, pickles the call instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torchopt_fn._base import GradientTransformation
+
+__all__ = [
+    "bind_arguments",
+    "rebuild",
+    "record",
+    "record_hyperparams",
+    "recorded_arguments",
+    "recorded_nodes",
+]
+
+
+def _call_recorded(factory: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    args, kwargs = _split_arguments(factory, arguments)
+    return factory(*args, **kwargs)
+
+
+class _RecordedTransformation(GradientTransformation):
+    """A `GradientTransformation` that remembers the factory call that built it.
+
+    Attributes set on the transformation the factory returned (a fused plan, say) are kept.
+    """
+
+    factory: Callable[..., GradientTransformation]
+    arguments: dict[str, Any]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _call_recorded, (self.factory, self.arguments)
+
+
+class _RecordedCallable:
+    """A schedule (or other function) that remembers the factory call that built it."""
+
+    def __init__(self, fn: Callable[..., Any], factory: Callable[..., Any], arguments: dict):
+        self.fn, self.factory, self.arguments = fn, factory, arguments
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _call_recorded, (self.factory, self.arguments)
+
+
+def bind_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """All arguments by name (defaults applied, ``**kwargs`` flattened into the dict)."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        else:
+            arguments[name] = value
+    return arguments
+
+
+def _split_arguments(
+    factory: Callable[..., Any], arguments: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """The inverse of `bind_arguments`: the arguments to call ``factory`` with."""
+    params = inspect.signature(factory).parameters
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for name, param in params.items():
+        if param.kind is param.VAR_POSITIONAL:
+            args.extend(arguments[name])
+        elif param.kind is param.VAR_KEYWORD:
+            kwargs.update({k: v for k, v in arguments.items() if k not in params})
+        elif param.kind is param.POSITIONAL_ONLY:
+            args.append(arguments[name])
+        else:
+            kwargs[name] = arguments[name]
+    return args, kwargs
+
+
+def record(built: Any, factory: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    """Attach the call ``factory(**arguments)`` to what it built (a transformation or function)."""
+    if isinstance(built, GradientTransformation):
+        out = _RecordedTransformation(built.init, built.update)
+        out.__dict__.update(getattr(built, "__dict__", {}))
+        out.factory, out.arguments = factory, arguments
+        return out
+    return _RecordedCallable(built, factory, arguments)
+
+
+def record_hyperparams(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a public factory so what it returns remembers the call that built it."""
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return record(factory(*args, **kwargs), wrapper, bind_arguments(signature, args, kwargs))
+
+    return wrapper
+
+
+def recorded_arguments(tx: GradientTransformation) -> dict[str, Any] | None:
+    """The arguments a recorded transformation was built with, or None."""
+    return getattr(tx, "arguments", None)
+
+
+def _rebuilt(value: Any, replacements: Callable[..., dict[str, Any]]) -> Any:
+    """``value`` with every transformation in it rebuilt (inside tuples, lists and dicts too)."""
+    if isinstance(value, GradientTransformation):
+        return rebuild(value, replacements)
+    if type(value) in (tuple, list):
+        return type(value)(_rebuilt(v, replacements) for v in value)
+    if type(value) is dict:
+        return {k: _rebuilt(v, replacements) for k, v in value.items()}
+    return value
+
+
+def rebuild(
+    tx: GradientTransformation,
+    replacements: Callable[[Callable[..., Any], dict[str, Any]], dict[str, Any]],
+) -> GradientTransformation:
+    """Rebuild a recorded transformation with some arguments replaced.
+
+    ``replacements(factory, arguments)`` returns the new values for a recorded node.
+    Recorded transformations among the arguments (``chain``'s members, ``partition``'s dict)
+    are rebuilt too; anything not recorded is returned as it is.
+    """
+    arguments = recorded_arguments(tx)
+    if arguments is None:
+        return tx
+    new_values = {**arguments, **replacements(tx.factory, arguments)}
+    return _call_recorded(tx.factory, {k: _rebuilt(v, replacements) for k, v in new_values.items()})
+
+
+def _transformations_in(value: Any) -> list[GradientTransformation]:
+    if isinstance(value, GradientTransformation):
+        return [value]
+    if type(value) in (tuple, list):
+        return [t for v in value for t in _transformations_in(v)]
+    if type(value) is dict:
+        return [t for v in value.values() for t in _transformations_in(v)]
+    return []
+
+
+def recorded_nodes(tx: GradientTransformation) -> list[GradientTransformation]:
+    """All recorded transformations in ``tx`` (itself and nested ones), outermost first."""
+    arguments = recorded_arguments(tx)
+    if arguments is None:
+        return []
+    out = [tx]
+    for value in arguments.values():
+        for inner in _transformations_in(value):
+            out += recorded_nodes(inner)
+    return out

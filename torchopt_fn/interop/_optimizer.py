@@ -1,0 +1,647 @@
+"""`Optimizer`: any gradient transformation as a real `torch.optim.Optimizer`.
+
+Design, in four facts:
+
+1. **Hyperparameters live in the param groups.** A named optimizer (``adamw(...)``,
+   ``from_torch(...)``, or a ``chain`` holding one) remembers the arguments it was built with.
+   Its float arguments are mirrored into every param group under torch's names (``lr``,
+   ``betas``, ``eps``, ``weight_decay``, ``momentum``, ...), and each step uses the
+   transformation rebuilt from the group's *current* values, so lr schedulers, ``OneCycleLR``'s
+   ``betas`` and per-group overrides all take effect, the choice of fused kernel included.
+2. **``self.state`` is the only copy of the state**, in torch's layout: one dict of tensors
+   per parameter, keyed as each state class declares (``torch_keys``: ``step``, ``exp_avg``,
+   ``exp_avg_sq``, ``momentum_buffer``, ...). Each step reads the group's state tree out of
+   those dicts and writes the new one back, so ``state_dict``, checkpoints of torch.optim,
+   distributed checkpointing and anything that inspects ``opt.state`` just work.
+3. **Group-wide values** (a step count, a clipping norm) are stored in every parameter's
+   dict, as torch stores ``step`` per parameter. In memory ``step`` is an exact int64 count
+   (a schedule reads it); `state_dict` writes it as torch does, a float tensor.
+4. **Nothing half-happens.** Hyperparameters are checked when a group is added or loaded,
+   gradients and values before the first parameter of a step changes; a refused checkpoint
+   leaves the optimizer as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+
+from torchopt_fn._base import GradientTransformation
+from torchopt_fn._fused import FusedPlan, fusable, fused_plan, run_fused_
+from torchopt_fn._record import rebuild, recorded_arguments, recorded_nodes
+from torchopt_fn._update import apply_updates_
+from torchopt_fn.tree._flatten import ParamList, leaf_trails, tree_leaves, tree_unflatten
+
+__all__ = ["Optimizer"]
+
+# Argument names that torch spells differently. ``b1``/``b2`` become ``betas``.
+_TORCH_NAME = {"learning_rate": "lr"}
+_TORCH_NAME_BY_FACTORY = {"rmsprop": {"decay": "alpha"}}
+# torch.optim keeps a `step` for every algorithm but SGD; where the transformation has no
+# counter of its own, the adapter keeps one, so checkpoints move between the two.
+_STEP = "step"
+_GROUP_KEYS_ALWAYS_ALLOWED = {"params", "name", "initial_lr"}
+
+
+def _torch_step_dtype() -> torch.dtype:
+    """The dtype torch.optim gives ``step``: float32, or float64 under a float64 default."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _is_number(v: Any) -> bool:
+    """A hyperparameter to mirror: a real number (torch writes ``weight_decay=0`` as an int)."""
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1 and v.is_floating_point()
+    return isinstance(v, (float, int)) and not isinstance(v, bool)
+
+
+def _mirrored(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Torch group key -> the names of the recorded call's arguments it stands for."""
+    if getattr(factory, "hyperparams_in_state", False):
+        return {}  # `inject_hyperparams`: its values live in the state, not in the call
+    renames = {**_TORCH_NAME, **_TORCH_NAME_BY_FACTORY.get(factory.__name__, {})}
+    out: dict[str, tuple[str, ...]] = {}
+    if _is_number(arguments.get("b1")) and _is_number(arguments.get("b2")):
+        out["betas"] = ("b1", "b2")
+    for name, value in arguments.items():
+        if name in ("b1", "b2") and "betas" in out:
+            continue
+        if _is_number(value) or (
+            name == "betas" and isinstance(value, tuple) and all(map(_is_number, value))
+        ):
+            out[renames.get(name, name)] = (name,)
+    return out
+
+
+def _hyperparams(tx: GradientTransformation) -> tuple[dict[str, Any], set[str]]:
+    """The defaults to mirror into param groups (torch key -> value), and the ambiguous keys.
+
+    A name that two parts of the transformation use with different values (``trace`` and
+    ``ema`` both have a ``decay``) is ambiguous: it is not mirrored, and a param group that
+    sets it is an error.
+    """
+    defaults: dict[str, Any] = {}
+    ambiguous: set[str] = set()
+    for node in recorded_nodes(tx):
+        arguments = recorded_arguments(node)
+        for key, names in _mirrored(node.factory, arguments).items():
+            value = tuple(arguments[n] for n in names) if len(names) > 1 else arguments[names[0]]
+            if key in defaults and defaults[key] != value:
+                ambiguous.add(key)
+            defaults.setdefault(key, value)
+    return {k: v for k, v in defaults.items() if k not in ambiguous}, ambiguous
+
+
+# --------------------------------------------------------------------------- state layout
+
+
+class _Slot(NamedTuple):
+    """Where one leaf of a group's state lives in ``self.state``."""
+
+    key: str | None  # None for a None leaf
+    index: int | None  # parameter index in the group, or None for a group-wide value
+    dtype: torch.dtype | None
+    shape: tuple[int, ...] | None
+
+
+def _slots(state: Any) -> tuple[Any, list[_Slot]]:
+    """Name every leaf of a group's state and say which parameter it belongs to."""
+    leaves, spec, trails = leaf_trails(state)
+    described = []
+    for leaf, trail in zip(leaves, trails):
+        cut = next((i for i, (t, _) in enumerate(trail) if t is ParamList), None)
+        index = None if cut is None else trail[cut][1]
+        outer = trail if cut is None else trail[:cut]
+        inner = [] if cut is None else trail[cut + 1 :]
+        owner, field_name = (outer[-1][0], str(outer[-1][1])) if outer else (None, "value")
+        suffix = "".join(f".{k}" for _, k in inner)
+        full = ".".join(str(k) for _, k in outer) + suffix
+        torch_keys = getattr(owner, "torch_keys", {})
+        short = torch_keys.get(field_name, field_name) + suffix
+        described.append((leaf, index, full, short))
+    # A short name is used only when no other state field takes it.
+    owners: dict[str, set[str]] = {}
+    for _, _, full, short in described:
+        owners.setdefault(short, set()).add(full)
+    slots = []
+    for leaf, index, full, short in described:
+        if leaf is None:
+            slots.append(_Slot(None, index, None, None))
+            continue
+        key = short if len(owners[short]) == 1 else full
+        slots.append(_Slot(key, index, leaf.dtype, tuple(leaf.shape)))
+    return spec, slots
+
+
+@dataclass
+class _GroupRuntime:
+    """Everything a param group needs at step time, rebuilt when its hyperparameters change."""
+
+    group: dict[str, Any]  # the group it serves (checked by identity)
+    key: tuple  # the hyperparameter values it was built from
+    tx: GradientTransformation
+    update: Callable[..., Any]  # ``tx.update``, compiled in compile mode
+    plan: FusedPlan | None
+    params: list[torch.Tensor]  # the params list the layout was made for
+    spec: Any
+    slots: list[_Slot]
+    tensors: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> set[str]:
+        return {s.key for s in self.slots if s.key is not None}
+
+    @property
+    def own_step(self) -> bool:
+        """Whether the adapter keeps ``step`` itself (the transformation has no counter)."""
+        return _STEP not in self.keys
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Use any `GradientTransformation` as a `torch.optim.Optimizer`.
+
+    Args:
+        params: what torch optimizers accept: an iterable of tensors, of ``(name, tensor)``
+            pairs, or of param-group dicts (which may override hyperparameters, e.g.
+            ``{"params": no_decay, "weight_decay": 0.0}``).
+        tx: the transformation. Its float hyperparameters (of every public factory inside it:
+            ``adamw(...)``, ``from_torch(...)``, the parts of a ``chain``) appear in
+            ``param_groups`` under torch's names and can be changed between steps by lr
+            schedulers or by hand. (`inject_hyperparams` keeps its values in the state.)
+        compile: run each group's update compiled with ``torch.compile(fullgraph=True)``,
+            traced once: changing hyperparameters do not recompile. Otherwise the update runs
+            eagerly on multi-tensor kernels, or on torch's fused kernel where the group's
+            transformation is exactly Adam, AdamW or SGD and every tensor is laid out for it.
+
+    Raises:
+        ValueError: for a param group with a hyperparameter the transformation does not have,
+            an invalid value, or a parameter listed twice.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = tf.Optimizer(model.parameters(), tf.adamw(1e-3, weight_decay=1e-2))
+        >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        >>> model(torch.ones(1, 2)).sum().backward()
+        >>> opt.step(); sched.step()
+        >>> opt.param_groups[0]["lr"], sorted(opt.state[model.weight])
+        (0.0005, ['exp_avg', 'exp_avg_sq', 'step'])
+
+    torch.optim equivalent: ``Optimizer(params, adamw(lr, b1, b2, eps, weight_decay))`` gives
+    the numbers of ``torch.optim.AdamW(params, lr, (b1, b2), eps, weight_decay)``.
+    """
+
+    def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, compile: bool = False):
+        if not isinstance(tx, GradientTransformation):
+            raise TypeError(f"Optimizer: tx must be a GradientTransformation, got {type(tx)}.")
+        self.tx = tx
+        self.compile = compile
+        self._runtimes: dict[int, _GroupRuntime] = {}
+        defaults, self._ambiguous = _hyperparams(tx)
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The transformation pickles as the factory calls that built it; the runtimes (maybe
+        # compiled functions) are rebuilt on the next step.
+        state = super().__getstate__()
+        return {**state, "tx": self.tx, "compile": self.compile, "_ambiguous": self._ambiguous}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.tx = state.pop("tx")
+        self.compile = state.pop("compile")
+        self._ambiguous = state.pop("_ambiguous")
+        self._runtimes = {}
+        super().__setstate__(state)
+
+    # ------------------------------------------------------------------ param groups
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; its keys must be hyperparameters of the transformation.
+
+        Raises:
+            ValueError: for an unknown or ambiguous key, an invalid value, or a parameter
+                listed twice.
+        """
+        ambiguous = set(param_group) & self._ambiguous
+        if ambiguous:
+            raise ValueError(
+                f"Optimizer: param group sets {sorted(ambiguous)}, which several parts of the "
+                f"transformation use with different values; set them in the transformation."
+            )
+        unknown = set(param_group) - set(self.defaults) - _GROUP_KEYS_ALWAYS_ALLOWED
+        if unknown:
+            raise ValueError(
+                f"Optimizer: param group has unknown hyperparameters {sorted(unknown)}; this "
+                f"transformation has {sorted(self.defaults)}."
+            )
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        param_group = {**param_group, "params": params}  # a generator is read once, here
+        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+        if len({id(p) for p in tensors}) != len(tensors):
+            raise ValueError("Optimizer: a parameter group lists the same parameter twice.")
+        values = {k: param_group.get(k, v) for k, v in self.defaults.items()}
+        self._build(values, "Optimizer: param group")
+        super().add_param_group(param_group)
+
+    def _build(self, values: dict[str, Any], where: str) -> GradientTransformation:
+        """The transformation with these group values; a bad value raises, naming ``where``."""
+
+        def replacements(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict:
+            out = {}
+            for key, names in _mirrored(factory, arguments).items():
+                if key in self._ambiguous or key not in values:
+                    continue
+                value = values[key]
+                if len(names) > 1:
+                    if not isinstance(value, (tuple, list)) or len(value) != len(names):
+                        raise ValueError(f"{key} must be a pair of numbers, got {value!r}.")
+                    out.update(zip(names, value))
+                elif names[0] == "betas":
+                    out["betas"] = tuple(value)
+                else:
+                    out[names[0]] = value
+            return out
+
+        try:
+            return rebuild(self.tx, replacements)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from e
+
+    def _group_values(self, group: dict[str, Any], runtime: _GroupRuntime | None) -> dict:
+        """The group's current hyperparameters; in compile mode, floats as persistent tensors.
+
+        Compiled, a scheduler's new lr must be new data, not a new constant, or every change
+        would recompile: the tensors are kept per group and refilled here, never traced.
+        Eagerly plain numbers are faster (and let a fused kernel take them).
+        """
+        values = {k: group.get(k, v) for k, v in self.defaults.items()}
+        if not self.compile:
+            return values
+        store = runtime.tensors if runtime is not None else {}
+        device = group["params"][0].device
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            parts = value if isinstance(value, tuple) else (value,)
+            tensors = []
+            for i, part in enumerate(parts):
+                # Ints and zeros stay Python numbers: they may choose a chain's structure
+                # (`min_dim_size_to_factor`; `from_torch` adds a stage only for momentum != 0).
+                if not isinstance(part, float) or part == 0.0:
+                    tensors.append(part)
+                    continue
+                t = store.get((key, i))
+                if t is None:
+                    t = store[(key, i)] = torch.zeros((), dtype=torch.float64, device=device)
+                t.fill_(part)
+                tensors.append(t)
+            out[key] = tuple(tensors) if isinstance(value, tuple) else tensors[0]
+        return out
+
+    @torch.compiler.disable
+    def _runtime(self, group: dict[str, Any]) -> _GroupRuntime:
+        """The group's runtime, rebuilt when its hyperparameters (or its params list) changed."""
+        runtime = self._runtimes.get(id(group))
+        if runtime is not None and runtime.group is not group:
+            runtime = None  # a group that died, its id reused
+        values = self._group_values(group, runtime)
+        key = tuple(
+            (k, tuple(_static(x) for x in v) if isinstance(v, tuple) else _static(v))
+            for k, v in values.items()
+        )
+        if runtime is not None and runtime.key == key and runtime.params is group["params"]:
+            return runtime
+        tx = self._build(values, "Optimizer: param group")
+        update = torch.compile(tx.update, fullgraph=True) if self.compile else tx.update
+        params = group["params"]
+        spec, slots = _slots(tx.init(ParamList(_meta(p) for p in params)))
+        plan = None if self.compile else fused_plan(tx)
+        tensors = runtime.tensors if runtime is not None else {}
+        runtime = _GroupRuntime(group, key, tx, update, plan, params, spec, slots, tensors)
+        if self.compile and not tensors:
+            self._group_values(group, runtime)  # create the persistent tensors
+        self._runtimes[id(group)] = runtime
+        return runtime
+
+    # ------------------------------------------------------------------ state
+
+    def _has_state(self, p: torch.Tensor) -> bool:
+        return bool(self.state.get(p))
+
+    def _ensure_state(self, rt: _GroupRuntime, live: list[bool]) -> None:
+        """Create the state of parameters that get a gradient and have none (as torch does).
+
+        Parameters that never get a gradient never get state. Group-wide values (the step
+        count) are taken from the parameters that have state, if any.
+        """
+        params = rt.params
+        new = [is_live and not self._has_state(p) for p, is_live in zip(params, live)]
+        if not any(new):
+            return
+        fresh = rt.tx.init(ParamList(p if n else None for p, n in zip(params, new)))
+        owner = next((p for p in params if self._has_state(p)), None)
+        for leaf, slot in zip(tree_leaves(fresh), rt.slots):
+            if slot.key is None or leaf is None:
+                continue
+            if slot.index is not None:
+                if new[slot.index]:
+                    self.state[params[slot.index]][slot.key] = leaf
+                continue
+            value = self.state[owner][slot.key] if owner is not None else leaf
+            for p, n in zip(params, new):
+                if n:
+                    self.state[p][slot.key] = value
+        if rt.own_step:
+            value = (
+                self.state[owner][_STEP]
+                if owner is not None
+                else torch.zeros((), dtype=torch.int64)
+            )
+            for p, n in zip(params, new):
+                if n:
+                    self.state[p][_STEP] = value
+
+    def _read_state(self, rt: _GroupRuntime) -> Any:
+        params = rt.params
+        owner = next(p for p in params if self._has_state(p))
+        leaves = []
+        for slot in rt.slots:
+            if slot.key is None:
+                leaves.append(None)
+                continue
+            entry = self.state.get(params[slot.index] if slot.index is not None else owner)
+            leaves.append(entry[slot.key] if entry else None)
+        return tree_unflatten(rt.spec, leaves)
+
+    def _write_state(self, rt: _GroupRuntime, state: Any) -> None:
+        params = rt.params
+        with_state = [p for p in params if self._has_state(p)]
+        for leaf, slot in zip(tree_leaves(state), rt.slots):
+            if slot.key is None or leaf is None:
+                continue
+            if slot.index is None:
+                for p in with_state:
+                    self.state[p][slot.key] = leaf
+            elif self._has_state(params[slot.index]):
+                self.state[params[slot.index]][slot.key] = leaf
+
+    # ------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Apply one update to every parameter that has a gradient; return the closure's loss.
+
+        ``p.grad`` is left as it is. Parameters without a gradient are not changed, and get no
+        state until they have one (the group-wide step count still advances for those that
+        have state). Every group is checked before the first parameter changes.
+
+        Raises:
+            TypeError: for an integer parameter or gradient.
+            ValueError: for a sparse gradient, or one of another shape than its parameter.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for g, group in enumerate(self.param_groups):
+            live = [p.grad is not None for p in group["params"]]
+            if any(live):
+                _check_gradients(group["params"], g)
+                work.append((self._runtime(group), live))
+        for rt, live in work:
+            self._step_group(rt, live)
+        return loss
+
+    def _step_group(self, rt: _GroupRuntime, live: list[bool]) -> None:
+        params = rt.params
+        self._ensure_state(rt, live)
+        if self._step_fused(rt, live):
+            return
+        grads = ParamList(p.grad for p in params)
+        state = self._read_state(rt)
+        updates, state = rt.update(grads, state, ParamList(params))
+        self._write_state(rt, state)
+        if rt.own_step:
+            self._advance_own_step(params)
+        apply_updates_(list(params), list(updates))
+
+    def _step_fused(self, rt: _GroupRuntime, live: list[bool]) -> bool:
+        """Run the group's fused kernel in place, if it has one and every tensor allows it."""
+        plan = rt.plan
+        if plan is None or not set(plan.state_keys) <= rt.keys:
+            return False
+        params = [p for p, is_live in zip(rt.params, live) if is_live]
+        grads = [p.grad for p in params]
+        state = [[self.state[p][k] for p in params] for k in plan.state_keys]
+        if not fusable(params, grads, *state):
+            return False
+        step = None
+        if plan.kernel != "sgd":
+            step = self.state[params[0]][_STEP] + 1
+        run_fused_(plan, params, grads, state, step)
+        if step is not None:
+            for p in rt.params:
+                if self._has_state(p):
+                    self.state[p][_STEP] = step
+        elif rt.own_step:
+            self._advance_own_step(rt.params)
+        return True
+
+    def _advance_own_step(self, params: list[torch.Tensor]) -> None:
+        with_state = [p for p in params if self._has_state(p)]
+        # torch.optim.SGD keeps no step: its checkpoints load without one.
+        old = next((self.state[p][_STEP] for p in with_state if _STEP in self.state[p]), None)
+        new = torch.ones((), dtype=torch.int64) if old is None else old + 1
+        for p in with_state:
+            self.state[p][_STEP] = new
+
+    # ------------------------------------------------------------------ train / eval
+
+    def train(self, mode: bool = True) -> Optimizer:
+        """Forwarded to a transformation with a ``train`` mode (schedule-free style methods).
+
+        HF Trainer and Accelerate call ``optimizer.train()`` / ``.eval()`` when they exist; for
+        transformations without modes this does nothing.
+        """
+        hook = getattr(self.tx, "train", None)
+        if callable(hook):
+            hook(mode)
+        return self
+
+    def eval(self) -> Optimizer:
+        """Forwarded to the transformation (see `train`)."""
+        return self.train(False)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's format: ``step`` as a float tensor, every parameter with its own copies.
+
+        (In memory a group shares one tensor for group-wide values and ``step`` is an exact
+        integer; torch.optim increments ``step`` in place per parameter, so a checkpoint must
+        not share it.)
+        """
+        out = super().state_dict()
+        seen: set[int] = set()
+        for entry in out["state"].values():
+            for key, value in entry.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if key == _STEP and not value.is_floating_point():
+                    value = entry[key] = value.to(_torch_step_dtype())
+                if id(value) in seen:
+                    entry[key] = value.clone()
+                seen.add(id(value))
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a checkpoint in torch's format, after checking all of it against this optimizer.
+
+        Checkpoints of the equivalent torch.optim optimizer load too. The checkpoint's
+        hyperparameters are checked by building the transformation from them. Nothing is
+        changed unless the whole checkpoint is valid.
+
+        Raises:
+            ValueError: naming what differs (groups, parameter counts, state keys, shapes,
+                hyperparameter values).
+        """
+        state_dict = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = pre_hook(self, state_dict) or state_dict
+        runtimes = self._check_state_dict(state_dict)
+        # The same steps as torch.optim's, but each state value becomes an own, detached copy
+        # in its slot's dtype (torch casts every floating value to its parameter's dtype, which
+        # would round a float64 count or hyperparameter kept beside float32 parameters).
+        saved_groups = copy.deepcopy(state_dict["param_groups"])
+        target: dict[Any, tuple[torch.Tensor, dict[str, torch.dtype]]] = {}
+        for saved, group, rt in zip(saved_groups, self.param_groups, runtimes):
+            dtypes = {_STEP: torch.int64, **{s.key: s.dtype for s in rt.slots if s.key}}
+            for index, p in zip(saved["params"], group["params"]):
+                target[index] = (p, dtypes)
+        state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
+        for index, entry in state_dict["state"].items():
+            if index not in target:
+                state[index] = entry  # kept as torch keeps it
+                continue
+            p, dtypes = target[index]
+            state[p] = {key: _as_state(v, dtypes.get(key), p.device) for key, v in entry.items()}
+        groups = []
+        for saved, group in zip(saved_groups, self.param_groups):
+            new = {**saved, "params": group["params"]}
+            if "param_names" in group and "param_names" not in saved:
+                new["param_names"] = group["param_names"]
+            for key, value in self.defaults.items():
+                new.setdefault(key, value)
+            groups.append(new)
+        self.state, self.param_groups = state, groups
+        self._runtimes = {}
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> list[_GroupRuntime]:
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError("load_state_dict: expected a dict with 'state' and 'param_groups'.")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"load_state_dict: the checkpoint has {len(saved_groups)} param groups, this "
+                f"optimizer has {len(self.param_groups)}."
+            )
+        saved_state = state_dict["state"]
+        runtimes = []
+        for g, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"load_state_dict: param group {g} has {len(saved['params'])} parameters in "
+                    f"the checkpoint and {len(group['params'])} here."
+                )
+            values = {k: saved.get(k, group.get(k, v)) for k, v in self.defaults.items()}
+            tx = self._build(values, f"load_state_dict: param group {g} of the checkpoint")
+            params = group["params"]
+            spec, slots = _slots(tx.init(ParamList(_meta(p) for p in params)))
+            rt = _GroupRuntime(group, (), tx, tx.update, None, params, spec, slots)
+            runtimes.append(rt)
+            expected = rt.keys
+            for i, index in enumerate(saved["params"]):
+                if index not in saved_state:
+                    continue
+                entry = saved_state[index]
+                if not isinstance(entry, dict):
+                    raise ValueError(f"load_state_dict: the state of parameter {i} is not a dict.")
+                keys = set(entry) - ({_STEP} if rt.own_step else set())
+                if keys != expected:
+                    raise ValueError(
+                        f"load_state_dict: parameter {i} of group {g} has state keys "
+                        f"{sorted(keys)}, this optimizer expects {sorted(expected)} (a checkpoint "
+                        f"of a different algorithm or configuration?)."
+                    )
+                for key, value in entry.items():
+                    if not (isinstance(value, torch.Tensor) or _is_number(value)):
+                        raise ValueError(
+                            f"load_state_dict: state {key!r} of parameter {i} in group {g} is "
+                            f"a {type(value).__name__}, not a tensor or number."
+                        )
+                for slot in slots:
+                    if slot.key is None or slot.index not in (None, i):
+                        continue
+                    value = entry[slot.key]
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+                    if shape != slot.shape:
+                        raise ValueError(
+                            f"load_state_dict: state {slot.key!r} of parameter {i} in group {g} "
+                            f"has shape {shape}, expected {slot.shape}."
+                        )
+        return runtimes
+
+
+def _static(x: Any) -> Any:
+    """A group value as part of a cache key: tensors by identity (read at update time)."""
+    return ("tensor", id(x)) if isinstance(x, torch.Tensor) else x
+
+
+def _meta(p: torch.Tensor) -> torch.Tensor:
+    """``p``'s shape, dtype and layout on the meta device, to learn a state's layout for free."""
+    return torch.empty_like(p, device="meta")
+
+
+def _as_state(value: Any, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """A loaded state value as an own, detached tensor of its slot's dtype on ``device``.
+
+    A Python number (``step`` in old checkpoints) becomes a tensor; a float count is rounded.
+    """
+    value = torch.as_tensor(value).detach()
+    if dtype == torch.int64 and value.is_floating_point():
+        value = value.round()
+    out = value.to(device=device, dtype=dtype or value.dtype)
+    return out.clone() if out is value or out.data_ptr() == value.data_ptr() else out
+
+
+def _check_gradients(params: list[torch.Tensor], g: int) -> None:
+    """Before any parameter changes: every gradient is dense, of its parameter's shape."""
+    for i, p in enumerate(params):
+        if not (p.is_floating_point() or p.is_complex()):
+            raise TypeError(
+                f"Optimizer: parameter {i} of group {g} has dtype {p.dtype}; only floating-point "
+                "and complex parameters can be optimized."
+            )
+        grad = p.grad
+        if grad is None:
+            continue
+        if grad.layout != torch.strided:
+            raise ValueError(
+                f"Optimizer: the gradient of parameter {i} of group {g} is sparse; densify it "
+                "(`p.grad = p.grad.to_dense()`) or use torch.optim.SparseAdam."
+            )
+        if grad.shape != p.shape:
+            raise ValueError(
+                f"Optimizer: the gradient of parameter {i} of group {g} has shape "
+                f"{tuple(grad.shape)}, the parameter {tuple(p.shape)}."
+            )

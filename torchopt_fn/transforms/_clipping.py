@@ -1,0 +1,254 @@
+"""Clipping: by value, by global norm, per block (leaf) RMS, and adaptively (AGC)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from torchopt_fn._base import GradientTransformation, Scalar, empty_init
+from torchopt_fn._record import record_hyperparams
+from torchopt_fn._validate import check_non_negative, check_positive, require_params
+from torchopt_fn.tree._flatten import tree_leaves
+from torchopt_fn.tree._math import norms_squared_sum
+from torchopt_fn.tree._ops import map_leaves
+
+__all__ = [
+    "ClipByGlobalNormState",
+    "adaptive_grad_clip",
+    "clip",
+    "clip_by_block_rms",
+    "clip_by_global_norm",
+]
+
+
+@record_hyperparams
+def clip(max_delta: Scalar) -> GradientTransformation:
+    r"""Clip every element to $[-\delta, \delta]$.
+
+    Args:
+        max_delta: the bound $\delta \ge 0$.
+
+    Returns:
+        A stateless `GradientTransformation`.
+
+    Raises:
+        ValueError: if ``max_delta`` is negative.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.clip(1.0)
+        >>> tx.update({"w": torch.tensor([3.0, -0.5])}, tx.init(None))[0]["w"]
+        tensor([ 1.0000, -0.5000])
+    """
+    check_non_negative("max_delta", max_delta)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        out = map_leaves(
+            lambda ops, gs: [torch.clamp(g, -max_delta, max_delta) for g in gs],
+            updates,
+            what="clip",
+        )
+        return out, state
+
+    return GradientTransformation(empty_init, update_fn)
+
+
+class ClipByGlobalNormState(NamedTuple):
+    """State of `clip_by_global_norm`: the global norm of the last updates, before clipping.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.clip_by_global_norm(1.0).init({"w": torch.zeros(2)}).norm
+        tensor(0.)
+    """
+
+    norm: torch.Tensor
+
+
+@record_hyperparams
+def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
+    r"""Rescale all updates together so their global L2 norm is at most ``max_norm``.
+
+    $u_t = g_t \cdot \min(1, c / \|g_t\|_2)$ where $\|g\|_2$ is taken over all leaves at once.
+    The pre-clip norm is kept in the state for logging (``tf.tree_get(state, "norm")``).
+
+    Args:
+        max_norm: the bound $c > 0$.
+
+    Returns:
+        A `GradientTransformation` with state `ClipByGlobalNormState`.
+
+    Raises:
+        ValueError: if ``max_norm`` is negative.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.clip_by_global_norm(1.0)
+        >>> u, s = tx.update({"w": torch.tensor([3.0, 4.0])}, tx.init({"w": torch.zeros(2)}))
+        >>> u["w"], s.norm
+        (tensor([0.6000, 0.8000]), tensor(5.))
+
+    References:
+        Pascanu et al., On the difficulty of training recurrent neural networks, ICML 2013.
+
+    torch equivalent: `torch.nn.utils.clip_grad_norm_` (which adds 1e-6 to the norm).
+    """
+    check_positive("max_norm", max_norm)
+
+    def init_fn(params):
+        leaves = [x for x in tree_leaves(params) if isinstance(x, torch.Tensor)]
+        dtype = leaves[0].dtype if leaves else torch.float32
+        device = leaves[0].device if leaves else None
+        return ClipByGlobalNormState(
+            norm=torch.zeros((), dtype=torch.promote_types(dtype, torch.float32), device=device)
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        norms = []
+
+        def step(ops, gs):
+            g_norm = torch.sqrt(norms_squared_sum(ops, gs))
+            norms.append(g_norm)
+            # The safe denominator keeps the unselected branch (and gradients through it) finite.
+            over = g_norm > max_norm
+            factor = torch.where(over, max_norm / torch.where(over, g_norm, 1.0), 1.0)
+            return ops.mul(gs, ops.per_dtype(gs, lambda dt, dev: factor.to(dev, dt)))
+
+        out = map_leaves(step, updates, what="clip_by_global_norm")
+        return out, ClipByGlobalNormState(norm=norms[0].to(state.norm))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+@record_hyperparams
+def clip_by_block_rms(threshold: Scalar) -> GradientTransformation:
+    r"""Clip each leaf (block) separately so that its root mean square is at most ``threshold``.
+
+    $u = g / \max(1, \mathrm{rms}(g) / \tau)$ with $\mathrm{rms}(g) = \sqrt{\mathrm{mean}(|g|^2)}$
+    over the elements of one leaf.
+
+    Args:
+        threshold: the largest RMS $\tau > 0$ of a leaf's update.
+
+    Returns:
+        A stateless `GradientTransformation`.
+
+    Raises:
+        ValueError: if ``threshold`` is not positive.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.clip_by_block_rms(1.0)
+        >>> g = {"a": torch.tensor([3.0, 4.0]), "b": torch.tensor([0.5])}
+        >>> u, _ = tx.update(g, tx.init(None))
+        >>> u["a"], u["b"]
+        (tensor([0.8485, 1.1314]), tensor([0.5000]))
+    """
+    check_positive("threshold", threshold)
+
+    def step(ops, gs: list) -> list:
+        denominators = [
+            # max(numel, 1): an empty leaf has nothing to clip.
+            torch.clamp(n / (math.sqrt(max(g.numel(), 1)) * threshold), min=1.0).to(g.dtype)
+            for g, n in zip(gs, ops.norm(gs))
+        ]
+        return ops.div(gs, denominators)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return map_leaves(step, updates, what="clip_by_block_rms"), state
+
+    return GradientTransformation(empty_init, update_fn)
+
+
+def _unitwise_norm(x: torch.Tensor, axis: int | Sequence[int] | None) -> torch.Tensor:
+    """The L2 norm of every unit of ``x``, broadcast to ``x``'s shape (optax's conventions)."""
+    sq = (x * x.conj()).real if x.is_complex() else x * x
+    if axis is not None:
+        dims: Any = axis if isinstance(axis, int) else tuple(axis)
+        norm_sq = sq.sum(dim=dims, keepdim=True)
+    elif x.squeeze().dim() <= 1:
+        norm_sq = sq.sum().reshape([1] * x.dim())
+    elif x.dim() in (2, 3):
+        norm_sq = sq.sum(dim=0, keepdim=True)
+    elif x.dim() == 4:
+        norm_sq = sq.sum(dim=(0, 1, 2), keepdim=True)
+    elif x.dim() == 5:
+        norm_sq = sq.sum(dim=(0, 1, 2, 3), keepdim=True)
+    else:
+        raise ValueError(
+            f"adaptive_grad_clip: expected a leaf with 1 to 5 axes, got shape {tuple(x.shape)}; "
+            "pass axis= to choose the reduction axes."
+        )
+    return torch.sqrt(norm_sq).expand(x.shape)
+
+
+@record_hyperparams
+def adaptive_grad_clip(
+    clipping: float | torch.Tensor,
+    eps: float | torch.Tensor = 1e-3,
+    axis: int | Sequence[int] | None = None,
+) -> GradientTransformation:
+    r"""Adaptive gradient clipping (AGC): clip each unit's update relative to its weights' norm.
+
+    For every unit $i$ (see below), $u_i = g_i$ if $\|g_i\| < \lambda \max(\|p_i\|, \epsilon)$,
+    else $g_i \cdot \lambda \max(\|p_i\|, \epsilon) / \max(\|g_i\|, 10^{-6})$.
+
+    Units follow optax's (JAX/Flax) layout conventions when ``axis`` is None: the whole leaf for
+    vectors and scalars, norms over axis 0 for 2-D and 3-D leaves (Flax kernels are
+    ``(in, out)``), over axes ``(0, 1, 2)`` for 4-D ``HWIO`` kernels and ``(0, 1, 2, 3)`` for 5-D.
+    **For torch layouts pass ``axis``**: ``nn.Linear.weight`` is ``(out, in)``, so per-output-unit
+    norms need ``axis=1``; ``nn.Conv2d.weight`` is ``(out, in, h, w)``, so ``axis=(1, 2, 3)``.
+
+    Args:
+        clipping: the largest allowed ratio $\lambda \ge 0$ of update norm to parameter norm.
+        eps: the floor $\epsilon \ge 0$ of the parameter norm, so zero-initialised parameters can
+            still move.
+        axis: axis or axes to take each unit's norm over (default: by rank, as above).
+
+    Returns:
+        A stateless `GradientTransformation`; ``update`` needs ``params``.
+
+    Raises:
+        ValueError: for a negative ``clipping`` or ``eps``; at ``update``, when ``params`` is
+            missing or a leaf has more than 5 axes and no ``axis`` was given.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.adaptive_grad_clip(0.1)
+        >>> params = {"w": torch.tensor([3.0, 4.0])}
+        >>> u, _ = tx.update({"w": torch.tensor([0.0, 2.0])}, tx.init(params), params)
+        >>> u["w"]
+        tensor([0.0000, 0.5000])
+
+    References:
+        Brock et al., High-Performance Large-Scale Image Recognition Without Normalization,
+        ICML 2021. https://arxiv.org/abs/2102.06171
+    """
+    check_non_negative("clipping", clipping)
+    check_non_negative("eps", eps)
+
+    def clip_leaf(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        g_norm = _unitwise_norm(g, axis)
+        max_norm = clipping * torch.clamp(_unitwise_norm(p, axis), min=eps).to(g_norm.dtype)
+        # The 1e-6 floor only prevents 0/0 where the update is kept anyway.
+        clipped = g * (max_norm / torch.clamp(g_norm, min=1e-6))
+        return torch.where(g_norm < max_norm, g, clipped)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        require_params(params, "adaptive_grad_clip")
+        out = map_leaves(
+            lambda ops, gs, ps: [clip_leaf(g, p) for g, p in zip(gs, ps)],
+            updates,
+            params,
+            what="adaptive_grad_clip",
+        )
+        return out, state
+
+    return GradientTransformation(empty_init, update_fn)

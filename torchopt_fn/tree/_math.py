@@ -1,0 +1,420 @@
+"""Tree maths: leaf-wise arithmetic, moments, bias corrections and reductions.
+
+The list helpers (`moment`, `infinity_moment`, `bias_correction`) are what transforms call
+inside their `map_leaves` function; the ``tree_*`` functions are the same maths on whole trees,
+for users and for transforms that need one step only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from torchopt_fn.tree._flatten import tree_leaves, tree_map
+from torchopt_fn.tree._ops import Ops, cast_like, map_leaves
+
+__all__ = [
+    "bias_correction",
+    "bias_factor",
+    "infinity_moment",
+    "moment",
+    "norms_squared_sum",
+    "reject_complex",
+    "tree_add",
+    "tree_add_scale",
+    "tree_all_finite",
+    "tree_bias_correction",
+    "tree_cast",
+    "tree_div",
+    "tree_full_like",
+    "tree_l1_norm",
+    "tree_l2_norm",
+    "tree_linf_norm",
+    "tree_mul",
+    "tree_ones_like",
+    "tree_scale",
+    "tree_sub",
+    "tree_sum",
+    "tree_update_infinity_moment",
+    "tree_update_moment",
+    "tree_update_moment_per_elem_norm",
+    "tree_vdot",
+    "tree_where",
+    "tree_zeros_like",
+]
+
+Tree = Any
+Scalar = float | torch.Tensor
+
+
+# --------------------------------------------------------------------------- list helpers
+
+
+def moment(ops: Ops, gs: list, ms: list, decay: Scalar, order: int) -> list:
+    r"""$m + (1-\beta)(g^k - m)$, the moving average of ``g ** order``, in the moments' dtypes."""
+    gs = cast_like(gs, ms)
+    if order == 2:
+        gs = ops.square(gs)
+    elif order != 1:
+        gs = [g**order for g in gs]
+    return ops.lerp(ms, gs, 1 - decay)
+
+
+def infinity_moment(ops: Ops, gs: list, ms: list, decay: Scalar, eps: Scalar) -> list:
+    r"""$\max(\beta m, |g| + \epsilon)$, the exponentially weighted infinity norm."""
+    return ops.maximum(ops.mul(ms, decay), ops.add(ops.abs(cast_like(gs, ms)), eps))
+
+
+def bias_factor(decay: Scalar, count: torch.Tensor, dtype: torch.dtype, device: torch.device):
+    r"""$1 - \beta^t$ as a 0-d tensor of ``dtype`` on ``device``."""
+    # Tensor ops in the leaves' floating dtype: Dynamo cannot trace the builtin
+    # pow(float, Tensor), and an integer exponent would give float32 (DESIGN.md §3).
+    decay_t = torch.as_tensor(decay, dtype=dtype, device=device)
+    return 1 - torch.pow(decay_t, count.to(device=device, dtype=dtype))
+
+
+def bias_correction(ops: Ops, xs: list, decay: Scalar, count: torch.Tensor) -> list:
+    r"""Each ``x`` divided by $1 - \beta^t$ (Adam's bias correction); $t$ is the 0-d ``count``."""
+    return ops.div(xs, ops.per_dtype(xs, lambda dt, dev: bias_factor(decay, count, dt, dev)))
+
+
+def reject_complex(gs: list, what: str) -> None:
+    if any(g.is_complex() for g in gs):
+        raise ValueError(
+            f"{what}: complex updates are not supported here; `from_torch` optimises complex "
+            "parameters as pairs of reals (`torch.view_as_real`), as torch.optim does."
+        )
+
+
+# --------------------------------------------------------------------------- leaf-wise
+
+
+def tree_add(a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``a + b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_add({"a": torch.ones(2)}, {"a": torch.ones(2)})
+        {'a': tensor([2., 2.])}
+    """
+    return map_leaves(lambda ops, xs, ys: ops.add(xs, ys), a, b, what="tree_add")
+
+
+def tree_sub(a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``a - b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_sub({"a": torch.ones(2)}, {"a": torch.ones(2)})
+        {'a': tensor([0., 0.])}
+    """
+    return map_leaves(lambda ops, xs, ys: ops.sub(xs, ys), a, b, what="tree_sub")
+
+
+def tree_mul(a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``a * b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_mul({"a": torch.full((2,), 3.0)}, {"a": torch.full((2,), 2.0)})
+        {'a': tensor([6., 6.])}
+    """
+    return map_leaves(lambda ops, xs, ys: ops.mul(xs, ys), a, b, what="tree_mul")
+
+
+def tree_div(a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``a / b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_div({"a": torch.full((2,), 3.0)}, {"a": torch.full((2,), 2.0)})
+        {'a': tensor([1.5000, 1.5000])}
+    """
+    return map_leaves(lambda ops, xs, ys: ops.div(xs, ys), a, b, what="tree_div")
+
+
+def tree_add_scale(a: Tree, s: Scalar, b: Tree) -> Tree:
+    """Leaf-wise ``a + s * b``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_add_scale({"a": torch.ones(2)}, 0.5, {"a": torch.ones(2)})
+        {'a': tensor([1.5000, 1.5000])}
+    """
+    return map_leaves(lambda ops, xs, ys: ops.add(xs, ys, alpha=s), a, b, what="tree_add_scale")
+
+
+def tree_scale(s: Scalar, tree: Tree) -> Tree:
+    """Multiply every leaf by the scalar ``s`` (a float or a 0-d tensor).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_scale(2.0, [torch.ones(2), None])
+        [tensor([2., 2.]), None]
+    """
+    return map_leaves(lambda ops, xs: ops.mul(xs, s), tree, what="tree_scale")
+
+
+def tree_cast(tree: Tree, dtype: torch.dtype | None) -> Tree:
+    """Cast floating leaves to ``dtype`` (no-op for `None` dtype or non-floating leaves).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_cast({"a": torch.ones(1)}, torch.float64)
+        {'a': tensor([1.], dtype=torch.float64)}
+    """
+    if dtype is None:
+        return tree
+    return tree_map(lambda x: x.to(dtype) if x.is_floating_point() else x, tree)
+
+
+def tree_zeros_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
+    """Zeros shaped like every leaf (optionally of another dtype).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_zeros_like([torch.ones(2), None])
+        [tensor([0., 0.]), None]
+    """
+    return tree_map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
+
+
+def tree_ones_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
+    """Ones shaped like every leaf (optionally of another dtype).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_ones_like([torch.zeros(2)])
+        [tensor([1., 1.])]
+    """
+    return tree_map(lambda x: torch.ones_like(x, dtype=dtype), tree)
+
+
+def tree_full_like(tree: Tree, value: Scalar, dtype: torch.dtype | None = None) -> Tree:
+    """``value`` broadcast to every leaf's shape (optionally of another dtype).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_full_like([torch.zeros(2)], 0.5)
+        [tensor([0.5000, 0.5000])]
+    """
+    return tree_map(lambda x: torch.full_like(x, 0.0, dtype=dtype).add_(value), tree)
+
+
+def tree_where(condition: torch.Tensor, a: Tree, b: Tree) -> Tree:
+    """Leaf-wise ``torch.where(condition, a, b)`` for a scalar boolean ``condition``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_where(torch.tensor(False), [torch.ones(1)], [torch.zeros(1)])
+        [tensor([0.])]
+    """
+    return tree_map(lambda x, y: torch.where(condition, x, y), a, b)
+
+
+# --------------------------------------------------------------------------- moments
+
+
+def tree_update_moment(updates: Tree, moments: Tree, decay: Scalar, order: int) -> Tree:
+    r"""Exponential moving average of ``updates ** order``.
+
+    $m_t = \beta m_{t-1} + (1 - \beta) g_t^k$, written as a lerp: $m + (1-\beta)(g^k - m)$.
+    Where an update is `None` the moment is returned unchanged.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_update_moment({"a": torch.ones(1)}, {"a": torch.zeros(1)}, 0.9, 1)
+        {'a': tensor([0.1000])}
+    """
+    return map_leaves(
+        lambda ops, gs, ms: moment(ops, gs, ms, decay, order),
+        updates,
+        moments,
+        keep=(0,),
+        what="tree_update_moment",
+    )
+
+
+def tree_update_moment_per_elem_norm(
+    updates: Tree, moments: Tree, decay: Scalar, order: int
+) -> Tree:
+    r"""Exponential moving average of $|g|^k$ (for real tensors $g^2$ when $k = 2$).
+
+    Raises:
+        ValueError: for complex updates (use `from_torch`, which optimises complex
+            parameters as pairs of reals, as torch.optim does).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> g, m = {"a": torch.tensor([-2.0])}, {"a": torch.zeros(1)}
+        >>> tf.tree_update_moment_per_elem_norm(g, m, 0.5, 2)
+        {'a': tensor([2.])}
+    """
+
+    def fn(ops, gs, ms):
+        reject_complex(gs, "tree_update_moment_per_elem_norm")
+        return moment(ops, gs if order == 2 else ops.abs(gs), ms, decay, order)
+
+    return map_leaves(fn, updates, moments, keep=(0,), what="tree_update_moment")
+
+
+def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps: Scalar) -> Tree:
+    r"""Exponentially weighted infinity norm: $u_t = \max(\beta u_{t-1}, |g_t| + \epsilon)$.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> g, m = {"a": torch.tensor([-2.0])}, {"a": torch.ones(1)}
+        >>> tf.tree_update_infinity_moment(g, m, 0.9, 0.0)
+        {'a': tensor([2.])}
+    """
+
+    def fn(ops, gs, ms):
+        reject_complex(gs, "tree_update_infinity_moment")
+        return infinity_moment(ops, gs, ms, decay, eps)
+
+    return map_leaves(fn, updates, moments, keep=(0,), what="tree_update_infinity_moment")
+
+
+def tree_bias_correction(moments: Tree, decay: Scalar, count: torch.Tensor) -> Tree:
+    r"""Divide moments by $1 - \beta^t$ (Adam's bias correction), $t$ the 0-d ``count``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_bias_correction({"a": torch.ones(1)}, 0.5, torch.tensor(1))
+        {'a': tensor([2.])}
+    """
+    return map_leaves(
+        lambda ops, ms: bias_correction(ops, ms, decay, count),
+        moments,
+        what="tree_bias_correction",
+    )
+
+
+# --------------------------------------------------------------------------- reductions
+
+
+def _sum_all(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of 0-d tensors, in their promoted dtype (0.0 for none)."""
+    if not parts:
+        return torch.zeros(())
+    dtype = parts[0].dtype
+    for p in parts[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return torch.stack([p.to(dtype) for p in parts]).sum()
+
+
+def _reduce(tree: Tree, what: str, fn: Callable[[Ops, list], torch.Tensor]) -> torch.Tensor:
+    return map_leaves(fn, tree, what=what)
+
+
+def tree_sum(tree: Tree) -> torch.Tensor:
+    """Sum of all elements of all leaves (a 0-d tensor).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_sum({"a": torch.ones(2), "b": torch.ones(3)})
+        tensor(5.)
+    """
+    return _reduce(tree, "tree_sum", lambda ops, xs: _sum_all([x.sum() for x in xs]))
+
+
+def tree_vdot(a: Tree, b: Tree) -> torch.Tensor:
+    """Inner product of two trees: $\\sum_i \\langle a_i, b_i \\rangle$.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_vdot({"a": torch.ones(2)}, {"a": torch.full((2,), 2.0)})
+        tensor(4.)
+    """
+    return map_leaves(
+        lambda ops, xs, ys: _sum_all(
+            [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
+        ),
+        a,
+        b,
+        what="tree_vdot",
+    )
+
+
+def norms_squared_sum(ops: Ops, xs: list) -> torch.Tensor:
+    """$\\sum_i \\|x_i\\|^2$ over a list, in the promoted dtype of the leaves (>= float32)."""
+    if not xs:
+        return torch.zeros(())
+    norms = ops.norm(xs)
+    dtype = torch.float32
+    for n in norms:
+        dtype = torch.promote_types(dtype, n.dtype)
+    stacked = torch.stack([n if n.dtype == dtype else n.to(dtype) for n in norms])
+    return stacked.square().sum()
+
+
+def tree_l2_norm(tree: Tree, squared: bool = False) -> torch.Tensor:
+    """Global L2 norm over all leaves, $\\sqrt{\\sum_i \\|x_i\\|^2}$ (its square if ``squared``).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_l2_norm({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])})
+        tensor(5.)
+    """
+    total = _reduce(tree, "tree_l2_norm", norms_squared_sum)
+    return total if squared else torch.sqrt(total)
+
+
+def tree_l1_norm(tree: Tree) -> torch.Tensor:
+    """Sum of absolute values over all leaves.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_l1_norm({"a": torch.tensor([-1.0, 2.0])})
+        tensor(3.)
+    """
+    return _reduce(tree, "tree_l1_norm", lambda ops, xs: _sum_all([x.abs().sum() for x in xs]))
+
+
+def _max_abs(ops: Ops, xs: list) -> torch.Tensor:
+    if not xs:
+        return torch.zeros(())
+    if ops.foreach:
+        maxima = list(torch._foreach_norm(xs, float("inf")))
+    else:
+        maxima = [x.abs().amax() if x.numel() else x.new_zeros(()) for x in xs]
+    return torch.stack([m.to(torch.promote_types(m.dtype, torch.float32)) for m in maxima]).max()
+
+
+def tree_linf_norm(tree: Tree) -> torch.Tensor:
+    """Largest absolute value over all leaves.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_linf_norm({"a": torch.tensor([-3.0, 2.0])})
+        tensor(3.)
+    """
+    return _reduce(tree, "tree_linf_norm", _max_abs)
+
+
+def tree_all_finite(tree: Tree) -> torch.Tensor:
+    """A 0-d boolean tensor: whether every element of every leaf is finite.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_all_finite({"a": torch.tensor([1.0, float("inf")])})
+        tensor(False)
+    """
+    # The largest absolute value is finite exactly when every element is (NaN propagates).
+    return torch.isfinite(_reduce(tree, "tree_all_finite", _max_abs))
+
+
+def is_float_leaf(x: Any) -> bool:
+    """Whether ``x`` is a floating-point tensor."""
+    return isinstance(x, torch.Tensor) and x.is_floating_point()
+
+
+def tree_float_dtype(tree: Tree) -> torch.dtype:
+    """The promoted floating dtype of the tree's leaves, at least float32."""
+    dtype = torch.float32
+    for leaf in tree_leaves(tree):
+        if is_float_leaf(leaf):
+            dtype = torch.promote_types(dtype, leaf.dtype)
+    return dtype

@@ -1,0 +1,94 @@
+"""Reading and replacing state entries by name (`tree_get`, `tree_set`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["tree_get", "tree_set"]
+
+Tree = Any
+
+
+def _children_with_names(node: Any) -> list[tuple[Any, Any]] | None:
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return list(zip(node._fields, node))
+    if isinstance(node, dict):
+        return list(node.items())
+    if isinstance(node, (list, tuple)):
+        return [(None, c) for c in node]
+    return None
+
+
+def _find(node: Any, key: str, found: list) -> None:
+    children = _children_with_names(node)
+    if children is None:
+        return
+    for name, child in children:
+        if name == key:
+            found.append(child)
+        else:
+            _find(child, key, found)
+
+
+def tree_get(tree: Tree, key: str, default: Any = None) -> Any:
+    """Find the value stored under ``key`` (a NamedTuple field or dict key) anywhere in ``tree``.
+
+    Raises:
+        KeyError: if ``key`` occurs more than once (ambiguous).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.inject_hyperparams(tf.adam)(learning_rate=0.1)
+        >>> tf.tree_get(tx.init({"w": torch.zeros(1)}), "learning_rate")
+        tensor(0.1000, dtype=torch.float64)
+    """
+    found: list[Any] = []
+    _find(tree, key, found)
+    if len(found) > 1:
+        raise KeyError(f"tree_get: key {key!r} occurs {len(found)} times in the tree.")
+    return found[0] if found else default
+
+
+def tree_set(tree: Tree, **values: Any) -> Tree:
+    """Return ``tree`` with every NamedTuple field or dict key named in ``values`` replaced.
+
+    Raises:
+        KeyError: if a name does not occur in the tree.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_adam()
+        >>> state = tf.tree_set(tx.init({"w": torch.zeros(1)}), count=torch.tensor(10))
+        >>> tf.tree_get(state, "count")
+        tensor(10)
+    """
+    seen: set[str] = set()
+
+    def rebuild(node: Any) -> Any:
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            fields = {}
+            for name, child in zip(node._fields, node):
+                if name in values:
+                    seen.add(name)
+                    fields[name] = values[name]
+                else:
+                    fields[name] = rebuild(child)
+            return type(node)(**fields)
+        if isinstance(node, dict):
+            out = {}
+            for name, child in node.items():
+                if name in values:
+                    seen.add(name)
+                    out[name] = values[name]
+                else:
+                    out[name] = rebuild(child)
+            return type(node)(out) if type(node) is not dict else out
+        if isinstance(node, (list, tuple)):
+            return type(node)(rebuild(c) for c in node)
+        return node
+
+    out = rebuild(tree)
+    missing = set(values) - seen
+    if missing:
+        raise KeyError(f"tree_set: keys {sorted(missing)} do not occur in the tree.")
+    return out
