@@ -1,7 +1,8 @@
-"""The test zoo: problems, THE optimizer table, and small drivers shared by the generic tests.
+"""The test zoo: problems, THE optimizer and transform tables, and drivers shared by the batteries.
 
 Every generic test (the common battery, compile, vmap, the torch.optim adapter, ...) is
-parametrised over `OPTIMIZERS`, so a new optimizer is tested everywhere by adding one row::
+parametrised over `OPTIMIZERS` or `TRANSFORMS`, so a new optimizer or transform is tested
+everywhere by adding one row::
 
     @pytest.mark.parametrize("case", OPTIMIZERS, ids=str)
     def test_something(case):
@@ -190,7 +191,6 @@ class OptCase:
             start) needs smaller steps than the quadratic's.
         rosen_steps, rosen_tol: as ``quad_*``, on `ROSENBROCK` (start 24.2, minimum 0).
         needs_value: ``update`` needs ``value=loss`` (Polyak step sizes).
-        is_stochastic: the update draws random numbers (results depend on the generator).
         reduces: the update reduces over whole tensors or the whole tree (trust ratios,
             per-tensor or global norms, factored moments), so sharded runs must communicate.
         invalid: argument overrides that must make ``factory`` raise `ValueError`.
@@ -205,7 +205,6 @@ class OptCase:
     rosen_steps: int = 500
     rosen_tol: float = 0.5
     needs_value: bool = False
-    is_stochastic: bool = False
     reduces: bool = False
     invalid: tuple[dict[str, Any], ...] = ()
 
@@ -533,7 +532,6 @@ OPTIMIZERS: list[OptCase] = [
         rosen_overrides={"learning_rate": 1e-3},
         rosen_steps=200,
         rosen_tol=5.0,
-        is_stochastic=True,
         invalid=(_NEG_LR,),
     ),
     OptCase(
@@ -625,3 +623,214 @@ def all_finite(tree: Any) -> bool:
     return all(
         bool(torch.isfinite(x).all()) for x in tf.tree_leaves(tree) if isinstance(x, torch.Tensor)
     )
+
+
+# --------------------------------------------------------------------------- comparing trees
+
+
+def assert_trees_close(actual: Any, expected: Any, rtol: float = 1e-12, atol: float = 0.0) -> None:
+    """Same structure (container types, keys, `None` leaves), same dtypes and shapes, close values.
+
+    Non-tensor leaves must be equal.
+    """
+    a_leaves, a_spec = _flatten.tree_flatten(actual)
+    e_leaves, e_spec = _flatten.tree_flatten(expected)
+    assert a_spec == e_spec, f"structures differ:\n{a_spec}\n{e_spec}"
+    paths = [_flatten.path_str(p) for p in _flatten.leaf_paths(expected)]
+    for path, a, e in zip(paths, a_leaves, e_leaves):
+        if isinstance(e, torch.Tensor):
+            assert isinstance(a, torch.Tensor), f"{path}: {type(a)} is not a tensor"
+            assert a.dtype == e.dtype and a.shape == e.shape, (
+                f"{path}: {a.dtype}{tuple(a.shape)} vs {e.dtype}{tuple(e.shape)}"
+            )
+            torch.testing.assert_close(
+                a, e, rtol=rtol, atol=atol, msg=lambda m, path=path: f"{path}: {m}"
+            )
+        else:
+            assert a == e, f"{path}: {a!r} != {e!r}"
+
+
+# --------------------------------------------------------------------------- the transform table
+
+
+@dataclass(frozen=True)
+class TxCase:
+    """One row of the transform table: a public transformation and how to call it.
+
+    Attributes:
+        id: the test id.
+        make: builds the transformation (a lambda, so that each test gets a fresh one).
+        needs_params: ``update`` needs ``params``.
+        needs_value: ``update`` needs ``value=loss``.
+        exact: the result is exactly the same on views as on contiguous copies (False where
+            a reduction's order of summation may change in the last ulp).
+    """
+
+    id: str
+    make: Callable[[], tf.GradientTransformation]
+    needs_params: bool = False
+    needs_value: bool = False
+    exact: bool = True
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def _first(params: Params) -> Params:
+    """A mask/label tree: the first leaf (in flattening order) vs the rest."""
+    leaves, spec = _flatten.tree_flatten(params)
+    return _flatten.tree_unflatten(spec, [i == 0 for i in range(len(leaves))])
+
+
+TRANSFORMS: list[TxCase] = [
+    # scaling
+    TxCase("scale", lambda: tf.scale(-0.3)),
+    TxCase("scale_by_learning_rate", lambda: tf.scale_by_learning_rate(0.1)),
+    TxCase(
+        "scale_by_learning_rate_schedule",
+        lambda: tf.scale_by_learning_rate(tf.cosine_decay_schedule(0.1, 10)),
+    ),
+    TxCase("scale_by_schedule", lambda: tf.scale_by_schedule(tf.linear_schedule(1.0, 0.5, 5))),
+    TxCase("scale_by_polyak", lambda: tf.scale_by_polyak(), needs_value=True, exact=False),
+    # accumulation
+    TxCase("trace", lambda: tf.trace(0.9)),
+    TxCase("trace_nesterov", lambda: tf.momentum(0.9, nesterov=True)),
+    TxCase("ema", lambda: tf.ema(0.8)),
+    TxCase("scale_by_optimistic_gradient", lambda: tf.scale_by_optimistic_gradient()),
+    # adam family
+    TxCase("scale_by_adam", lambda: tf.scale_by_adam()),
+    TxCase(
+        "scale_by_adam_nesterov_eps_root", lambda: tf.scale_by_adam(eps_root=1e-8, nesterov=True)
+    ),
+    TxCase("scale_by_amsgrad", lambda: tf.scale_by_amsgrad()),
+    TxCase("scale_by_adamax", lambda: tf.scale_by_adamax()),
+    TxCase("scale_by_radam", lambda: tf.scale_by_radam(threshold=4.0)),
+    TxCase("scale_by_belief", lambda: tf.scale_by_belief()),
+    TxCase("scale_by_yogi", lambda: tf.scale_by_yogi()),
+    TxCase("scale_by_adan", lambda: tf.scale_by_adan()),
+    # rms family
+    TxCase("scale_by_rms", lambda: tf.scale_by_rms()),
+    TxCase("scale_by_rms_debiased", lambda: tf.scale_by_rms(bias_correction=True)),
+    TxCase("scale_by_stddev", lambda: tf.scale_by_stddev(eps_in_sqrt=False)),
+    TxCase("scale_by_rss", lambda: tf.scale_by_rss()),
+    TxCase("scale_by_adadelta", lambda: tf.scale_by_adadelta()),
+    # sign
+    TxCase("scale_by_sign", lambda: tf.scale_by_sign()),
+    TxCase("scale_by_lion", lambda: tf.scale_by_lion()),
+    TxCase("scale_by_rprop", lambda: tf.scale_by_rprop(0.01)),
+    # layer-wise
+    TxCase(
+        "scale_by_trust_ratio", lambda: tf.scale_by_trust_ratio(), needs_params=True, exact=False
+    ),
+    TxCase(
+        "scale_by_novograd",
+        lambda: tf.scale_by_novograd(weight_decay=1e-3),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "scale_by_param_block_rms",
+        lambda: tf.scale_by_param_block_rms(),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "scale_by_param_block_norm",
+        lambda: tf.scale_by_param_block_norm(),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase("centralize", lambda: tf.centralize(), exact=False),
+    # factored
+    TxCase(
+        "scale_by_factored_rms",
+        lambda: tf.scale_by_factored_rms(min_dim_size_to_factor=2),
+        exact=False,
+    ),
+    TxCase("scale_by_sm3", lambda: tf.scale_by_sm3()),
+    # adding
+    TxCase("add_decayed_weights", lambda: tf.add_decayed_weights(0.1), needs_params=True),
+    TxCase(
+        "add_decoupled_weight_decay_masked_schedule",
+        lambda: tf.add_decoupled_weight_decay(tf.linear_schedule(0.1, 0.0, 5), mask=_first),
+        needs_params=True,
+    ),
+    TxCase("add_noise", lambda: tf.add_noise(0.01, 0.55, key=3)),
+    # clipping
+    TxCase("clip", lambda: tf.clip(0.5)),
+    TxCase("clip_by_global_norm", lambda: tf.clip_by_global_norm(0.5), exact=False),
+    TxCase("clip_by_block_rms", lambda: tf.clip_by_block_rms(0.5), exact=False),
+    TxCase(
+        "adaptive_grad_clip", lambda: tf.adaptive_grad_clip(0.05), needs_params=True, exact=False
+    ),
+    # constraining
+    TxCase("keep_params_nonnegative", lambda: tf.keep_params_nonnegative(), needs_params=True),
+    TxCase("zero_nans", lambda: tf.zero_nans()),
+    # torch parity
+    TxCase("scale_by_torch_momentum", lambda: tf.scale_by_torch_momentum(0.9, dampening=0.1)),
+    TxCase("scale_by_torch_amsgrad", lambda: tf.scale_by_torch_amsgrad()),
+    TxCase("scale_by_torch_nadam", lambda: tf.scale_by_torch_nadam()),
+    TxCase("scale_by_torch_radam", lambda: tf.scale_by_torch_radam(threshold=4.0)),
+    TxCase("scale_by_torch_adagrad", lambda: tf.scale_by_torch_adagrad(lr_decay=0.01)),
+    TxCase("scale_by_torch_rprop", lambda: tf.scale_by_torch_rprop(0.01)),
+    TxCase("scale_by_torch_asgd", lambda: tf.scale_by_torch_asgd(0.05, t0=1.0), needs_params=True),
+    # core: stateless builders and combinators
+    TxCase("identity", lambda: tf.identity()),
+    TxCase("set_to_zero", lambda: tf.set_to_zero()),
+    TxCase("stateless", lambda: tf.stateless(lambda u, p: tf.tree_scale(2.0, u))),
+    TxCase(
+        "stateless_with_tree_map",
+        lambda: tf.stateless_with_tree_map(lambda u, p: u * p),
+        needs_params=True,
+    ),
+    TxCase("with_extra_args_support", lambda: tf.with_extra_args_support(tf.trace(0.5))),
+    TxCase(
+        "chain",
+        lambda: tf.chain(tf.clip_by_global_norm(1.0), tf.scale_by_adam(), tf.scale(-0.1)),
+        exact=False,
+    ),
+    TxCase("named_chain", lambda: tf.named_chain(("m", tf.trace(0.5)), ("s", tf.scale(-1.0)))),
+    TxCase("masked", lambda: tf.masked(tf.scale_by_adam(), _first)),
+    TxCase(
+        "partition",
+        lambda: tf.partition({True: tf.scale_by_adam(), False: tf.trace(0.5)}, _first),
+    ),
+    TxCase("inject_hyperparams", lambda: tf.inject_hyperparams(tf.adam)(learning_rate=0.1)),
+]
+"""THE transform table: every public transformation (and combinator) at least once."""
+
+
+def transform_inputs(
+    dtype: torch.dtype = torch.float64, seed: int = 0
+) -> tuple[Params, list[Params]]:
+    """Params of every kind of leaf, and a few steps of gradients for them.
+
+    A nested dict with a matrix, a 4-D kernel (for channels_last), a vector, a 0-d scalar and a
+    zero-size leaf; gradients are random, nonzero, of the params' dtypes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return (torch.rand(shape, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+
+    params = {
+        "layer": {"w": rand(4, 3), "b": rand(3)},
+        "conv": rand(2, 3, 2, 2),
+        "s": rand(),
+        "empty": rand(0, 3),
+    }
+    grads = [
+        tf.tree_map(
+            lambda p: (torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(dtype), params
+        )
+        for _ in range(3)
+    ]
+    return params, grads
+
+
+def tx_step(
+    case: TxCase, tx: tf.GradientTransformation, grads: Params, state: Any, params: Params
+) -> tuple[Params, Any]:
+    """One ``update`` with what the case needs (params, and a loss ``value``)."""
+    extra = {"value": torch.tensor(1.5, dtype=torch.float64)} if case.needs_value else {}
+    return tx.update(grads, state, params, **extra)

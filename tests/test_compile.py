@@ -71,15 +71,12 @@ def _check(case: OptCase, backend: str, donate: bool) -> None:
     _assert_trees_close(state, expected[1])
 
 
-DETERMINISTIC = [c for c in OPTIMIZERS if not c.is_stochastic]
-
-
-@pytest.mark.parametrize("case", DETERMINISTIC, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=lambda c: c.id)
 def test_compile_step_fullgraph_no_recompiles_equals_eager(case: OptCase):
     _check(case, backend="aot_eager", donate=False)
 
 
-@pytest.mark.parametrize("case", DETERMINISTIC, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=lambda c: c.id)
 def test_compile_step_with_donation_writes_into_inputs(case: OptCase):
     _check(case, backend="aot_eager", donate=True)
 

@@ -69,7 +69,7 @@ def test_masked_applies_inner_only_where_mask_is_true():
     p = _params()
     tx = tf.masked(tf.scale_by_adam(), {"w": True, "b": False})
     state = tx.init(p)
-    assert state.inner_state.mu["b"] is None
+    assert state.inner_state.mu["b"] == tf.MaskedNode()
     u, state = tx.update(p, state, p)
     assert torch.equal(u["b"], p["b"])
     assert not torch.equal(u["w"], p["w"])

@@ -109,8 +109,7 @@ def test_none_gradients_pass_through(case: OptCase):
         updates, state = _step(case, tx, params, state, grads)
         assert updates["frozen"] is None
         w_updates, w_state = _step(case, w_only, w_params, w_state, {"w": grads["w"]})
-        if not case.is_stochastic:
-            torch.testing.assert_close(updates["w"], w_updates["w"], rtol=1e-12, atol=0)
+        torch.testing.assert_close(updates["w"], w_updates["w"], rtol=1e-12, atol=0)
         params = tf.apply_updates(params, updates)
         w_params = tf.apply_updates(w_params, w_updates)
     assert torch.equal(params["frozen"], frozen)
@@ -127,8 +126,7 @@ def test_unknown_extra_kwargs_are_ignored(case: OptCase):
     tx, other = make_tx(case), make_tx(case)
     plain, plain_state = _step(case, tx, params, tx.init(params), grads)
     extra, extra_state = _step(case, other, params, other.init(params), grads, foo=1, bar="baz")
-    if not case.is_stochastic:
-        torch.testing.assert_close(extra, plain, rtol=0, atol=0)
+    torch.testing.assert_close(extra, plain, rtol=0, atol=0)
     assert _signature(extra_state) == _signature(plain_state)
 
 
@@ -151,8 +149,7 @@ def test_tensor_learning_rate_matches_float(case: OptCase):
     as_tensor, _ = run_case(
         case, QUADRATIC, 5, tx=make_tx(case, learning_rate=torch.tensor(lr, dtype=torch.float64))
     )
-    if not case.is_stochastic:
-        torch.testing.assert_close(as_tensor, as_float, rtol=1e-14, atol=0)
+    torch.testing.assert_close(as_tensor, as_float, rtol=1e-14, atol=0)
 
 
 def test_adadelta_without_learning_rate_descends():

@@ -9,6 +9,8 @@ Optimizers are pure gradient transformations over pytrees of tensors::
     params = tf.apply_updates(params, updates)
 """
 
+import torch
+
 from torchopt_fn import interop, optimizers, schedules, transforms, tree, wrappers
 from torchopt_fn._base import (
     EmptyState,
@@ -46,6 +48,7 @@ from torchopt_fn.tree import *
 from torchopt_fn.wrappers import *
 
 __version__ = "0.1.0"
+
 
 __all__ = [
     "EmptyState",
@@ -85,3 +88,16 @@ __all__ = [
     *tree.__all__,
     *wrappers.__all__,
 ]
+
+
+def _register_state_classes() -> None:
+    """Let ``torch.load(weights_only=True)`` load functional state: its NamedTuples are safe."""
+    from torchopt_fn.tree._flatten import ParamList
+
+    objects = [globals()[name] for name in __all__]
+    states = [o for o in objects if isinstance(o, type) and issubclass(o, tuple)]
+    states.remove(GradientTransformation)
+    torch.serialization.add_safe_globals([ParamList, *states])
+
+
+_register_state_classes()

@@ -79,7 +79,11 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
 
 
 class MaskedNode(NamedTuple):
-    """Placeholder for masked-out leaves (kept for optax compatibility; here they are `None`).
+    """What an inner transformation of `masked` or `partition` sees for a leaf that is not its.
+
+    A node with no leaves (as in optax), so the inner transformation has nothing to do there
+    and its state holds no tensor there; unlike a `None` leaf, it leaves the state all
+    tensors, which `torch.func.vmap` needs.
 
     Examples:
         >>> import torchopt_fn as tf
@@ -95,7 +99,7 @@ class MaskedState(NamedTuple):
         >>> import torch, torchopt_fn as tf
         >>> tx = tf.masked(tf.trace(0.9), {"w": True, "b": False})
         >>> tx.init({"w": torch.zeros(1), "b": torch.zeros(1)}).inner_state.trace
-        {'w': tensor([0.]), 'b': None}
+        {'w': tensor([0.]), 'b': MaskedNode()}
     """
 
     inner_state: Any
@@ -106,10 +110,11 @@ def _resolve_mask(mask: Any, params: Params) -> Any:
 
 
 def _select(tree: Any, mask_leaves: list[bool], spec) -> Any:
-    leaves = spec.flatten_up_to(tree) if tree is not None else None
-    if leaves is None:
+    """``tree`` with `MaskedNode` where the mask is False (`None` stays `None`)."""
+    if tree is None:
         return None
-    return tree_unflatten(spec, [x if m else None for x, m in zip(leaves, mask_leaves)])
+    leaves = spec.flatten_up_to(tree)
+    return tree_unflatten(spec, [x if m else MaskedNode() for x, m in zip(leaves, mask_leaves)])
 
 
 def _mask_leaves(mask_tree: Any, reference: Any, what: str) -> tuple[list[bool], Any]:
@@ -125,8 +130,8 @@ def masked(
     """Apply ``inner`` only to the leaves where ``mask`` is True; the others pass through.
 
     ``mask`` is a tree of booleans with the structure of the params, or a function of the
-    params returning one. Masked-out leaves are hidden from ``inner`` as `None`, so its state
-    holds `None` for them.
+    params returning one. Masked-out leaves are hidden from ``inner`` as `MaskedNode` (a node
+    without leaves), so its state holds nothing for them.
 
     Examples:
         >>> import torch, torchopt_fn as tf

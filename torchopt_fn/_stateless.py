@@ -12,8 +12,8 @@ import torch
 
 from torchopt_fn._base import GradientTransformation, Params, Updates, empty_init
 from torchopt_fn._record import record_hyperparams
-from torchopt_fn.tree._flatten import tree_map
 from torchopt_fn.tree._math import tree_zeros_like
+from torchopt_fn.tree._ops import map_leaves
 
 __all__ = [
     "identity",
@@ -97,8 +97,10 @@ def stateless_with_tree_map(
 
     def g(updates: Updates, params: Params | None) -> Updates:
         if params is None:
-            return tree_map(lambda u: f(u, None), updates)
-        return tree_map(f, updates, params)
+            return map_leaves(lambda ops, us: [f(u, None) for u in us], updates, what="stateless")
+        return map_leaves(
+            lambda ops, us, ps: [f(u, p) for u, p in zip(us, ps)], updates, params, what="stateless"
+        )
 
     return stateless(g)
 

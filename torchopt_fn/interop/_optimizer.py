@@ -335,62 +335,66 @@ class Optimizer(torch.optim.Optimizer):
     def _has_state(self, p: torch.Tensor) -> bool:
         return bool(self.state.get(p))
 
-    def _ensure_state(self, rt: _GroupRuntime, live: list[bool]) -> None:
-        """Create the state of parameters that get a gradient and have none (as torch does).
+    def _entries(self, rt: _GroupRuntime, live: list[bool]) -> list[dict[str, Any] | None]:
+        """Each parameter's state dict; a new one for a parameter's first gradient, unstored.
 
-        Parameters that never get a gradient never get state. Group-wide values (the step
-        count) are taken from the parameters that have state, if any.
+        Parameters that never get a gradient never get state (as in torch). A new entry takes
+        the group-wide values (the step count) of the entries that exist, if any.
         """
         params = rt.params
-        new = [is_live and not self._has_state(p) for p, is_live in zip(params, live)]
+        entries = [self.state.get(p) or None for p in params]
+        new = [is_live and e is None for e, is_live in zip(entries, live)]
         if not any(new):
-            return
+            return entries
         fresh = rt.tx.init(ParamList(p if n else None for p, n in zip(params, new)))
-        owner = next((p for p in params if self._has_state(p)), None)
+        owner = next((e for e in entries if e is not None), None)
+        for i, n in enumerate(new):
+            if n:
+                entries[i] = {}
         for leaf, slot in zip(tree_leaves(fresh), rt.slots):
             if slot.key is None or leaf is None:
                 continue
             if slot.index is not None:
                 if new[slot.index]:
-                    self.state[params[slot.index]][slot.key] = leaf
+                    entries[slot.index][slot.key] = leaf
                 continue
-            value = self.state[owner][slot.key] if owner is not None else leaf
-            for p, n in zip(params, new):
-                if n:
-                    self.state[p][slot.key] = value
-        if rt.own_step:
-            value = (
-                self.state[owner][_STEP]
-                if owner is not None
-                else torch.zeros((), dtype=torch.int64)
-            )
-            for p, n in zip(params, new):
-                if n:
-                    self.state[p][_STEP] = value
+            value = owner[slot.key] if owner is not None else leaf
+            for i in (i for i, n in enumerate(new) if n):
+                entries[i][slot.key] = value
+        if rt.own_step and owner is not None and _STEP in owner:
+            for i in (i for i, n in enumerate(new) if n):
+                entries[i][_STEP] = owner[_STEP]
+        return entries
 
-    def _read_state(self, rt: _GroupRuntime) -> Any:
-        params = rt.params
-        owner = next(p for p in params if self._has_state(p))
+    def _read_state(self, rt: _GroupRuntime, entries: list[dict[str, Any] | None]) -> Any:
+        owner = next(e for e in entries if e is not None)
         leaves = []
         for slot in rt.slots:
-            if slot.key is None:
-                leaves.append(None)
-                continue
-            entry = self.state.get(params[slot.index] if slot.index is not None else owner)
-            leaves.append(entry[slot.key] if entry else None)
+            entry = owner if slot.index is None else entries[slot.index]
+            leaves.append(entry[slot.key] if slot.key is not None and entry else None)
         return tree_unflatten(rt.spec, leaves)
 
-    def _write_state(self, rt: _GroupRuntime, state: Any) -> None:
-        params = rt.params
-        with_state = [p for p in params if self._has_state(p)]
-        for leaf, slot in zip(tree_leaves(state), rt.slots):
-            if slot.key is None or leaf is None:
-                continue
-            if slot.index is None:
-                for p in with_state:
-                    self.state[p][slot.key] = leaf
-            elif self._has_state(params[slot.index]):
-                self.state[params[slot.index]][slot.key] = leaf
+    def _store(self, rt: _GroupRuntime, entries: list[dict[str, Any] | None], state: Any) -> None:
+        """Write the group's new state (and new entries) into ``self.state``."""
+        with_state = [e for e in entries if e is not None]
+        if state is not None:
+            for leaf, slot in zip(tree_leaves(state), rt.slots):
+                if slot.key is None or leaf is None:
+                    continue
+                if slot.index is None:
+                    for entry in with_state:
+                        entry[slot.key] = leaf
+                elif entries[slot.index] is not None:
+                    entries[slot.index][slot.key] = leaf
+        if rt.own_step:
+            # torch.optim.SGD keeps no step: its checkpoints load without one.
+            old = next((e[_STEP] for e in with_state if _STEP in e), None)
+            step = torch.ones((), dtype=torch.int64) if old is None else old + 1
+            for entry in with_state:
+                entry[_STEP] = step
+        for p, entry in zip(rt.params, entries):
+            if entry is not None:
+                self.state[p] = entry
 
     # ------------------------------------------------------------------ step
 
@@ -400,10 +404,11 @@ class Optimizer(torch.optim.Optimizer):
 
         ``p.grad`` is left as it is. Parameters without a gradient are not changed, and get no
         state until they have one (the group-wide step count still advances for those that
-        have state). Every group is checked before the first parameter changes.
+        have state). Every group's update is computed before the first parameter or state
+        entry changes, so a step that fails changes nothing.
 
         Raises:
-            TypeError: for an integer parameter or gradient.
+            TypeError: for an integer parameter.
             ValueError: for a sparse gradient, or one of another shape than its parameter.
         """
         loss = None
@@ -415,53 +420,57 @@ class Optimizer(torch.optim.Optimizer):
             live = [p.grad is not None for p in group["params"]]
             if any(live):
                 _check_gradients(group["params"], g)
-                work.append((self._runtime(group), live))
-        for rt, live in work:
-            self._step_group(rt, live)
+                rt = self._runtime(group)
+                work.append((rt, live, self._entries(rt, live)))
+        commits = [self._compute(rt, live, entries) for rt, live, entries in work]
+        for commit in commits:
+            commit()
         return loss
 
-    def _step_group(self, rt: _GroupRuntime, live: list[bool]) -> None:
+    def _compute(
+        self, rt: _GroupRuntime, live: list[bool], entries: list[dict[str, Any] | None]
+    ) -> Callable[[], None]:
+        """The group's new state and updates, and a function that writes them in."""
         params = rt.params
-        self._ensure_state(rt, live)
-        if self._step_fused(rt, live):
-            return
-        grads = ParamList(p.grad for p in params)
-        state = self._read_state(rt)
-        updates, state = rt.update(grads, state, ParamList(params))
-        self._write_state(rt, state)
-        if rt.own_step:
-            self._advance_own_step(params)
-        apply_updates_(list(params), list(updates))
+        fused = self._fused_inputs(rt, live, entries)
+        if fused is not None:
+            plan, tensors, grads, state = fused
 
-    def _step_fused(self, rt: _GroupRuntime, live: list[bool]) -> bool:
-        """Run the group's fused kernel in place, if it has one and every tensor allows it."""
+            def commit_fused() -> None:
+                step = None
+                if plan.kernel != "sgd":
+                    step = entries[live.index(True)][_STEP] + 1
+                self._store(rt, entries, None)
+                run_fused_(plan, tensors, grads, state, step)
+                if step is not None:
+                    for entry in entries:
+                        if entry is not None:
+                            entry[_STEP] = step
+
+            return commit_fused
+        grads = ParamList(p.grad for p in params)
+        updates, state = rt.update(grads, self._read_state(rt, entries), ParamList(params))
+
+        def commit() -> None:
+            self._store(rt, entries, state)
+            apply_updates_(list(params), list(updates))
+
+        return commit
+
+    def _fused_inputs(
+        self, rt: _GroupRuntime, live: list[bool], entries: list[dict[str, Any] | None]
+    ) -> tuple[FusedPlan, list, list, list] | None:
+        """What the group's fused kernel needs, if it has one and every tensor allows it."""
         plan = rt.plan
         if plan is None or not set(plan.state_keys) <= rt.keys:
-            return False
-        params = [p for p, is_live in zip(rt.params, live) if is_live]
-        grads = [p.grad for p in params]
-        state = [[self.state[p][k] for p in params] for k in plan.state_keys]
-        if not fusable(params, grads, *state):
-            return False
-        step = None
-        if plan.kernel != "sgd":
-            step = self.state[params[0]][_STEP] + 1
-        run_fused_(plan, params, grads, state, step)
-        if step is not None:
-            for p in rt.params:
-                if self._has_state(p):
-                    self.state[p][_STEP] = step
-        elif rt.own_step:
-            self._advance_own_step(rt.params)
-        return True
-
-    def _advance_own_step(self, params: list[torch.Tensor]) -> None:
-        with_state = [p for p in params if self._has_state(p)]
-        # torch.optim.SGD keeps no step: its checkpoints load without one.
-        old = next((self.state[p][_STEP] for p in with_state if _STEP in self.state[p]), None)
-        new = torch.ones((), dtype=torch.int64) if old is None else old + 1
-        for p in with_state:
-            self.state[p][_STEP] = new
+            return None
+        live_params = [p for p, is_live in zip(rt.params, live) if is_live]
+        grads = [p.grad for p in live_params]
+        live_entries = [e for e, is_live in zip(entries, live) if is_live]
+        state = [[e[k] for e in live_entries] for k in plan.state_keys]
+        if not fusable(live_params, grads, *state):
+            return None
+        return plan, live_params, grads, state
 
     # ------------------------------------------------------------------ train / eval
 

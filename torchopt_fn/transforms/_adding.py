@@ -19,7 +19,7 @@ from torchopt_fn._record import record_hyperparams
 from torchopt_fn._scalar import is_schedule, step_scalar
 from torchopt_fn._validate import check_non_negative, check_number, require_params
 from torchopt_fn.transforms._scaling import ScaleByScheduleState
-from torchopt_fn.tree._flatten import tree_leaves
+from torchopt_fn.tree._flatten import leaf_paths, tree_leaves
 from torchopt_fn.tree._math import reject_complex
 from torchopt_fn.tree._ops import cast_like, compute_dtype, map_leaves
 
@@ -106,7 +106,7 @@ def _splitmix64(x: int) -> int:
 
 # The noise is drawn by an opaque operator, so torch.compile(fullgraph=True) neither breaks
 # the graph on torch.Generator nor recompiles as the count changes (the op sees the seed and
-# count as a tensor). Every leaf gets a generator seeded from (seed, count, leaf position):
+# count as a tensor). Every leaf gets a generator seeded from (seed, count, the leaf's path):
 # the noise of a step is a pure function of the state, whatever ran before. One call per
 # (dtype, device) group keeps it to one host read of the key per group and step.
 @torch.library.custom_op("torchopt_fn::add_noise_normal", mutates_args=())
@@ -137,6 +137,17 @@ def _(info, in_dims, numels, leaves, dtype, device, key):
     # Only ``key`` is a tensor: a batch of states gives every member its own noise.
     keys = key.movedim(in_dims[4], 0)
     return torch.stack([_normal(numels, leaves, dtype, device, k) for k in keys]), 0
+
+
+def _path_seed(path: tuple[Any, ...]) -> int:
+    """A 63-bit word for a leaf's path, the same in every process (FNV-1a; `hash` is salted).
+
+    63 bits, since the operator takes it as an int64.
+    """
+    h = 0xCBF29CE484222325
+    for ch in "/".join(f"{type(k).__name__}:{k}" for k in path):
+        h = ((h ^ ord(ch)) * 0x100000001B3) & _M64
+    return h >> 1
 
 
 def _to_int64_seed(key: int | torch.Generator | None, seed: int | None) -> int:
@@ -181,7 +192,7 @@ def add_noise(
 
     **Reproducibility.** The seed lives in the state (``rng_key``, a 0-d int64 tensor, next to
     ``count``), and each step draws every leaf's noise from a `torch.Generator` seeded afresh
-    from (seed, count, leaf position) — a counter-based scheme. So equal seeds give identical
+    from (seed, count, the leaf's path) — a counter-based scheme. So equal seeds give identical
     trajectories, the noise of a step does not depend on what ran before, and a checkpointed
     state resumes the same noise sequence. The numbers are torch's normal samples: the same on
     every run on the same kind of device, but not across device types (CPU and CUDA generators
@@ -233,20 +244,24 @@ def add_noise(
         del params, extra_args
         count = state.count + 1
         key = torch.stack([state.rng_key, state.count])
-        positions = [i for i, g in enumerate(tree_leaves(updates)) if g is not None]
+        seeds = [
+            _path_seed(p)
+            for p, g in zip(leaf_paths(updates), tree_leaves(updates))
+            if g is not None
+        ]
 
         def step(ops, gs):
             reject_complex(gs, "add_noise")
             # One draw per (dtype, device) group of leaves; the seed of each leaf's noise
-            # includes its position in the whole tree, so it does not depend on which others
-            # are `None`.
+            # includes its path, so it depends neither on which others are `None` nor on
+            # what other parameters the tree holds.
             groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
             for k, g in enumerate(gs):
                 groups.setdefault((compute_dtype(g.dtype), g.device), []).append(k)
             out = list(gs)
             for (cd, device), ks in groups.items():
                 numels = [gs[k].numel() for k in ks]
-                flat = _normal(numels, [positions[k] for k in ks], cd, device, key.to(device))
+                flat = _normal(numels, [seeds[k] for k in ks], cd, device, key.to(device))
                 std = step_scalar(
                     torch.sqrt(eta / torch.pow(count.to(device=device, dtype=cd), gamma))
                 )

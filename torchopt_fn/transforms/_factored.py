@@ -18,7 +18,7 @@ from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative
 from torchopt_fn.tree._flatten import tree_flatten, tree_map, tree_unflatten
 from torchopt_fn.tree._math import tree_zeros_like
-from torchopt_fn.tree._ops import map_leaves
+from torchopt_fn.tree._ops import columns, map_leaves
 
 __all__ = ["FactoredState", "ScaleBySM3State", "scale_by_factored_rms", "scale_by_sm3"]
 
@@ -206,8 +206,7 @@ def scale_by_factored_rms(
             return (g * row_factor * col_factor).to(g.dtype), new_row, new_col, v
 
         def step(ops, gs, rows, cols, vs):
-            outs = [update_leaf(*leaf) for leaf in zip(gs, rows, cols, vs)]
-            return tuple(map(list, zip(*outs))) if outs else ([], [], [], [])
+            return tuple(columns([update_leaf(*leaf) for leaf in zip(gs, rows, cols, vs)], 4))
 
         out, v_row, v_col, v = map_leaves(
             step,
@@ -240,6 +239,12 @@ class ScaleBySM3State(NamedTuple):
 
     mu: Any
     nu: Any
+
+
+def _max_over_others(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """The maximum of ``x`` over every axis but ``axis`` (0 where there is nothing to take)."""
+    others = [d for d in range(x.dim()) if d != axis]
+    return x.amax(dim=others) if x.numel() else x.new_zeros((x.shape[axis],))
 
 
 def _sm3_shapes(shape: Sequence[int]) -> list[tuple[int, ...]]:
@@ -325,18 +330,14 @@ def scale_by_sm3(
         # 0 where nothing has been accumulated yet, instead of g / sqrt(eps).
         inv = torch.where(acc > 0, torch.rsqrt(acc + eps), torch.zeros_like(acc))
         new_nu = _lerp(nu, gc * inv, 1 - b1)
-        if g.dim() < 2:
-            new_mu = [acc]
-        else:
-            new_mu = [acc.amax(dim=[d for d in range(g.dim()) if d != i]) for i in range(g.dim())]
+        new_mu = [acc] if g.dim() < 2 else [_max_over_others(acc, i) for i in range(g.dim())]
         return new_nu.to(g.dtype), new_mu, new_nu
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
 
         def step(ops, gs, mus, nus):
-            outs = [update_leaf(*leaf) for leaf in zip(gs, mus, nus)]
-            return tuple(map(list, zip(*outs))) if outs else ([], [], [])
+            return tuple(columns([update_leaf(*leaf) for leaf in zip(gs, mus, nus)], 3))
 
         out, mu, nu = map_leaves(
             step,

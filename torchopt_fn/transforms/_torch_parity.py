@@ -37,7 +37,7 @@ from torchopt_fn.tree._math import (
     tree_full_like,
     tree_zeros_like,
 )
-from torchopt_fn.tree._ops import cast_like, map_leaves
+from torchopt_fn.tree._ops import cast_like, columns, map_leaves
 
 __all__ = [
     "ScaleByTorchAdagradState",
@@ -219,7 +219,7 @@ def scale_by_torch_amsgrad(
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
             maxima = ops.maximum(maxima, nus)
-            bc1, sqrt_bc2 = (list(s) for s in zip(*ops.per_dtype(mus, corrections)))
+            bc1, sqrt_bc2 = columns(ops.per_dtype(mus, corrections), 2)
             denominators = ops.add(ops.div(ops.sqrt(maxima), sqrt_bc2), eps)
             return ops.div(ops.div(mus, bc1), denominators), mus, nus, maxima
 
@@ -329,7 +329,7 @@ def scale_by_torch_nadam(
             reject_complex(gs, "scale_by_torch_nadam")
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
-            bc2, cg, cm = (list(s) for s in zip(*ops.per_dtype(mus, scalars)))
+            bc2, cg, cm = columns(ops.per_dtype(mus, scalars), 3)
             denominators = ops.add(ops.sqrt(ops.div(nus, bc2)), eps)
             from_g = ops.mul(ops.div(cast_like(gs, mus), denominators), cg)
             return ops.add(from_g, ops.mul(ops.div(mus, denominators), cm)), mus, nus
@@ -423,7 +423,7 @@ def scale_by_torch_radam(
             reject_complex(gs, "scale_by_torch_radam")
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
-            bc1, factor, rectify = (list(s) for s in zip(*ops.per_dtype(mus, scalars)))
+            bc1, factor, rectify = columns(ops.per_dtype(mus, scalars), 3)
             mu_hat = ops.div(mus, bc1)
             adapted = ops.mul(ops.div(mu_hat, ops.add(ops.sqrt(nus), eps)), factor)
             out = [torch.where(c, a, m) for c, a, m in zip(rectify, adapted, mu_hat)]
@@ -662,7 +662,7 @@ def scale_by_torch_asgd(
             return -eta, -eta * _t(lambd, dt, dev), mu
 
         def step(ops, gs, axs, ps):
-            neg_eta, neg_eta_decay, mu = (list(s) for s in zip(*ops.per_dtype(ps, scalars)))
+            neg_eta, neg_eta_decay, mu = columns(ops.per_dtype(ps, scalars), 3)
             out = ops.add(ops.mul(cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
             new_ps = cast_like(ops.add(ps, out), axs)
             return out, ops.add(axs, ops.mul(ops.sub(new_ps, axs), mu))

@@ -27,7 +27,7 @@ from torchopt_fn.tree._flatten import (
     tree_unflatten,
 )
 
-__all__ = ["Ops", "cast_like", "compute_dtype", "map_leaves", "use_foreach"]
+__all__ = ["Ops", "cast_like", "columns", "compute_dtype", "map_leaves", "use_foreach"]
 
 Tree = Any
 Scalar = float | torch.Tensor
@@ -65,6 +65,11 @@ def cast_like(xs: list, likes: list) -> list:
     """Each ``x`` cast to the dtype of the matching ``like``."""
     # Comparing dtypes first skips ~2 us of dispatch per leaf for the usual no-op `.to`.
     return [x if x.dtype == y.dtype else x.to(y.dtype) for x, y in zip(xs, likes)]
+
+
+def columns(rows: Sequence[Sequence[Any]], n: int) -> list[list[Any]]:
+    """Per-leaf rows of ``n`` values as ``n`` per-leaf lists (``n`` empty lists for no rows)."""
+    return [[row[k] for row in rows] for k in range(n)]
 
 
 class Ops:

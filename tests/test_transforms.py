@@ -1,0 +1,262 @@
+"""The common battery over every public transformation (`helpers.TRANSFORMS`).
+
+Each transform, on params of every kind of leaf (a matrix, a 4-D kernel, a vector, a 0-d
+scalar, a zero-size tensor, all nested in dicts): `None` leaves, every float dtype, state
+stability, inputs never mutated, compiled == eager without recompiling, vmap == a loop,
+finite gradients through the update, multi-tensor == per-leaf kernels, views and odd
+layouts == contiguous copies, and mismatched shapes refused before anything is computed.
+Reference maths lives in tests/transforms/.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import torchopt_fn as tf
+from tests.helpers import TRANSFORMS, TxCase, assert_trees_close, transform_inputs, tx_step
+from torchopt_fn.tree import _flatten, _ops
+
+F64 = torch.float64
+
+
+def _run(case: TxCase, params, grads_seq, tx=None) -> tuple[Any, Any]:
+    """Every step's updates (as a list) and the final state."""
+    tx = case.make() if tx is None else tx
+    state = tx.init(params)
+    outs = []
+    for grads in grads_seq:
+        updates, state = tx_step(case, tx, grads, state, params)
+        outs.append(updates)
+    return outs, state
+
+
+def _tensor_leaves(tree: Any) -> list[torch.Tensor]:
+    return [x for x in _flatten.tree_leaves(tree) if isinstance(x, torch.Tensor)]
+
+
+def test_table_covers_every_public_transformation():
+    factories = {
+        name
+        for name in tf.transforms.__all__
+        if inspect.isfunction(getattr(tf, name)) or callable(getattr(tf, name))
+        if not isinstance(getattr(tf, name), type)
+    }
+    factories |= {"chain", "named_chain", "masked", "partition", "inject_hyperparams"}
+    factories |= {"identity", "set_to_zero", "stateless", "stateless_with_tree_map"}
+    factories |= {"with_extra_args_support"}
+    covered = {case.id for case in TRANSFORMS}
+    missing = sorted(
+        f for f in factories if not any(c == f or c.startswith(f + "_") for c in covered)
+    )
+    missing = [m for m in missing if m not in ("momentum", "add_decoupled_weight_decay")]
+    assert not missing, f"add these to helpers.TRANSFORMS: {missing}"
+
+
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_transform_none_leaves_pass_through_and_keep_their_state(case: TxCase):
+    params, grads_seq = transform_inputs()
+    tx = case.make()
+    state0 = tx.init(params)
+    state = state0
+    for grads in grads_seq:
+        grads = {**grads, "conv": None, "layer": {**grads["layer"], "b": None}}
+        updates, state = tx_step(case, tx, grads, state, params)
+        assert updates["conv"] is None and updates["layer"]["b"] is None
+        assert updates["layer"]["w"].shape == params["layer"]["w"].shape
+    # Where the update was None the state is what init made.
+    before = dict(
+        zip(map(_flatten.path_str, _flatten.leaf_paths(state0)), _flatten.tree_leaves(state0))
+    )
+    for path, leaf in zip(
+        map(_flatten.path_str, _flatten.leaf_paths(state)), _flatten.tree_leaves(state)
+    ):
+        if "['conv']" in path or "['b']" in path:
+            old = before[path]
+            assert (leaf is None and old is None) or torch.equal(leaf, old), path
+
+
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_transform_all_none_updates(case: TxCase):
+    """A step in which no parameter has a gradient (a `partition` label, a frozen model)."""
+    params, _ = transform_inputs()
+    tx = case.make()
+    state = tx.init(params)
+    nones = tf.tree_map(lambda p: None, params)
+    updates, new_state = tx_step(case, tx, nones, state, params)
+    assert all(u is None for u in _flatten.tree_leaves(updates))
+    assert _flatten.tree_structure(new_state) == _flatten.tree_structure(state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, F64])
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_transform_keeps_dtypes_shapes_and_state_structure(case: TxCase, dtype: torch.dtype):
+    params, grads_seq = transform_inputs(dtype)
+    tx = case.make()
+    state0 = tx.init(params)
+    signature = [(x.dtype, x.shape) for x in _tensor_leaves(state0)]
+    state = state0
+    for grads in grads_seq:
+        updates, state = tx_step(case, tx, grads, state, params)
+        for u, g in zip(_flatten.tree_leaves(updates), _flatten.tree_leaves(grads)):
+            assert u.dtype == g.dtype and u.shape == g.shape
+            assert bool(torch.isfinite(u).all())
+        assert _flatten.tree_structure(state) == _flatten.tree_structure(state0)
+        assert [(x.dtype, x.shape) for x in _tensor_leaves(state)] == signature
+
+
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_transform_does_not_mutate_its_inputs(case: TxCase):
+    params, grads_seq = transform_inputs()
+    tx = case.make()
+    state = tx.init(params)
+    for grads in grads_seq:
+        before = copy.deepcopy((grads, state, params))
+        _, new_state = tx_step(case, tx, grads, state, params)
+        assert_trees_close((grads, state, params), before, rtol=0, atol=0)
+        state = new_state
+
+
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_transform_compiles_without_recompiling_and_equals_eager(case: TxCase):
+    params, grads_seq = transform_inputs()
+    expected = _run(case, params, grads_seq)
+    tx = case.make()
+    torch._dynamo.reset()
+    step = torch.compile(
+        lambda g, s, p: tx_step(case, tx, g, s, p), backend="aot_eager", fullgraph=True
+    )
+    state = tx.init(params)
+    outs = []
+    for i, grads in enumerate(grads_seq):
+        if i == 0:
+            updates, state = step(grads, state, params)
+        else:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                updates, state = step(grads, state, params)
+        outs.append(updates)
+    assert_trees_close((outs, state), expected, rtol=1e-12)
+
+
+def _stack(trees: list[Any]) -> Any:
+    leaves = [_flatten.tree_leaves(t) for t in trees]
+    spec = _flatten.tree_structure(trees[0])
+    return _flatten.tree_unflatten(spec, [torch.stack(xs) for xs in zip(*leaves)])
+
+
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_transform_vmap_equals_a_loop(case: TxCase):
+    members = [transform_inputs(seed=i) for i in range(3)]
+    expected = [_run(case, p, gs) for p, gs in members]
+    tx = case.make()
+    params = _stack([p for p, _ in members])
+    state = torch.func.vmap(tx.init, randomness="same")(params)
+    step = torch.func.vmap(lambda g, s, p: tx_step(case, tx, g, s, p))
+    for k in range(len(members[0][1])):
+        updates, state = step(_stack([gs[k] for _, gs in members]), state, params)
+    for i, (outs, final_state) in enumerate(expected):
+        unstack = lambda t, i=i: tf.tree_map(lambda x: x[i], t)  # noqa: E731
+        assert_trees_close(unstack(updates), outs[-1], rtol=1e-12)
+        assert_trees_close(unstack(state), final_state, rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_transform_gradients_through_the_update_are_finite(case: TxCase):
+    params, grads_seq = transform_inputs()
+    tx = case.make()
+    state = tx.init(params)
+    for grads in grads_seq[:-1]:
+        _, state = tx_step(case, tx, grads, state, params)
+
+    def total(grads: Any, params: Any) -> torch.Tensor:
+        updates, _ = tx_step(case, tx, grads, state, params)
+        return sum(u.sum() for u in _flatten.tree_leaves(updates))
+
+    d_grads, d_params = torch.func.grad(total, argnums=(0, 1))(grads_seq[-1], params)
+    assert all(bool(torch.isfinite(x).all()) for x in _tensor_leaves((d_grads, d_params)))
+
+
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_transform_multi_tensor_equals_per_leaf(case: TxCase, monkeypatch):
+    params, grads_seq = transform_inputs()
+    fast = _run(case, params, grads_seq)
+    monkeypatch.setattr(_ops, "use_foreach", lambda tensors: False)
+    slow = _run(case, params, grads_seq)
+    assert_trees_close(fast, slow, rtol=1e-14)
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _transposed(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(0, -1).contiguous().transpose(0, -1) if x.dim() >= 2 else x
+
+
+def _sliced(x: torch.Tensor) -> torch.Tensor:
+    """The same values in every other element of a bigger buffer (not dense)."""
+    big = torch.zeros((*x.shape, 2), dtype=x.dtype)
+    big[..., 0] = x
+    return big[..., 0]
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def _stride0(x: torch.Tensor) -> torch.Tensor:
+    """A gradient as `torch.func.grad` gives it for a parameter used through ``.sum()``."""
+    return x.reshape(-1)[:1].reshape([1] * x.dim()).expand(x.shape) if x.numel() else x
+
+
+LAYOUTS: dict[str, tuple[Callable, Callable]] = {
+    # name: (what it does to params, what it does to gradients)
+    "transposed": (_transposed, _transposed),
+    "sliced": (_sliced, _sliced),
+    "channels_last": (_channels_last, lambda g: g.contiguous()),
+    "stride0_grads": (lambda p: p, _stride0),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_transform_on_views_equals_contiguous_copies(case: TxCase, layout: str):
+    on_params, on_grads = LAYOUTS[layout]
+    params, grads_seq = transform_inputs()
+    params = tf.tree_map(on_params, params)
+    grads_seq = [tf.tree_map(on_grads, g) for g in grads_seq]
+    contiguous = lambda t: tf.tree_map(lambda x: x.contiguous(), t)  # noqa: E731
+    got = _run(case, params, grads_seq)
+    want = _run(case, contiguous(params), [contiguous(g) for g in grads_seq])
+    if case.exact:
+        assert_trees_close(got, want, rtol=0, atol=0)
+    else:  # a reduction may sum in another order
+        assert_trees_close(got, want, rtol=1e-12, atol=1e-16)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _compares_shapes(case: TxCase) -> bool:
+    """Whether the transform has params or per-parameter state to compare an update with."""
+    params, _ = transform_inputs()
+    state = case.make().init(params)
+    return case.needs_params or any(x.shape == (2, 3, 2, 2) for x in _tensor_leaves(state))
+
+
+@pytest.mark.parametrize("case", [c for c in TRANSFORMS if _compares_shapes(c)], ids=str)
+def test_transform_refuses_a_broadcastable_update_naming_its_path(case: TxCase):
+    params, grads_seq = transform_inputs()
+    tx = case.make()
+    state = tx.init(params)
+    # A gradient that broadcasts to its parameter, at the leaf every case touches (masks
+    # and labels select the first leaf in flattening order, "conv").
+    grads = {**grads_seq[0], "conv": torch.ones(1, 3, 2, 2, dtype=F64)}
+    before = copy.deepcopy((grads, state, params))
+    with pytest.raises(ValueError, match=r"\['conv'\]"):
+        tx_step(case, tx, grads, state, params)
+    assert_trees_close((grads, state, params), before, rtol=0, atol=0)
