@@ -145,20 +145,41 @@ def test_compile_step_inductor_options(monkeypatch, kwargs: dict, expected: dict
 
 
 def test_schedule_and_injected_hyperparameters_do_not_recompile():
+    """The count, the schedule and an injected value change every step: no recompile, and the
+    results are those of the same steps run eagerly (so each new value took effect)."""
     tx = tf.inject_hyperparams(tf.adamw)(
         learning_rate=tf.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10), weight_decay=1e-2
     )
-    params = GOLDEN.init_params(torch.float64)
-    state = tx.init(params)
-    step = tf.compile_step(tx, backend="aot_eager")
-    for i, g in enumerate(_grads() * 2):
-        if i == 0:
-            params, state = step(params, g, state)
-            continue
-        state = tf.tree_set(state, weight_decay=torch.tensor(1e-2 * i, dtype=torch.float64))
-        with torch.compiler.set_stance("fail_on_recompile"):
-            params, state = step(params, g, state)
+
+    def run(step):
+        params = GOLDEN.init_params(torch.float64)
+        state = tx.init(params)
+        for i, g in enumerate(_grads() * 2):
+            if i == 0:
+                params, state = step(params, g, state)
+                continue
+            state = tf.tree_set(state, weight_decay=torch.tensor(0.1 * i, dtype=torch.float64))
+            with torch.compiler.set_stance("fail_on_recompile"):
+                params, state = step(params, g, state)
+        return params, state
+
+    def eager(params, grads, state):
+        updates, state = tx.update(grads, state, params)
+        return tf.apply_updates(params, updates), state
+
+    params, state = run(tf.compile_step(tx, backend="aot_eager"))
     assert state.count == 2 * STEPS
+    _assert_trees_close((params, state), run(eager))
+    # A constant weight decay would have ended elsewhere.
+    constant = tf.inject_hyperparams(tf.adamw)(
+        learning_rate=tf.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10), weight_decay=1e-2
+    )
+    params_const = GOLDEN.init_params(torch.float64)
+    state_const = constant.init(params_const)
+    for g in _grads() * 2:
+        u, state_const = constant.update(g, state_const, params_const)
+        params_const = tf.apply_updates(params_const, u)
+    assert not torch.allclose(params["w"], params_const["w"])
 
 
 def test_whole_training_step_compiles_as_one_graph():

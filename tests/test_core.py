@@ -224,10 +224,13 @@ def test_inject_hyperparams_compiles_without_recompiling_when_lr_changes():
 
     state = tx.init(p)
     p, state = step(p, p, state)
+    expected = 0.9  # p <- p - lr * p
     with torch.compiler.set_stance("fail_on_recompile"):
         for lr in [0.2, 0.3]:
             state = tf.tree_set(state, learning_rate=torch.tensor(lr, dtype=torch.float64))
             p, state = step(p, p, state)
+            expected *= 1 - lr  # the new value took effect
+            torch.testing.assert_close(p["w"], torch.full((3,), expected))
 
 
 def test_sparse_and_complex_gradients_fail_clearly():

@@ -395,21 +395,30 @@ def test_distributed_checkpoint_state_dict_round_trip():
 
 
 def test_compiled_step_does_not_recompile_when_scheduler_changes_lr():
-    model = _model()
-    opt = tf.Optimizer(model.parameters(), tf.adamw(1e-2))
-    sched = lrs.ExponentialLR(opt, 0.9)
+    """Each new lr is new data to the compiled step, not a new constant: no recompile, and the
+    trajectory is torch's under the same scheduler (so every new lr took effect)."""
+    model, ref_model = _model(), _model()
+    opt = tf.Optimizer(model.parameters(), tf.adamw(1e-2), compile=True)
+    ref = torch.optim.AdamW(ref_model.parameters(), lr=1e-2, weight_decay=1e-4)
+    sched, ref_sched = lrs.ExponentialLR(opt, 0.5), lrs.ExponentialLR(ref, 0.5)
     step = torch.compile(opt.step)
     # The first call creates the state (a second graph, as for torch.optim); after that the
     # changing lr must not recompile.
     for i in range(5):
-        opt.zero_grad()
+        for o in (opt, ref):
+            o.zero_grad()
         _loss(model).backward()
+        _loss(ref_model).backward()
         if i >= 2:
             with torch.compiler.set_stance("fail_on_recompile"):
                 step()
         else:
             step()
+        ref.step()
         sched.step()
+        ref_sched.step()
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(
