@@ -97,6 +97,7 @@ INDUCTOR_CASES = [
     "sm3",
     "rprop",
     "novograd",
+    "radam",  # float64 codegen for pow, sqrt and a where on the count (the rectifier switch)
 ]
 
 

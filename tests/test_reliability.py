@@ -151,6 +151,95 @@ def test_zero_gradient_through_global_norm_clipping_is_finite():
     assert torch.isfinite(state.norm)
 
 
+OUT_OF_RANGE = [
+    (tf.scale_by_adadelta, {"rho": 1.5}, "rho"),
+    (tf.scale_by_adamax, {"b1": 1.0}, "b1"),
+    (tf.scale_by_adan, {"b3": 1.0}, "b3"),
+    (tf.scale_by_amsgrad, {"b2": -0.1}, "b2"),
+    (tf.scale_by_belief, {"eps_root": -1e-16}, "eps_root"),
+    (tf.scale_by_lion, {"mode": "soft"}, "mode"),
+    (tf.scale_by_lion, {"mode": "smooth", "smooth_beta": 0.0}, "smooth_beta"),
+    (tf.scale_by_novograd, {"weight_decay": -0.1}, "weight_decay"),
+    (tf.scale_by_radam, {"threshold": 3.0}, "threshold"),
+    (tf.scale_by_rms, {"decay": 1.0, "bias_correction": True}, "decay"),
+    (tf.scale_by_rss, {"initial_accumulator_value": -0.1}, "initial_accumulator_value"),
+    (tf.scale_by_stddev, {"initial_scale": -1.0}, "initial_scale"),
+    (tf.scale_by_yogi, {"initial_accumulator_value": 0.0}, "initial_accumulator_value"),
+    (tf.scale_by_factored_rms, {"decay_rate": -0.8}, "decay_rate"),
+    (tf.scale_by_factored_rms, {"epsilon": -1.0}, "epsilon"),
+    (tf.scale_by_factored_rms, {"min_dim_size_to_factor": -1}, "min_dim_size_to_factor"),
+    (tf.scale_by_sm3, {"b1": 1.0}, "b1"),
+    (tf.scale_by_sm3, {"b2": 1.5}, "b2"),
+    (tf.scale_by_sm3, {"eps": -1e-8}, "eps"),
+    (tf.scale_by_trust_ratio, {"min_norm": -1.0}, "min_norm"),
+    (tf.scale_by_trust_ratio, {"trust_coefficient": -1.0}, "trust_coefficient"),
+    (tf.scale_by_trust_ratio, {"eps": -1.0}, "eps"),
+    (tf.scale_by_optimistic_gradient, {"alpha": -1.0}, "alpha"),
+    (tf.scale_by_optimistic_gradient, {"beta": -1.0}, "beta"),
+    (tf.scale_by_polyak, {"max_learning_rate": -1.0}, "max_learning_rate"),
+    (tf.scale_by_polyak, {"eps": -1.0}, "eps"),
+    (tf.scale_by_polyak, {"variant": "sgd"}, "variant"),
+    (tf.scale_by_rprop, {"learning_rate": -0.1}, "learning_rate"),
+    (tf.scale_by_rprop, {"learning_rate": 0.1, "eta_minus": 1.0}, "eta_minus"),
+    (tf.scale_by_rprop, {"learning_rate": 0.1, "eta_plus": 1.0}, "eta_plus"),
+    (tf.scale_by_rprop, {"learning_rate": 0.1, "min_step_size": -1.0}, "min_step_size"),
+    (tf.scale_by_rprop, {"learning_rate": 0.1, "max_step_size": 0.0}, "max_step_size"),
+    (
+        tf.scale_by_rprop,
+        {"learning_rate": 0.1, "min_step_size": 2.0, "max_step_size": 1.0},
+        "min_step_size",
+    ),
+    (tf.clip_by_block_rms, {"threshold": 0.0}, "threshold"),
+    (tf.adaptive_grad_clip, {"clipping": -0.1}, "clipping"),
+    (tf.adaptive_grad_clip, {"clipping": 0.1, "eps": -1.0}, "eps"),
+    (tf.add_noise, {"eta": -0.01, "gamma": 0.55}, "eta"),
+    (tf.add_noise, {"eta": 0.01, "gamma": 0.55, "key": 1, "seed": 2}, "key or seed"),
+    (tf.add_noise, {"eta": 0.01, "gamma": 0.55, "key": "0"}, "key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "match"),
+    OUT_OF_RANGE,
+    ids=[f"{f.__name__}-{m}" for f, _, m in OUT_OF_RANGE],
+)
+def test_transform_hyperparameter_out_of_range_is_refused(factory, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        factory(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tf.scale_by_trust_ratio(),
+        lambda: tf.adaptive_grad_clip(0.1),
+        lambda: tf.keep_params_nonnegative(),
+        lambda: tf.scale_by_novograd(weight_decay=0.1),
+        lambda: tf.add_decayed_weights(0.1),
+        lambda: tf.scale_by_torch_asgd(0.1),
+    ],
+)
+def test_missing_params_are_a_clear_error(make):
+    tx = make()
+    with pytest.raises(ValueError, match="needs the parameters"):
+        tx.update(_grads(), tx.init(_params()))
+
+
+def test_unsupported_inputs_raise():
+    with pytest.raises(ValueError, match="complex"):
+        tf.scale_by_sm3().init({"w": torch.zeros(2, 2, dtype=torch.complex64)})
+    with pytest.raises(ValueError, match="complex"):
+        tx = tf.add_noise(0.1, 0.5)
+        g = {"w": torch.zeros(2, dtype=torch.complex64)}
+        tx.update(g, tx.init(g))
+    tx = tf.adaptive_grad_clip(0.1)
+    p = {"w": torch.ones(2, 2, 2, 2, 2, 2)}
+    with pytest.raises(ValueError, match="axis"):
+        tx.update(p, tx.init(p), p)
+    u, _ = tf.adaptive_grad_clip(0.1, axis=(0, 1)).update(p, tx.init(p), p)
+    assert u["w"].shape == p["w"].shape
+
+
 # --------------------------------------------------------------------------- trees and shapes
 
 
