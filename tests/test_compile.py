@@ -126,7 +126,7 @@ def test_step_scalars_are_computed_once_per_step():
     (gm,) = graphs
     step_scalar = torch.ops.torchopt_fn.step_scalar.default
     calls = [n for n in gm.graph.nodes if n.target in (step_scalar, step_scalar.overloadpacket)]
-    assert len(calls) == 3  # 1 - b1**t, 1 - b2**t and the learning rate
+    assert len(calls) == 4  # 1 - b1**t, 1 - b2**t, its square root and the learning rate
 
 
 @pytest.mark.parametrize(

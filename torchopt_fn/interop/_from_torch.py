@@ -10,7 +10,7 @@ import torch
 
 from torchopt_fn._base import GradientTransformation
 from torchopt_fn._combine import chain
-from torchopt_fn._fused import FusedPlan, adam_plan, attach_plan, sgd_plan
+from torchopt_fn._fused import FusedPlan, adam_plan, attach_plan, sgd_plan, with_fused_adam
 from torchopt_fn._record import record
 from torchopt_fn._scalar import is_schedule
 from torchopt_fn.transforms import (
@@ -318,10 +318,24 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     name, cls = _resolve_optimizer(optimizer)
     options = _options(name, cls, kwargs)
     build, _ = _BUILDERS[name]
-    tx = attach_plan(_as_real(chain(*build(options)), name), _fused_plan(name, options))
+    plan = _fused_plan(name, options)
+    core = chain(*build(options))
+    if _is_plain_adam(plan):
+        # Exactly `adam`'s or `adamw`'s chain: the same eager fast path through the kernel.
+        core = with_fused_adam(core, plan)
+    tx = attach_plan(_as_real(core, name), plan)
     # Record every resolved option (torch's defaults included) so that the `Optimizer` adapter
     # mirrors them into param groups under torch's names.
     return record(tx, from_torch, {"optimizer": cls, **options})
+
+
+def _is_plain_adam(plan: FusedPlan | None) -> bool:
+    """Whether the chain is `adam`'s or `adamw`'s: no maximize, AMSGrad or L2 stage."""
+    if plan is None or plan.kernel == "sgd":
+        return False
+    o = plan.options
+    coupled = plan.kernel == "adam" and o["weight_decay"] != 0
+    return not (o["amsgrad"] or o["maximize"] or coupled)
 
 
 def _fused_plan(name: str, o: Options) -> FusedPlan | None:

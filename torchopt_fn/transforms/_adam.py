@@ -18,13 +18,14 @@ from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative, check_positive
 from torchopt_fn.tree._math import (
     bias_correction,
+    bias_factor,
     infinity_moment,
     moment,
     reject_complex,
     tree_full_like,
     tree_zeros_like,
 )
-from torchopt_fn.tree._ops import Ops, cast_like, map_leaves
+from torchopt_fn.tree._ops import Ops, cast_like, columns, map_leaves
 
 __all__ = [
     "ScaleByAdamState",
@@ -45,22 +46,73 @@ __all__ = [
 # --------------------------------------------------------------------------- shared pieces
 
 
+def corrections(ops: Ops, xs: list, b1: Scalar, b2: Scalar, count: torch.Tensor) -> tuple:
+    r"""Adam's bias corrections $(1-\beta_1^t, 1-\beta_2^t, \sqrt{1-\beta_2^t})$ for ``xs``.
+
+    Each is one scalar, or (for leaves of several dtypes) a list with one per leaf.
+    """
+
+    def make(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+        bc2 = bias_factor(b2, count, dtype, device)
+        return bias_factor(b1, count, dtype, device), bc2, torch.sqrt(bc2)
+
+    value = ops.scalar(xs, make)
+    return value if isinstance(value, tuple) else tuple(columns(value, 3))
+
+
+def nesterov_mu_hat(ops: Ops, gs: list, mus: list, b1: Scalar, count: torch.Tensor) -> list:
+    r"""NAdam's look-ahead $\beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)$,
+    as new tensors in the updates' dtypes."""
+
+    def make(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        ahead = bias_factor(b1, count + 1, dtype, device)
+        return b1 / ahead, (1 - b1) / bias_factor(b1, count, dtype, device)
+
+    value = ops.scalar(gs, make)
+    c_mu, c_g = value if isinstance(value, tuple) else columns(value, 2)
+    return ops.add_(cast_like(ops.mul(mus, c_mu), gs), ops.mul(gs, c_g))
+
+
 def first_moment_hat(
     ops: Ops, gs: list, mus: list, b1: Scalar, count: torch.Tensor, nesterov: bool
 ) -> list:
-    r"""$\hat m_t = m_t / (1-\beta_1^t)$, or with ``nesterov`` (NAdam) the look-ahead
-    $\beta_1 m_t / (1 - \beta_1^{t+1}) + (1 - \beta_1) g_t / (1 - \beta_1^t)$."""
-    if not nesterov:
-        return bias_correction(ops, mus, b1, count)
-    mu_hat = cast_like(bias_correction(ops, mus, b1, count + 1), gs)
-    return ops.add(ops.mul(mu_hat, b1), bias_correction(ops, gs, b1, count), alpha=1 - b1)
+    r"""$\hat m_t = m_t / (1-\beta_1^t)$, or with ``nesterov`` NAdam's look-ahead; new tensors."""
+    if nesterov:
+        return nesterov_mu_hat(ops, gs, mus, b1, count)
+    return bias_correction(ops, mus, b1, count)
 
 
-def adam_direction(ops: Ops, mus: list, nus: list, eps: Scalar, eps_root: Scalar) -> list:
-    r"""$\hat m / (\sqrt{\hat v + \epsilon_{root}} + \epsilon)$."""
-    if not (isinstance(eps_root, float) and eps_root == 0.0):
-        nus = ops.add(nus, eps_root)
-    return ops.div(mus, ops.add(ops.sqrt(nus), eps))
+def adam_direction(
+    ops: Ops,
+    mus: list,
+    nus: list,
+    eps: Scalar,
+    eps_root: Scalar,
+    bias: tuple | None = None,
+    *,
+    fresh: bool = False,
+) -> list:
+    r"""$\hat m / (\sqrt{\hat v + \epsilon_{root}} + \epsilon)$, new tensors.
+
+    ``bias`` is `corrections`' ``(bc1, bc2, sqrt_bc2)``, giving $\hat m = m / bc_1$ and
+    $\hat v = v / bc_2$, or `None` for moments corrected already. With ``eps_root`` 0 the
+    denominator is torch's, $\sqrt{v} / \sqrt{bc_2} + \epsilon$, with $bc_1$ folded into it.
+    ``fresh`` says ``mus`` are temporaries that may be overwritten.
+    """
+    bc1, bc2, sqrt_bc2 = bias if bias is not None else (None, None, None)
+    if isinstance(eps_root, float) and eps_root == 0.0:
+        denom = ops.sqrt(nus)
+        if sqrt_bc2 is not None:
+            denom = ops.div_(denom, sqrt_bc2)
+    else:
+        scaled = (
+            ops.add_(ops.div(nus, bc2), eps_root) if bc2 is not None else ops.add(nus, eps_root)
+        )
+        denom = ops.sqrt_(scaled)
+    denom = ops.add_(denom, eps)
+    if bc1 is not None:
+        denom = ops.mul_(denom, bc1)
+    return ops.div_(mus, denom) if fresh else ops.div(mus, denom)
 
 
 def radam_rectifier(
@@ -178,9 +230,15 @@ def scale_by_adam(
             reject_complex(gs, "scale_by_adam")
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
-            mu_hat = first_moment_hat(ops, gs, mus, b1, count, nesterov)
-            nu_hat = bias_correction(ops, nus, b2, count)
-            return adam_direction(ops, mu_hat, nu_hat, eps, eps_root), mus, nus
+            bc1, bc2, sqrt_bc2 = corrections(ops, mus, b1, b2, count)
+            if nesterov:
+                mu_hat = nesterov_mu_hat(ops, gs, mus, b1, count)
+                out = adam_direction(
+                    ops, mu_hat, nus, eps, eps_root, (None, bc2, sqrt_bc2), fresh=True
+                )
+            else:
+                out = adam_direction(ops, mus, nus, eps, eps_root, (bc1, bc2, sqrt_bc2))
+            return out, mus, nus
 
         out, mu, nu = map_leaves(
             step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_adam"
@@ -535,7 +593,7 @@ def scale_by_belief(
         def step(ops, gs, mus, nus):
             reject_complex(gs, "scale_by_belief")
             mus = moment(ops, gs, mus, b1, order=1)
-            nus = ops.add(moment(ops, ops.sub(gs, mus), nus, b2, order=2), eps_root)
+            nus = ops.add_(moment(ops, ops.sub(gs, mus), nus, b2, order=2), eps_root)
             mu_hat = first_moment_hat(ops, gs, mus, b1, count, nesterov)
             nu_hat = bias_correction(ops, nus, b2, count)
             return adam_direction(ops, mu_hat, nu_hat, eps, 0.0), mus, nus

@@ -35,7 +35,7 @@ __all__ = [
 
 def rms_scaled(ops: Ops, gs: list, vs: list, eps: Scalar, eps_in_sqrt: bool) -> list:
     r"""``g / sqrt(v + eps)`` (``eps_in_sqrt``) or ``g / (sqrt(v) + eps)``."""
-    denominators = ops.sqrt(ops.add(vs, eps)) if eps_in_sqrt else ops.add(ops.sqrt(vs), eps)
+    denominators = ops.sqrt_(ops.add(vs, eps)) if eps_in_sqrt else ops.add_(ops.sqrt(vs), eps)
     return ops.div(cast_like(gs, vs), denominators)
 
 
@@ -248,7 +248,7 @@ def scale_by_stddev(
             mus = moment(ops, gs, mus, decay, order=1)
             nus = moment(ops, gs, nus, decay, order=2)
             mu_hat, nu_hat = _debiased(ops, mus, decay, count), _debiased(ops, nus, decay, count)
-            variance = ops.sub(nu_hat, ops.square(mu_hat))
+            variance = ops.addcmul(nu_hat, mu_hat, mu_hat, -1.0)
             return rms_scaled(ops, gs, variance, eps, eps_in_sqrt), mus, nus
 
         out, mu, nu = map_leaves(
@@ -317,7 +317,8 @@ def scale_by_rss(
 
     def step(ops, gs, sums):
         reject_complex(gs, "scale_by_rss")
-        sums = ops.add(sums, ops.square(cast_like(gs, sums)))
+        gs_ = cast_like(gs, sums)
+        sums = ops.addcmul(sums, gs_, gs_)
         # The inner `where` keeps rsqrt finite where it is not selected, so gradients taken
         # through the update stay finite too.
         out = [
@@ -395,8 +396,8 @@ def scale_by_adadelta(rho: Scalar = 0.9, eps: Scalar = 1e-6) -> GradientTransfor
     def step(ops, gs, e_gs, e_xs):
         reject_complex(gs, "scale_by_adadelta")
         e_gs = moment(ops, gs, e_gs, rho, order=2)
-        ratios = ops.div(ops.sqrt(ops.add(e_xs, eps)), ops.sqrt(ops.add(e_gs, eps)))
-        out = ops.mul(ratios, cast_like(gs, ratios))
+        ratios = ops.div_(ops.sqrt_(ops.add(e_xs, eps)), ops.sqrt_(ops.add(e_gs, eps)))
+        out = ops.mul_(ratios, cast_like(gs, ratios))
         return out, e_gs, moment(ops, out, e_xs, rho, order=2)
 
     def update_fn(updates, state, params=None, **extra_args):

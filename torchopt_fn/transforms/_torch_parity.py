@@ -220,8 +220,8 @@ def scale_by_torch_amsgrad(
             nus = moment(ops, gs, nus, b2, order=2)
             maxima = ops.maximum(maxima, nus)
             bc1, sqrt_bc2 = columns(ops.per_dtype(mus, corrections), 2)
-            denominators = ops.add(ops.div(ops.sqrt(maxima), sqrt_bc2), eps)
-            return ops.div(ops.div(mus, bc1), denominators), mus, nus, maxima
+            denominators = ops.add_(ops.div_(ops.sqrt(maxima), sqrt_bc2), eps)
+            return ops.div_(ops.div(mus, bc1), denominators), mus, nus, maxima
 
         out, mu, nu, nu_max = map_leaves(
             step,
@@ -330,9 +330,9 @@ def scale_by_torch_nadam(
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
             bc2, cg, cm = columns(ops.per_dtype(mus, scalars), 3)
-            denominators = ops.add(ops.sqrt(ops.div(nus, bc2)), eps)
-            from_g = ops.mul(ops.div(cast_like(gs, mus), denominators), cg)
-            return ops.add(from_g, ops.mul(ops.div(mus, denominators), cm)), mus, nus
+            denominators = ops.add_(ops.sqrt_(ops.div(nus, bc2)), eps)
+            from_g = ops.mul_(ops.div(cast_like(gs, mus), denominators), cg)
+            return ops.add_(from_g, ops.mul_(ops.div(mus, denominators), cm)), mus, nus
 
         out, mu, nu = map_leaves(
             step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_torch_nadam"
@@ -425,7 +425,7 @@ def scale_by_torch_radam(
             nus = moment(ops, gs, nus, b2, order=2)
             bc1, factor, rectify = columns(ops.per_dtype(mus, scalars), 3)
             mu_hat = ops.div(mus, bc1)
-            adapted = ops.mul(ops.div(mu_hat, ops.add(ops.sqrt(nus), eps)), factor)
+            adapted = ops.mul_(ops.div(mu_hat, ops.add_(ops.sqrt(nus), eps)), factor)
             out = [torch.where(c, a, m) for c, a, m in zip(rectify, adapted, mu_hat)]
             return out, mus, nus
 
@@ -506,14 +506,15 @@ def scale_by_torch_adagrad(
 
         def step(ops, gs, sums):
             reject_complex(gs, "scale_by_torch_adagrad")
-            sums = ops.add(sums, ops.square(cast_like(gs, sums)))
-            out = ops.div(cast_like(gs, sums), ops.add(ops.sqrt(sums), eps))
+            gs_ = cast_like(gs, sums)
+            sums = ops.addcmul(sums, gs_, gs_)
+            out = ops.div(gs_, ops.add_(ops.sqrt(sums), eps))
             if decays:
                 # Step t = count + 1 is divided by 1 + (t - 1) * lr_decay.
                 factors = ops.per_dtype(
                     sums, lambda dt, dev: 1 + state.count.to(dev, dt) * _t(lr_decay, dt, dev)
                 )
-                out = ops.div(out, factors)
+                out = ops.div_(out, factors)
             return out, sums
 
         out, sums = map_leaves(
@@ -663,9 +664,9 @@ def scale_by_torch_asgd(
 
         def step(ops, gs, axs, ps):
             neg_eta, neg_eta_decay, mu = columns(ops.per_dtype(ps, scalars), 3)
-            out = ops.add(ops.mul(cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
+            out = ops.add_(ops.mul(cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
             new_ps = cast_like(ops.add(ps, out), axs)
-            return out, ops.add(axs, ops.mul(ops.sub(new_ps, axs), mu))
+            return out, ops.add(axs, ops.mul_(ops.sub(new_ps, axs), mu))
 
         out, ax = map_leaves(
             step, updates, state.ax, params, keep=(None, 0), what="scale_by_torch_asgd"

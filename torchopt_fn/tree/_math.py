@@ -53,18 +53,22 @@ Scalar = float | torch.Tensor
 
 
 def moment(ops: Ops, gs: list, ms: list, decay: Scalar, order: int) -> list:
-    r"""$m + (1-\beta)(g^k - m)$, the moving average of ``g ** order``, in the moments' dtypes."""
+    r"""The moving average of ``g ** order``, new tensors in the moments' dtypes.
+
+    Order 1 is torch's ``lerp`` $m + (1-\beta)(g - m)$; order 2 is torch's (and optax's)
+    $\beta m + (1-\beta) g^2$, one allocation and two passes.
+    """
     gs = cast_like(gs, ms)
+    if order == 1:
+        return ops.lerp(ms, gs, 1 - decay)
     if order == 2:
-        gs = ops.square(gs)
-    elif order != 1:
-        gs = [g**order for g in gs]
-    return ops.lerp(ms, gs, 1 - decay)
+        return ops.addcmul_(ops.mul(ms, decay), gs, gs, 1 - decay)
+    return ops.lerp(ms, [g**order for g in gs], 1 - decay)
 
 
 def infinity_moment(ops: Ops, gs: list, ms: list, decay: Scalar, eps: Scalar) -> list:
     r"""$\max(\beta m, |g| + \epsilon)$, the exponentially weighted infinity norm."""
-    return ops.maximum(ops.mul(ms, decay), ops.add(ops.abs(cast_like(gs, ms)), eps))
+    return ops.maximum(ops.mul(ms, decay), ops.add_(ops.abs(cast_like(gs, ms)), eps))
 
 
 def bias_factor(decay: Scalar, count: torch.Tensor, dtype: torch.dtype, device: torch.device):
@@ -76,8 +80,8 @@ def bias_factor(decay: Scalar, count: torch.Tensor, dtype: torch.dtype, device: 
 
 
 def bias_correction(ops: Ops, xs: list, decay: Scalar, count: torch.Tensor) -> list:
-    r"""Each ``x`` divided by $1 - \beta^t$ (Adam's bias correction); $t$ is the 0-d ``count``."""
-    return ops.div(xs, ops.per_dtype(xs, lambda dt, dev: bias_factor(decay, count, dt, dev)))
+    r"""Each ``x`` divided by $1 - \beta^t$ (Adam's bias correction), as new tensors."""
+    return ops.div(xs, ops.scalar(xs, lambda dt, dev: bias_factor(decay, count, dt, dev)))
 
 
 def reject_complex(gs: list, what: str) -> None:

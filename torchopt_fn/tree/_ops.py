@@ -13,6 +13,7 @@ leaf in the dtype of the leaf it replaces.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = ["Ops", "cast_like", "columns", "compute_dtype", "map_leaves", "use_fo
 Tree = Any
 Scalar = float | torch.Tensor
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
+_LAYOUT = operator.attrgetter("layout")
 
 
 def use_foreach(tensors: Sequence[torch.Tensor]) -> bool:
@@ -75,17 +77,38 @@ def columns(rows: Sequence[Sequence[Any]], n: int) -> list[list[Any]]:
 class Ops:
     """Element-wise primitives over lists of tensors: foreach kernels, or one op per leaf.
 
-    Scalars are Python floats, 0-d tensors, or (from `per_dtype`) lists of one 0-d tensor per
-    leaf.
+    Scalars are Python floats, 0-d tensors, or lists of one per leaf (from `per_dtype`).
+
+    The methods with a trailing underscore may write into their first list, which must hold
+    temporaries the calling function made itself (never an input or a state leaf): eagerly,
+    with no autograd graph to keep, they do, which saves allocating and touching a fresh
+    buffer (on CPU that is most of a step's cost); otherwise they return new tensors. Always
+    use what they return.
     """
 
-    __slots__ = ("foreach",)
+    __slots__ = ("_inplace", "_inputs", "foreach")
 
-    def __init__(self, tensors: Sequence[torch.Tensor]):
+    def __init__(self, tensors: Sequence[torch.Tensor], inputs: Sequence[list] = ()):
         self.foreach = use_foreach(tensors)
+        self._inputs = (tensors, *inputs)
+        self._inplace: bool | None = None
+
+    @property
+    def inplace(self) -> bool:
+        """Whether temporaries may be overwritten: eager multi-tensor work autograd won't see."""
+        if self._inplace is None:
+            self._inplace = (
+                self.foreach
+                and not torch.compiler.is_compiling()
+                and not (torch.is_grad_enabled() and _any_requires_grad(self._inputs))
+            )
+        return self._inplace
 
     def _multi(self, xs: list, s: Any = None) -> bool:
         return self.foreach and not _requires_grad(s) and not _scalars(xs)
+
+    def _in_place(self, s: Any = None) -> bool:
+        return self.inplace and not _requires_grad(s)
 
     def mul(self, xs: list, s: Scalar | list) -> list:
         if self._multi(xs, s):
@@ -94,12 +117,24 @@ class Ops:
             return [x * y for x, y in zip(xs, s)]
         return [x * s for x in xs]
 
+    def mul_(self, xs: list, s: Scalar | list) -> list:
+        if self._in_place(s):
+            torch._foreach_mul_(xs, s)
+            return xs
+        return self.mul(xs, s)
+
     def div(self, xs: list, s: Scalar | list) -> list:
         if self._multi(xs, s):
             return list(torch._foreach_div(xs, s))
         if isinstance(s, list):
             return [x / y for x, y in zip(xs, s)]
         return [x / s for x in xs]
+
+    def div_(self, xs: list, s: Scalar | list) -> list:
+        if self._in_place(s):
+            torch._foreach_div_(xs, s)
+            return xs
+        return self.div(xs, s)
 
     def add(self, xs: list, ys: list | Scalar, alpha: Scalar = 1.0) -> list:
         """``x + alpha * y`` (``y`` a list) or ``x + y`` (``y`` a scalar)."""
@@ -113,6 +148,29 @@ class Ops:
         if self._multi(xs):
             return list(torch._foreach_add(xs, ys, alpha=alpha))
         return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys)]
+
+    def add_(self, xs: list, ys: list | Scalar, alpha: Scalar = 1.0) -> list:
+        if self._in_place(ys) and not isinstance(alpha, torch.Tensor):
+            if isinstance(ys, list):
+                torch._foreach_add_(xs, ys, alpha=alpha)
+            else:
+                torch._foreach_add_(xs, ys)
+            return xs
+        return self.add(xs, ys, alpha)
+
+    def addcmul(self, xs: list, ys: list, zs: list, value: Scalar = 1.0) -> list:
+        """``x + value * y * z``."""
+        if isinstance(value, torch.Tensor):
+            return self.add(xs, self.mul(self.mul(ys, zs), value))
+        if self._multi(xs):
+            return list(torch._foreach_addcmul(xs, ys, zs, value=value))
+        return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs)]
+
+    def addcmul_(self, xs: list, ys: list, zs: list, value: Scalar = 1.0) -> list:
+        if self._in_place(value):
+            torch._foreach_addcmul_(xs, ys, zs, value=value)
+            return xs
+        return self.addcmul(xs, ys, zs, value)
 
     def sub(self, xs: list, ys: list) -> list:
         if self._multi(xs):
@@ -135,6 +193,12 @@ class Ops:
 
     def sqrt(self, xs: list) -> list:
         return list(torch._foreach_sqrt(xs)) if self.foreach else [torch.sqrt(x) for x in xs]
+
+    def sqrt_(self, xs: list) -> list:
+        if self.inplace:
+            torch._foreach_sqrt_(xs)
+            return xs
+        return self.sqrt(xs)
 
     def abs(self, xs: list) -> list:
         return list(torch._foreach_abs(xs)) if self.foreach else [torch.abs(x) for x in xs]
@@ -162,19 +226,37 @@ class Ops:
         tensor ``make`` returns goes through `step_scalar`, so a compiled step computes it
         once. ``make`` may return a tuple; then so is every entry.
         """
+        kinds = {(x.dtype, x.device) for x in xs}
+        if len(kinds) == 1:  # the usual case: no per-leaf Python work
+            dtype, device = kinds.pop()
+            return [_step_scalars(make(compute_dtype(dtype), device))] * len(xs)
         cache: dict[tuple[torch.dtype, torch.device], Any] = {}
         out = []
         for x in xs:
             key = (compute_dtype(x.dtype), x.device)
             if key not in cache:
-                value = make(*key)
-                cache[key] = (
-                    tuple(map(step_scalar, value))
-                    if isinstance(value, tuple)
-                    else step_scalar(value)
-                )
+                cache[key] = _step_scalars(make(*key))
             out.append(cache[key])
         return out
+
+    def scalar(self, xs: list, make: Callable[[torch.dtype, torch.device], Any]) -> Any:
+        """`per_dtype`'s scalar for ``xs``: one value where all leaves share a kind, else a list.
+
+        A single value lets the multi-tensor kernels take one scalar for all leaves.
+        """
+        kinds = {(x.dtype, x.device) for x in xs}
+        if len(kinds) == 1:
+            dtype, device = kinds.pop()
+            return _step_scalars(make(compute_dtype(dtype), device))
+        return self.per_dtype(xs, make)
+
+
+def _step_scalars(value: Any) -> Any:
+    return tuple(map(step_scalar, value)) if isinstance(value, tuple) else step_scalar(value)
+
+
+def _any_requires_grad(lists: Sequence[Sequence[Any]]) -> bool:
+    return any(isinstance(x, torch.Tensor) and x.requires_grad for xs in lists for x in xs)
 
 
 # --------------------------------------------------------------------------- the walker
@@ -243,7 +325,7 @@ def map_leaves(
     shapes = shapes or {}
     _check_shapes(gs, lists, shapes, updates, idx, what)
 
-    result = fn(Ops(gs), gs, *lists)
+    result = fn(Ops(gs, lists), gs, *lists)
     if result is None or isinstance(result, torch.Tensor):
         return result
     single = isinstance(result, list)
@@ -282,7 +364,7 @@ def _check_updates(gs: list, types: frozenset, updates: Tree, idx: list[int] | N
                     f"{what}: the update at {path} is a {type(g).__name__}, not a tensor "
                     "(use None for a parameter without an update)."
                 )
-    if not all(g.layout == torch.strided for g in gs):
+    if frozenset(map(_LAYOUT, gs)) - {torch.strided}:
         for path, g in zip(_live_paths(updates, idx), gs):
             if g.layout != torch.strided:
                 raise ValueError(
