@@ -121,30 +121,26 @@ def fusable(params: list[torch.Tensor], *others: list[torch.Tensor]) -> bool:
     Every tensor must be a plain dense tensor with its parameter's shape, strides, dtype and
     device, on CPU or CUDA, in a floating dtype the kernels support. A stride-0 gradient
     (`torch.func.grad` of a ``.sum()``), a sliced view, or a channels_last parameter with a
-    contiguous gradient all fail this, and take the generic path.
+    contiguous gradient all fail this, and take the generic path. (Written as whole-list
+    comparisons: this runs on every step of the `Optimizer` adapter.)
     """
     if not params:
         return False
-    device, dtype = params[0].device, params[0].dtype
+    every = [t for ts in (params, *others) for t in ts]
+    kinds = {(type(t), t.dtype, t.device, t.layout) for t in every}
+    if len({k[1:] for k in kinds}) != 1 or not {k[0] for k in kinds} <= _PLAIN_TENSORS:
+        return False
+    _, dtype, device, layout = kinds.pop()
     if device.type not in ("cpu", "cuda") or dtype not in _FUSED_DTYPES:
         return False
-    for p, *rest in zip(params, *others):
-        if type(p) not in _PLAIN_TENSORS or p.device != device or p.dtype != dtype:
+    if layout != torch.strided:
+        return False
+    shapes = [p.shape for p in params]
+    strides = [p.stride() for p in params]
+    for ts in others:
+        if [t.shape for t in ts] != shapes or [t.stride() for t in ts] != strides:
             return False
-        if not _dense(p):
-            return False
-        shape, stride = p.shape, p.stride()
-        for t in rest:
-            if (
-                type(t) not in _PLAIN_TENSORS
-                or t.layout != torch.strided
-                or t.dtype != dtype
-                or t.device != device
-                or t.shape != shape
-                or t.stride() != stride
-            ):
-                return False
-    return True
+    return all(p.is_contiguous() or _dense(p) for p in params)
 
 
 # --------------------------------------------------------------------------- in place

@@ -151,6 +151,9 @@ class _GroupRuntime:
     spec: Any
     slots: list[_Slot]
     tensors: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    # The ids of the params and state tensors last found laid out for the fused kernel: the
+    # kernel updates them in place, so they are the same objects step after step.
+    fusable_ids: tuple[int, ...] = ()
 
     @property
     def keys(self) -> set[str]:
@@ -468,7 +471,12 @@ class Optimizer(torch.optim.Optimizer):
         grads = [p.grad for p in live_params]
         live_entries = [e for e, is_live in zip(entries, live) if is_live]
         state = [[e[k] for e in live_entries] for k in plan.state_keys]
-        if not fusable(live_params, grads, *state):
+        ids = tuple(map(id, live_params)) + tuple(id(t) for ts in state for t in ts)
+        if ids != rt.fusable_ids:
+            if not fusable(live_params, *state):
+                return None
+            rt.fusable_ids = ids
+        if not fusable(live_params, grads):  # the gradients are new tensors every step
             return None
         return plan, live_params, grads, state
 
@@ -634,23 +642,26 @@ def _as_state(value: Any, dtype: torch.dtype | None, device: torch.device) -> to
 
 
 def _check_gradients(params: list[torch.Tensor], g: int) -> None:
-    """Before any parameter changes: every gradient is dense, of its parameter's shape."""
-    for i, p in enumerate(params):
-        if not (p.is_floating_point() or p.is_complex()):
-            raise TypeError(
-                f"Optimizer: parameter {i} of group {g} has dtype {p.dtype}; only floating-point "
-                "and complex parameters can be optimized."
-            )
-        grad = p.grad
-        if grad is None:
-            continue
-        if grad.layout != torch.strided:
-            raise ValueError(
-                f"Optimizer: the gradient of parameter {i} of group {g} is sparse; densify it "
-                "(`p.grad = p.grad.to_dense()`) or use torch.optim.SparseAdam."
-            )
-        if grad.shape != p.shape:
-            raise ValueError(
-                f"Optimizer: the gradient of parameter {i} of group {g} has shape "
-                f"{tuple(grad.shape)}, the parameter {tuple(p.shape)}."
-            )
+    """Before any parameter changes: floating parameters, dense gradients of their shapes."""
+    if not all(p.is_floating_point() or p.is_complex() for p in params):
+        i, p = next(
+            (i, p) for i, p in enumerate(params) if not (p.is_floating_point() or p.is_complex())
+        )
+        raise TypeError(
+            f"Optimizer: parameter {i} of group {g} has dtype {p.dtype}; only floating-point "
+            "and complex parameters can be optimized."
+        )
+    grads = [p.grad for p in params]
+    pairs = [(i, p, grad) for i, (p, grad) in enumerate(zip(params, grads)) if grad is not None]
+    if {grad.layout for _, _, grad in pairs} - {torch.strided}:
+        i = next(i for i, _, grad in pairs if grad.layout != torch.strided)
+        raise ValueError(
+            f"Optimizer: the gradient of parameter {i} of group {g} is sparse; densify it "
+            "(`p.grad = p.grad.to_dense()`) or use torch.optim.SparseAdam."
+        )
+    if [grad.shape for _, _, grad in pairs] != [p.shape for _, p, _ in pairs]:
+        i, p, grad = next((i, p, grad) for i, p, grad in pairs if grad.shape != p.shape)
+        raise ValueError(
+            f"Optimizer: the gradient of parameter {i} of group {g} has shape "
+            f"{tuple(grad.shape)}, the parameter {tuple(p.shape)}."
+        )

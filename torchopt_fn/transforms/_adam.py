@@ -25,7 +25,7 @@ from torchopt_fn.tree._math import (
     tree_full_like,
     tree_zeros_like,
 )
-from torchopt_fn.tree._ops import Ops, cast_like, columns, map_leaves
+from torchopt_fn.tree._ops import Ops, cast_like, map_leaves
 
 __all__ = [
     "ScaleByAdamState",
@@ -56,8 +56,7 @@ def corrections(ops: Ops, xs: list, b1: Scalar, b2: Scalar, count: torch.Tensor)
         bc2 = bias_factor(b2, count, dtype, device)
         return bias_factor(b1, count, dtype, device), bc2, torch.sqrt(bc2)
 
-    value = ops.scalar(xs, make)
-    return value if isinstance(value, tuple) else tuple(columns(value, 3))
+    return ops.scalar(xs, make)
 
 
 def nesterov_mu_hat(ops: Ops, gs: list, mus: list, b1: Scalar, count: torch.Tensor) -> list:
@@ -68,8 +67,7 @@ def nesterov_mu_hat(ops: Ops, gs: list, mus: list, b1: Scalar, count: torch.Tens
         ahead = bias_factor(b1, count + 1, dtype, device)
         return b1 / ahead, (1 - b1) / bias_factor(b1, count, dtype, device)
 
-    value = ops.scalar(gs, make)
-    c_mu, c_g = value if isinstance(value, tuple) else columns(value, 2)
+    c_mu, c_g = ops.scalar(gs, make)
     return ops.add_(cast_like(ops.mul(mus, c_mu), gs), ops.mul(gs, c_g))
 
 
@@ -425,7 +423,7 @@ def scale_by_adamax(
             reject_complex(gs, "scale_by_adamax")
             mus = moment(ops, gs, mus, b1, order=1)
             nus = infinity_moment(ops, gs, nus, b2, eps)
-            return ops.div(bias_correction(ops, mus, b1, count), nus), mus, nus
+            return ops.div_(bias_correction(ops, mus, b1, count), nus), mus, nus
 
         out, mu, nu = map_leaves(
             step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_adamax"
@@ -503,14 +501,13 @@ def scale_by_radam(
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
             mu_hat = first_moment_hat(ops, gs, mus, b1, count, nesterov)
-            nu_hat = bias_correction(ops, nus, b2, count)
-            rectified = ops.per_dtype(mu_hat, lambda dt, dev: radam_rectifier(b2, count, dt, dev))
-            adaptive = adam_direction(ops, mu_hat, nu_hat, eps, eps_root)
-            out = [
-                torch.where(rho >= threshold, r * a, m)
-                for (rho, r), a, m in zip(rectified, adaptive, mu_hat)
-            ]
-            return out, mus, nus
+            _, bc2, sqrt_bc2 = corrections(ops, mus, b1, b2, count)
+            rho, r = ops.scalar(mu_hat, lambda dt, dev: radam_rectifier(b2, count, dt, dev))
+            adaptive = adam_direction(ops, mu_hat, nus, eps, eps_root, (None, bc2, sqrt_bc2))
+            rectify = (
+                rho >= threshold if not isinstance(rho, list) else [x >= threshold for x in rho]
+            )
+            return ops.where(rectify, ops.mul_(adaptive, r), mu_hat), mus, nus
 
         out, mu, nu = map_leaves(
             step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_radam"
@@ -595,8 +592,9 @@ def scale_by_belief(
             mus = moment(ops, gs, mus, b1, order=1)
             nus = ops.add_(moment(ops, ops.sub(gs, mus), nus, b2, order=2), eps_root)
             mu_hat = first_moment_hat(ops, gs, mus, b1, count, nesterov)
-            nu_hat = bias_correction(ops, nus, b2, count)
-            return adam_direction(ops, mu_hat, nu_hat, eps, 0.0), mus, nus
+            _, bc2, sqrt_bc2 = corrections(ops, mus, b1, b2, count)
+            bias = (None, bc2, sqrt_bc2)
+            return adam_direction(ops, mu_hat, nus, eps, 0.0, bias, fresh=True), mus, nus
 
         out, mu, nu = map_leaves(
             step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_belief"
@@ -670,9 +668,8 @@ def scale_by_yogi(
             squares = ops.square(cast_like(gs, nus))
             signed = ops.mul(ops.sign(ops.sub(nus, squares)), squares)
             nus = ops.add(nus, signed, alpha=-(1 - b2))
-            mu_hat = bias_correction(ops, mus, b1, count)
-            nu_hat = bias_correction(ops, nus, b2, count)
-            return adam_direction(ops, mu_hat, nu_hat, eps, eps_root), mus, nus
+            bias = corrections(ops, mus, b1, b2, count)
+            return adam_direction(ops, mus, nus, eps, eps_root, bias), mus, nus
 
         out, mu, nu = map_leaves(
             step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_yogi"

@@ -117,7 +117,7 @@ def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
             # The safe denominator keeps the unselected branch (and gradients through it) finite.
             over = g_norm > max_norm
             factor = torch.where(over, max_norm / torch.where(over, g_norm, 1.0), 1.0)
-            return ops.mul(gs, ops.per_dtype(gs, lambda dt, dev: factor.to(dev, dt)))
+            return ops.mul(gs, ops.scalar(gs, lambda dt, dev: factor.to(dev, dt)))
 
         out = map_leaves(step, updates, what="clip_by_global_norm")
         return out, ClipByGlobalNormState(norm=norms[0].to(state.norm))

@@ -208,7 +208,7 @@ def scale_by_polyak(
                 torch.zeros_like(denom),
                 torch.clamp(gap / safe, max=max_learning_rate),
             )
-            return ops.mul(gs, ops.per_dtype(gs, lambda dt, dev: size.to(dev, dt)))
+            return ops.mul(gs, ops.scalar(gs, lambda dt, dev: size.to(dev, dt)))
 
         return map_leaves(step, updates, what="scale_by_polyak"), state
 

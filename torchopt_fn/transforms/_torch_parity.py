@@ -4,7 +4,7 @@ Each is an ordinary transform that `from_torch` composes, usable on its own too.
 torch's single-tensor code order of operations (where the bias correction goes, where ``eps``
 sits, which moment AMSGrad maximises), so chains built from them follow torch.optim's
 trajectories to rounding error in float64. Scalars derived from the step count are computed
-in the leaves' floating dtype (at least float32) with tensor ops, through `Ops.per_dtype`, so
+in the leaves' floating dtype (at least float32) with tensor ops, through `Ops.scalar`, so
 they compile once and do not recompile as the count changes.
 """
 
@@ -37,7 +37,7 @@ from torchopt_fn.tree._math import (
     tree_full_like,
     tree_zeros_like,
 )
-from torchopt_fn.tree._ops import cast_like, columns, map_leaves
+from torchopt_fn.tree._ops import cast_like, map_leaves
 
 __all__ = [
     "ScaleByTorchAdagradState",
@@ -124,7 +124,7 @@ def scale_by_torch_momentum(
         started = state.count != 0
 
         def step(ops, gs, ts):
-            weights = ops.per_dtype(
+            weights = ops.scalar(
                 ts, lambda dt, dev: 1 - _t(dampening, dt, dev) * started.to(device=dev, dtype=dt)
             )
             ts = ops.add(ops.mul(ts, decay), ops.mul(cast_like(gs, ts), weights))
@@ -219,7 +219,7 @@ def scale_by_torch_amsgrad(
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
             maxima = ops.maximum(maxima, nus)
-            bc1, sqrt_bc2 = columns(ops.per_dtype(mus, corrections), 2)
+            bc1, sqrt_bc2 = ops.scalar(mus, corrections)
             denominators = ops.add_(ops.div_(ops.sqrt(maxima), sqrt_bc2), eps)
             return ops.div_(ops.div(mus, bc1), denominators), mus, nus, maxima
 
@@ -329,7 +329,7 @@ def scale_by_torch_nadam(
             reject_complex(gs, "scale_by_torch_nadam")
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
-            bc2, cg, cm = columns(ops.per_dtype(mus, scalars), 3)
+            bc2, cg, cm = ops.scalar(mus, scalars)
             denominators = ops.add_(ops.sqrt_(ops.div(nus, bc2)), eps)
             from_g = ops.mul_(ops.div(cast_like(gs, mus), denominators), cg)
             return ops.add_(from_g, ops.mul_(ops.div(mus, denominators), cm)), mus, nus
@@ -423,11 +423,10 @@ def scale_by_torch_radam(
             reject_complex(gs, "scale_by_torch_radam")
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
-            bc1, factor, rectify = columns(ops.per_dtype(mus, scalars), 3)
+            bc1, factor, rectify = ops.scalar(mus, scalars)
             mu_hat = ops.div(mus, bc1)
             adapted = ops.mul_(ops.div(mu_hat, ops.add_(ops.sqrt(nus), eps)), factor)
-            out = [torch.where(c, a, m) for c, a, m in zip(rectify, adapted, mu_hat)]
-            return out, mus, nus
+            return ops.where(rectify, adapted, mu_hat), mus, nus
 
         out, mu, nu = map_leaves(
             step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_torch_radam"
@@ -511,7 +510,7 @@ def scale_by_torch_adagrad(
             out = ops.div(gs_, ops.add_(ops.sqrt(sums), eps))
             if decays:
                 # Step t = count + 1 is divided by 1 + (t - 1) * lr_decay.
-                factors = ops.per_dtype(
+                factors = ops.scalar(
                     sums, lambda dt, dev: 1 + state.count.to(dev, dt) * _t(lr_decay, dt, dev)
                 )
                 out = ops.div_(out, factors)
@@ -663,7 +662,7 @@ def scale_by_torch_asgd(
             return -eta, -eta * _t(lambd, dt, dev), mu
 
         def step(ops, gs, axs, ps):
-            neg_eta, neg_eta_decay, mu = columns(ops.per_dtype(ps, scalars), 3)
+            neg_eta, neg_eta_decay, mu = ops.scalar(ps, scalars)
             out = ops.add_(ops.mul(cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
             new_ps = cast_like(ops.add(ps, out), axs)
             return out, ops.add(axs, ops.mul_(ops.sub(new_ps, axs), mu))

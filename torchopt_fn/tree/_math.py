@@ -68,7 +68,7 @@ def moment(ops: Ops, gs: list, ms: list, decay: Scalar, order: int) -> list:
 
 def infinity_moment(ops: Ops, gs: list, ms: list, decay: Scalar, eps: Scalar) -> list:
     r"""$\max(\beta m, |g| + \epsilon)$, the exponentially weighted infinity norm."""
-    return ops.maximum(ops.mul(ms, decay), ops.add_(ops.abs(cast_like(gs, ms)), eps))
+    return ops.maximum_(ops.mul(ms, decay), ops.add_(ops.abs(cast_like(gs, ms)), eps))
 
 
 def bias_factor(decay: Scalar, count: torch.Tensor, dtype: torch.dtype, device: torch.device):

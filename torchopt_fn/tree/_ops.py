@@ -77,7 +77,7 @@ def columns(rows: Sequence[Sequence[Any]], n: int) -> list[list[Any]]:
 class Ops:
     """Element-wise primitives over lists of tensors: foreach kernels, or one op per leaf.
 
-    Scalars are Python floats, 0-d tensors, or lists of one per leaf (from `per_dtype`).
+    Scalars are Python floats, 0-d tensors, or lists of one per leaf (from `scalar`).
 
     The methods with a trailing underscore may write into their first list, which must hold
     temporaries the calling function made itself (never an input or a state leaf): eagerly,
@@ -211,6 +211,28 @@ class Ops:
             return list(torch._foreach_maximum(xs, ys))
         return [torch.maximum(x, y) for x, y in zip(xs, ys)]
 
+    def maximum_(self, xs: list, ys: list) -> list:
+        if self.inplace:
+            torch._foreach_maximum_(xs, ys)
+            return xs
+        return self.maximum(xs, ys)
+
+    def where(self, condition: Any, xs: list, ys: list) -> list:
+        """``torch.where(condition, x, y)`` per leaf for a 0-d condition (or one per leaf).
+
+        Eagerly, for one 0-d condition, this picks one of the lists (reading the condition on
+        the host) instead of running a ``where`` per leaf; compiled or batched it is the
+        element-wise ``where``, the same values.
+        """
+        if (
+            isinstance(condition, torch.Tensor)
+            and self.foreach
+            and not torch.compiler.is_compiling()
+        ):
+            return xs if bool(condition) else ys
+        conditions = condition if isinstance(condition, list) else [condition] * len(xs)
+        return [torch.where(c, x, y) for c, x, y in zip(conditions, xs, ys)]
+
     def norm(self, xs: list) -> list:
         """The L2 norm of every tensor, as 0-d tensors."""
         if self.foreach:
@@ -218,18 +240,8 @@ class Ops:
         return [torch.linalg.vector_norm(x) for x in xs]
 
     @staticmethod
-    def per_dtype(xs: list, make: Callable[[torch.dtype, torch.device], Any]) -> list:
-        """A step-dependent scalar for every leaf: ``make(dtype, device)`` once per kind of leaf.
-
-        The dtype is the leaf's promoted to at least float32 (`compute_dtype`), so float64
-        leaves get float64 bias corrections and half-precision leaves float32 ones. Every
-        tensor ``make`` returns goes through `step_scalar`, so a compiled step computes it
-        once. ``make`` may return a tuple; then so is every entry.
-        """
-        kinds = {(x.dtype, x.device) for x in xs}
-        if len(kinds) == 1:  # the usual case: no per-leaf Python work
-            dtype, device = kinds.pop()
-            return [_step_scalars(make(compute_dtype(dtype), device))] * len(xs)
+    def _per_leaf(xs: list, make: Callable[[torch.dtype, torch.device], Any]) -> list:
+        """`scalar`'s value for every leaf, for leaves of several kinds."""
         cache: dict[tuple[torch.dtype, torch.device], Any] = {}
         out = []
         for x in xs:
@@ -240,15 +252,22 @@ class Ops:
         return out
 
     def scalar(self, xs: list, make: Callable[[torch.dtype, torch.device], Any]) -> Any:
-        """`per_dtype`'s scalar for ``xs``: one value where all leaves share a kind, else a list.
+        """A step-dependent scalar for ``xs``: ``make(dtype, device)`` once per kind of leaf.
 
-        A single value lets the multi-tensor kernels take one scalar for all leaves.
+        The dtype is the leaf's promoted to at least float32 (`compute_dtype`), so float64
+        leaves get float64 bias corrections and half-precision leaves float32 ones. Every
+        tensor ``make`` returns goes through `step_scalar`, so a compiled step computes it
+        once. The result is one value where all leaves share a kind, else a list.
+
+        A single value lets the multi-tensor kernels take one scalar for all leaves. Where
+        ``make`` returns a tuple, so does this: of single values, or of per-leaf lists.
         """
         kinds = {(x.dtype, x.device) for x in xs}
-        if len(kinds) == 1:
-            dtype, device = kinds.pop()
+        if len(kinds) <= 1:  # no leaves at all: any value will do, none is used
+            dtype, device = kinds.pop() if kinds else (torch.float32, torch.device("cpu"))
             return _step_scalars(make(compute_dtype(dtype), device))
-        return self.per_dtype(xs, make)
+        values = self._per_leaf(xs, make)
+        return tuple(columns(values, len(values[0]))) if isinstance(values[0], tuple) else values
 
 
 def _step_scalars(value: Any) -> Any:
