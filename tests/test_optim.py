@@ -443,7 +443,7 @@ def test_fused_fast_path_equals_generic_path(make_tx, dtype, monkeypatch):
         opt = tf.Optimizer(groups, make_tx())
         assert opt._runtime(opt.param_groups[1]).plan is not None
         if not fused:
-            monkeypatch.setattr(_optimizer, "fusable", lambda *tensors: False)
+            monkeypatch.setattr(_optimizer, "dense_layout", lambda params: None)
         sched = lrs.StepLR(opt, 3, 0.5)
         for _ in range(8):
             opt.zero_grad()

@@ -110,10 +110,10 @@ def compile_step(
     checked: list[tuple[int, ...]] = [()]  # the ids of the last inputs found free of aliasing
 
     def step(params: Params, grads: Updates, state: OptState, **extra_args: Any):
-        donated = [x for x in tree_leaves((params, state)) if isinstance(x, torch.Tensor)]
-        ids = tuple(map(id, donated))
+        leaves = tree_leaves((params, state))
+        ids = tuple(map(id, leaves))  # the same objects every step: donation returns them
         if ids != checked[0]:
-            _refuse_aliasing((params, state), donated)
+            _refuse_aliasing((params, state), [x for x in leaves if isinstance(x, torch.Tensor)])
             checked[0] = ids
         try:
             params, state, scalar_dsts, scalar_srcs = compiled(params, grads, state, **extra_args)

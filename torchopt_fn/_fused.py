@@ -25,9 +25,11 @@ from torchopt_fn._base import GradientTransformation
 from torchopt_fn.tree._ops import map_leaves
 
 __all__ = [
+    "DenseLayout",
     "FusedPlan",
     "adam_plan",
     "attach_plan",
+    "dense_layout",
     "fusable",
     "fused_plan",
     "run_fused_",
@@ -115,32 +117,54 @@ def _dense(t: torch.Tensor) -> bool:
     return True
 
 
+class DenseLayout(NamedTuple):
+    """The layout the fused kernels assume: every tensor shaped and strided as its parameter."""
+
+    kind: tuple[type, torch.dtype, torch.device]  # one for all the parameters
+    shapes: list[torch.Size]
+    strides: list[tuple[int, ...]]
+
+    def matches(self, tensors: list[torch.Tensor]) -> bool:
+        """Whether ``tensors`` (one per parameter) are laid out exactly like the parameters."""
+        kinds = {(type(t) in _PLAIN_TENSORS, t.dtype, t.device) for t in tensors}
+        return (
+            kinds == {(True, *self.kind[1:])}
+            and [t.shape for t in tensors] == self.shapes
+            and [t.stride() for t in tensors] == self.strides
+        )
+
+
+def dense_layout(params: list[torch.Tensor]) -> DenseLayout | None:
+    """The parameters' layout, if a fused kernel can run on them: else `None`.
+
+    Plain dense tensors, of one floating dtype the kernels support, on one CPU or CUDA device.
+    """
+    if not params:
+        return None
+    kinds = {(type(p), p.dtype, p.device) for p in params}
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    if kind[0] not in _PLAIN_TENSORS or kind[1] not in _FUSED_DTYPES:
+        return None
+    if kind[2].type not in ("cpu", "cuda") or not all(
+        p.is_contiguous() or _dense(p) for p in params
+    ):
+        return None
+    return DenseLayout(kind, [p.shape for p in params], [p.stride() for p in params])
+
+
 def fusable(params: list[torch.Tensor], *others: list[torch.Tensor]) -> bool:
     """Whether a fused kernel may run on ``params`` and the matching tensors of ``others``.
 
     Every tensor must be a plain dense tensor with its parameter's shape, strides, dtype and
     device, on CPU or CUDA, in a floating dtype the kernels support. A stride-0 gradient
     (`torch.func.grad` of a ``.sum()``), a sliced view, or a channels_last parameter with a
-    contiguous gradient all fail this, and take the generic path. (Written as whole-list
-    comparisons: this runs on every step of the `Optimizer` adapter.)
+    contiguous gradient all fail this, and take the generic path. (Whole-list comparisons:
+    this runs on every step.) Sparse tensors are refused before this is asked.
     """
-    if not params:
-        return False
-    every = [t for ts in (params, *others) for t in ts]
-    kinds = {(type(t), t.dtype, t.device, t.layout) for t in every}
-    if len({k[1:] for k in kinds}) != 1 or not {k[0] for k in kinds} <= _PLAIN_TENSORS:
-        return False
-    _, dtype, device, layout = kinds.pop()
-    if device.type not in ("cpu", "cuda") or dtype not in _FUSED_DTYPES:
-        return False
-    if layout != torch.strided:
-        return False
-    shapes = [p.shape for p in params]
-    strides = [p.stride() for p in params]
-    for ts in others:
-        if [t.shape for t in ts] != shapes or [t.stride() for t in ts] != strides:
-            return False
-    return all(p.is_contiguous() or _dense(p) for p in params)
+    layout = dense_layout(params)
+    return layout is not None and all(layout.matches(ts) for ts in others)
 
 
 # --------------------------------------------------------------------------- in place

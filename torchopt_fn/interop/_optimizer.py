@@ -27,115 +27,21 @@ import copy
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from torchopt_fn._base import GradientTransformation
-from torchopt_fn._fused import FusedPlan, fusable, fused_plan, run_fused_
-from torchopt_fn._record import rebuild, recorded_arguments, recorded_nodes
+from torchopt_fn._fused import DenseLayout, FusedPlan, dense_layout, fused_plan, run_fused_
+from torchopt_fn._record import rebuild
 from torchopt_fn._update import apply_updates_
-from torchopt_fn.tree._flatten import ParamList, leaf_trails, tree_leaves, tree_unflatten
+from torchopt_fn.interop._hyperparams import hyperparams, is_number, mirrored
+from torchopt_fn.interop._layout import STEP, Slot, as_state, meta, state_layout, torch_step_dtype
+from torchopt_fn.tree._flatten import ParamList, tree_leaves, tree_unflatten
 
 __all__ = ["Optimizer"]
 
-# Argument names that torch spells differently. ``b1``/``b2`` become ``betas``.
-_TORCH_NAME = {"learning_rate": "lr"}
-_TORCH_NAME_BY_FACTORY = {"rmsprop": {"decay": "alpha"}}
-# torch.optim keeps a `step` for every algorithm but SGD; where the transformation has no
-# counter of its own, the adapter keeps one, so checkpoints move between the two.
-_STEP = "step"
 _GROUP_KEYS_ALWAYS_ALLOWED = {"params", "name", "initial_lr"}
-
-
-def _torch_step_dtype() -> torch.dtype:
-    """The dtype torch.optim gives ``step``: float32, or float64 under a float64 default."""
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
-def _is_number(v: Any) -> bool:
-    """A hyperparameter to mirror: a real number (torch writes ``weight_decay=0`` as an int)."""
-    if isinstance(v, torch.Tensor):
-        return v.numel() == 1 and v.is_floating_point()
-    return isinstance(v, (float, int)) and not isinstance(v, bool)
-
-
-def _mirrored(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict[str, tuple[str, ...]]:
-    """Torch group key -> the names of the recorded call's arguments it stands for."""
-    if getattr(factory, "hyperparams_in_state", False):
-        return {}  # `inject_hyperparams`: its values live in the state, not in the call
-    renames = {**_TORCH_NAME, **_TORCH_NAME_BY_FACTORY.get(factory.__name__, {})}
-    out: dict[str, tuple[str, ...]] = {}
-    if _is_number(arguments.get("b1")) and _is_number(arguments.get("b2")):
-        out["betas"] = ("b1", "b2")
-    for name, value in arguments.items():
-        if name in ("b1", "b2") and "betas" in out:
-            continue
-        if _is_number(value) or (
-            name == "betas" and isinstance(value, tuple) and all(map(_is_number, value))
-        ):
-            out[renames.get(name, name)] = (name,)
-    return out
-
-
-def _hyperparams(tx: GradientTransformation) -> tuple[dict[str, Any], set[str]]:
-    """The defaults to mirror into param groups (torch key -> value), and the ambiguous keys.
-
-    A name that two parts of the transformation use with different values (``trace`` and
-    ``ema`` both have a ``decay``) is ambiguous: it is not mirrored, and a param group that
-    sets it is an error.
-    """
-    defaults: dict[str, Any] = {}
-    ambiguous: set[str] = set()
-    for node in recorded_nodes(tx):
-        arguments = recorded_arguments(node)
-        for key, names in _mirrored(node.factory, arguments).items():
-            value = tuple(arguments[n] for n in names) if len(names) > 1 else arguments[names[0]]
-            if key in defaults and defaults[key] != value:
-                ambiguous.add(key)
-            defaults.setdefault(key, value)
-    return {k: v for k, v in defaults.items() if k not in ambiguous}, ambiguous
-
-
-# --------------------------------------------------------------------------- state layout
-
-
-class _Slot(NamedTuple):
-    """Where one leaf of a group's state lives in ``self.state``."""
-
-    key: str | None  # None for a None leaf
-    index: int | None  # parameter index in the group, or None for a group-wide value
-    dtype: torch.dtype | None
-    shape: tuple[int, ...] | None
-
-
-def _slots(state: Any) -> tuple[Any, list[_Slot]]:
-    """Name every leaf of a group's state and say which parameter it belongs to."""
-    leaves, spec, trails = leaf_trails(state)
-    described = []
-    for leaf, trail in zip(leaves, trails):
-        cut = next((i for i, (t, _) in enumerate(trail) if t is ParamList), None)
-        index = None if cut is None else trail[cut][1]
-        outer = trail if cut is None else trail[:cut]
-        inner = [] if cut is None else trail[cut + 1 :]
-        owner, field_name = (outer[-1][0], str(outer[-1][1])) if outer else (None, "value")
-        suffix = "".join(f".{k}" for _, k in inner)
-        full = ".".join(str(k) for _, k in outer) + suffix
-        torch_keys = getattr(owner, "torch_keys", {})
-        short = torch_keys.get(field_name, field_name) + suffix
-        described.append((leaf, index, full, short))
-    # A short name is used only when no other state field takes it.
-    owners: dict[str, set[str]] = {}
-    for _, _, full, short in described:
-        owners.setdefault(short, set()).add(full)
-    slots = []
-    for leaf, index, full, short in described:
-        if leaf is None:
-            slots.append(_Slot(None, index, None, None))
-            continue
-        key = short if len(owners[short]) == 1 else full
-        slots.append(_Slot(key, index, leaf.dtype, tuple(leaf.shape)))
-    return spec, slots
 
 
 @dataclass
@@ -149,11 +55,12 @@ class _GroupRuntime:
     plan: FusedPlan | None
     params: list[torch.Tensor]  # the params list the layout was made for
     spec: Any
-    slots: list[_Slot]
+    slots: list[Slot]
     tensors: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     # The ids of the params and state tensors last found laid out for the fused kernel: the
     # kernel updates them in place, so they are the same objects step after step.
     fusable_ids: tuple[int, ...] = ()
+    fusable_layout: DenseLayout | None = None
 
     @property
     def keys(self) -> set[str]:
@@ -162,7 +69,7 @@ class _GroupRuntime:
     @property
     def own_step(self) -> bool:
         """Whether the adapter keeps ``step`` itself (the transformation has no counter)."""
-        return _STEP not in self.keys
+        return STEP not in self.keys
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -205,7 +112,7 @@ class Optimizer(torch.optim.Optimizer):
         self.tx = tx
         self.compile = compile
         self._runtimes: dict[int, _GroupRuntime] = {}
-        defaults, self._ambiguous = _hyperparams(tx)
+        defaults, self._ambiguous = hyperparams(tx)
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ pickling
@@ -259,7 +166,7 @@ class Optimizer(torch.optim.Optimizer):
 
         def replacements(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict:
             out = {}
-            for key, names in _mirrored(factory, arguments).items():
+            for key, names in mirrored(factory, arguments).items():
                 if key in self._ambiguous or key not in values:
                     continue
                 value = values[key]
@@ -324,7 +231,7 @@ class Optimizer(torch.optim.Optimizer):
         tx = self._build(values, "Optimizer: param group")
         update = torch.compile(tx.update, fullgraph=True) if self.compile else tx.update
         params = group["params"]
-        spec, slots = _slots(tx.init(ParamList(_meta(p) for p in params)))
+        spec, slots = state_layout(tx.init(ParamList(meta(p) for p in params)))
         plan = None if self.compile else fused_plan(tx)
         tensors = runtime.tensors if runtime is not None else {}
         runtime = _GroupRuntime(group, key, tx, update, plan, params, spec, slots, tensors)
@@ -364,9 +271,9 @@ class Optimizer(torch.optim.Optimizer):
             value = owner[slot.key] if owner is not None else leaf
             for i in (i for i, n in enumerate(new) if n):
                 entries[i][slot.key] = value
-        if rt.own_step and owner is not None and _STEP in owner:
+        if rt.own_step and owner is not None and STEP in owner:
             for i in (i for i, n in enumerate(new) if n):
-                entries[i][_STEP] = owner[_STEP]
+                entries[i][STEP] = owner[STEP]
         return entries
 
     def _read_state(self, rt: _GroupRuntime, entries: list[dict[str, Any] | None]) -> Any:
@@ -391,12 +298,12 @@ class Optimizer(torch.optim.Optimizer):
                     entries[slot.index][slot.key] = leaf
         if rt.own_step:
             # torch.optim.SGD keeps no step: its checkpoints load without one.
-            old = next((e[_STEP] for e in with_state if _STEP in e), None)
+            old = next((e[STEP] for e in with_state if STEP in e), None)
             step = torch.ones((), dtype=torch.int64) if old is None else old + 1
             for entry in with_state:
-                entry[_STEP] = step
+                entry[STEP] = step
         for p, entry in zip(rt.params, entries):
-            if entry is not None:
+            if entry is not None and entry is not self.state.get(p):  # a parameter's first state
                 self.state[p] = entry
 
     # ------------------------------------------------------------------ step
@@ -442,13 +349,13 @@ class Optimizer(torch.optim.Optimizer):
             def commit_fused() -> None:
                 step = None
                 if plan.kernel != "sgd":
-                    step = entries[live.index(True)][_STEP] + 1
+                    step = entries[live.index(True)][STEP] + 1
                 self._store(rt, entries, None)
                 run_fused_(plan, tensors, grads, state, step)
                 if step is not None:
                     for entry in entries:
                         if entry is not None:
-                            entry[_STEP] = step
+                            entry[STEP] = step
 
             return commit_fused
         grads = ParamList(p.grad for p in params)
@@ -473,10 +380,11 @@ class Optimizer(torch.optim.Optimizer):
         state = [[e[k] for e in live_entries] for k in plan.state_keys]
         ids = tuple(map(id, live_params)) + tuple(id(t) for ts in state for t in ts)
         if ids != rt.fusable_ids:
-            if not fusable(live_params, *state):
+            layout = dense_layout(live_params)
+            if layout is None or not all(layout.matches(ts) for ts in state):
                 return None
-            rt.fusable_ids = ids
-        if not fusable(live_params, grads):  # the gradients are new tensors every step
+            rt.fusable_ids, rt.fusable_layout = ids, layout
+        if not rt.fusable_layout.matches(grads):  # the gradients are new tensors every step
             return None
         return plan, live_params, grads, state
 
@@ -512,8 +420,8 @@ class Optimizer(torch.optim.Optimizer):
             for key, value in entry.items():
                 if not isinstance(value, torch.Tensor):
                     continue
-                if key == _STEP and not value.is_floating_point():
-                    value = entry[key] = value.to(_torch_step_dtype())
+                if key == STEP and not value.is_floating_point():
+                    value = entry[key] = value.to(torch_step_dtype())
                 if id(value) in seen:
                     entry[key] = value.clone()
                 seen.add(id(value))
@@ -540,7 +448,7 @@ class Optimizer(torch.optim.Optimizer):
         saved_groups = copy.deepcopy(state_dict["param_groups"])
         target: dict[Any, tuple[torch.Tensor, dict[str, torch.dtype]]] = {}
         for saved, group, rt in zip(saved_groups, self.param_groups, runtimes):
-            dtypes = {_STEP: torch.int64, **{s.key: s.dtype for s in rt.slots if s.key}}
+            dtypes = {STEP: torch.int64, **{s.key: s.dtype for s in rt.slots if s.key}}
             for index, p in zip(saved["params"], group["params"]):
                 target[index] = (p, dtypes)
         state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
@@ -549,7 +457,7 @@ class Optimizer(torch.optim.Optimizer):
                 state[index] = entry  # kept as torch keeps it
                 continue
             p, dtypes = target[index]
-            state[p] = {key: _as_state(v, dtypes.get(key), p.device) for key, v in entry.items()}
+            state[p] = {key: as_state(v, dtypes.get(key), p.device) for key, v in entry.items()}
         groups = []
         for saved, group in zip(saved_groups, self.param_groups):
             new = {**saved, "params": group["params"]}
@@ -583,7 +491,7 @@ class Optimizer(torch.optim.Optimizer):
             values = {k: saved.get(k, group.get(k, v)) for k, v in self.defaults.items()}
             tx = self._build(values, f"load_state_dict: param group {g} of the checkpoint")
             params = group["params"]
-            spec, slots = _slots(tx.init(ParamList(_meta(p) for p in params)))
+            spec, slots = state_layout(tx.init(ParamList(meta(p) for p in params)))
             rt = _GroupRuntime(group, (), tx, tx.update, None, params, spec, slots)
             runtimes.append(rt)
             expected = rt.keys
@@ -593,7 +501,7 @@ class Optimizer(torch.optim.Optimizer):
                 entry = saved_state[index]
                 if not isinstance(entry, dict):
                     raise ValueError(f"load_state_dict: the state of parameter {i} is not a dict.")
-                keys = set(entry) - ({_STEP} if rt.own_step else set())
+                keys = set(entry) - ({STEP} if rt.own_step else set())
                 if keys != expected:
                     raise ValueError(
                         f"load_state_dict: parameter {i} of group {g} has state keys "
@@ -601,7 +509,7 @@ class Optimizer(torch.optim.Optimizer):
                         f"of a different algorithm or configuration?)."
                     )
                 for key, value in entry.items():
-                    if not (isinstance(value, torch.Tensor) or _is_number(value)):
+                    if not (isinstance(value, torch.Tensor) or is_number(value)):
                         raise ValueError(
                             f"load_state_dict: state {key!r} of parameter {i} in group {g} is "
                             f"a {type(value).__name__}, not a tensor or number."
@@ -622,23 +530,6 @@ class Optimizer(torch.optim.Optimizer):
 def _static(x: Any) -> Any:
     """A group value as part of a cache key: tensors by identity (read at update time)."""
     return ("tensor", id(x)) if isinstance(x, torch.Tensor) else x
-
-
-def _meta(p: torch.Tensor) -> torch.Tensor:
-    """``p``'s shape, dtype and layout on the meta device, to learn a state's layout for free."""
-    return torch.empty_like(p, device="meta")
-
-
-def _as_state(value: Any, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
-    """A loaded state value as an own, detached tensor of its slot's dtype on ``device``.
-
-    A Python number (``step`` in old checkpoints) becomes a tensor; a float count is rounded.
-    """
-    value = torch.as_tensor(value).detach()
-    if dtype == torch.int64 and value.is_floating_point():
-        value = value.round()
-    out = value.to(device=device, dtype=dtype or value.dtype)
-    return out.clone() if out is value or out.data_ptr() == value.data_ptr() else out
 
 
 def _check_gradients(params: list[torch.Tensor], g: int) -> None:
