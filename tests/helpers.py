@@ -628,7 +628,9 @@ def all_finite(tree: Any) -> bool:
 # --------------------------------------------------------------------------- comparing trees
 
 
-def assert_trees_close(actual: Any, expected: Any, rtol: float = 1e-12, atol: float = 0.0) -> None:
+def assert_trees_close(
+    actual: Any, expected: Any, rtol: float = 1e-12, atol: float = 1e-14
+) -> None:
     """Same structure (container types, keys, `None` leaves), same dtypes and shapes, close values.
 
     Non-tensor leaves must be equal.

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import torchopt_fn as tf
-from tests.helpers import GOLDEN, OPTIMIZERS, OptCase, make_tx
+from tests.helpers import GOLDEN, OPTIMIZERS, OptCase, assert_trees_close, make_tx
 from torchopt_fn.tree import _flatten as _tree
 
 STEPS = 4
@@ -42,19 +42,34 @@ def _grads() -> list[Any]:
     ]
 
 
-def _assert_trees_close(a: Any, b: Any) -> None:
-    for x, y in zip(tf.tree_leaves(a), tf.tree_leaves(b)):
-        if isinstance(x, torch.Tensor):
-            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+def _views(params: Any, grads: list[Any]) -> tuple[Any, list[Any]]:
+    """The same values in odd layouts.
+
+    A transposed and a sliced parameter (donation writes into them), a transposed gradient and a
+    stride-0 one (as `torch.func.grad` gives for a parameter used through ``.sum()``).
+    """
+
+    def transposed(x: torch.Tensor) -> torch.Tensor:
+        return x.t().contiguous().t()
+
+    def sliced(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x, torch.zeros_like(x)], dim=-1)[..., 0]
+
+    params = {"w": transposed(params["w"]), "b": sliced(params["b"])}
+    grads = [{"w": transposed(g["w"]), "b": g["b"][:1].expand(3)} for g in grads]
+    return params, grads
 
 
-def _check(case: OptCase, backend: str, donate: bool) -> None:
+def _check(case: OptCase, backend: str, donate: bool, views: bool = False) -> None:
     torch._dynamo.reset()
     tx = make_tx(case)
     params = GOLDEN.init_params(torch.float64)
-    state = tx.init(params)
     grads = _grads()
-    expected = _eager(case, _clone(params), _clone(state), grads)
+    if views:
+        params, grads = _views(params, grads)
+    state = tx.init(params)
+    contiguous = [tf.tree_map(lambda x: x.contiguous(), g) for g in grads]
+    expected = _eager(case, _clone(params), _clone(state), contiguous)
 
     step = tf.compile_step(tx, donate=donate, backend=backend)
     for i, g in enumerate(grads):
@@ -67,8 +82,8 @@ def _check(case: OptCase, backend: str, donate: bool) -> None:
         if donate:  # results are written into the inputs
             assert new_params is params and new_state is state
         params, state = new_params, new_state
-    _assert_trees_close(params, expected[0])
-    _assert_trees_close(state, expected[1])
+    assert_trees_close(params, expected[0])
+    assert_trees_close(state, expected[1])
 
 
 @pytest.mark.parametrize("case", OPTIMIZERS, ids=lambda c: c.id)
@@ -78,7 +93,8 @@ def test_compile_step_fullgraph_no_recompiles_equals_eager(case: OptCase):
 
 @pytest.mark.parametrize("case", OPTIMIZERS, ids=lambda c: c.id)
 def test_compile_step_with_donation_writes_into_inputs(case: OptCase):
-    _check(case, backend="aot_eager", donate=True)
+    """Into views too: transposed and sliced params, transposed and stride-0 gradients."""
+    _check(case, backend="aot_eager", donate=True, views=True)
 
 
 # Through Inductor with donation, the optimizers whose state Inductor (torch 2.13) wrote back
@@ -170,7 +186,7 @@ def test_schedule_and_injected_hyperparameters_do_not_recompile():
 
     params, state = run(tf.compile_step(tx, backend="aot_eager"))
     assert state.count == 2 * STEPS
-    _assert_trees_close((params, state), run(eager))
+    assert_trees_close((params, state), run(eager))
     # A constant weight decay would have ended elsewhere.
     constant = tf.inject_hyperparams(tf.adamw)(
         learning_rate=tf.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10), weight_decay=1e-2
@@ -212,7 +228,7 @@ def test_whole_training_step_compiles_as_one_graph():
                 params, state, loss = compiled(params, state, x, y)
         eager_p, eager_s, eager_loss = train_step(eager_p, eager_s, x, y)
         torch.testing.assert_close(loss, eager_loss)
-    _assert_trees_close(params, eager_p)
+    assert_trees_close(params, eager_p)
 
 
 class _LoopState(NamedTuple):
@@ -243,5 +259,5 @@ def test_tree_helpers_trace_with_the_loop_or_fall_back_to_optree(container: type
     _, expected, expected_flat = double(tree)
     assert _tree.tree_structure(doubled) == _tree.tree_structure(expected)
     assert list(doubled) == list(tree) and type(doubled["s"].mu) is _tree.ParamList
-    _assert_trees_close(doubled, expected)
-    _assert_trees_close(flat, expected_flat)
+    assert_trees_close(doubled, expected)
+    assert_trees_close(flat, expected_flat)

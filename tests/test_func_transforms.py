@@ -18,8 +18,7 @@ import torch
 from torch.func import grad, vmap
 
 import torchopt_fn as tf
-from tests.helpers import golden_grad, golden_loss, golden_params
-from torchopt_fn.tree import _flatten
+from tests.helpers import assert_trees_close, golden_grad, golden_loss, golden_params
 
 F64 = torch.float64
 Factory = Callable[..., tf.GradientTransformation]
@@ -45,12 +44,6 @@ def _member(tree: Any, i: int) -> Any:
 
 def _stack(trees: list[Any]) -> Any:
     return tf.tree_map(lambda *xs: torch.stack(xs), *trees)
-
-
-def _assert_trees_close(actual: Any, expected: Any, rtol: float = 1e-12, atol: float = 1e-14):
-    assert _flatten.tree_structure(actual) == _flatten.tree_structure(expected)
-    for a, e in zip(tf.tree_leaves(actual), tf.tree_leaves(expected)):
-        torch.testing.assert_close(a, e, rtol=rtol, atol=atol)
 
 
 # --------------------------------------------------------------------------- vmap: ensembles
@@ -120,9 +113,9 @@ def test_vmapped_ensemble_trains_like_a_loop_over_members(case: str):
     got_params, got_state = _vmapped_run(tx, params, ENSEMBLE_STEPS)
     expected_params, expected_state = _looped_run(tx, params, ENSEMBLE_STEPS)
     assert tf.tree_all_finite(expected_params)
-    _assert_trees_close(got_params, expected_params)
+    assert_trees_close(got_params, expected_params)
     # The state too: one count per member, moments and norms per member.
-    _assert_trees_close(got_state, expected_state)
+    assert_trees_close(got_state, expected_state)
 
 
 @pytest.mark.parametrize("case", [c for c, (_, reduces) in ENSEMBLE_CASES.items() if reduces])
@@ -189,7 +182,7 @@ def test_vmapped_hyperparameter_sweep_equals_separate_runs(case: str):
 
     swept = vmap(run_one)(torch.tensor(values, dtype=F64))
     separate = _stack([_run(make(v), params, SWEEP_STEPS)[0] for v in values])
-    _assert_trees_close(swept, separate)
+    assert_trees_close(swept, separate)
     # The swept value makes a difference, so the comparison above is not trivially true.
     assert not torch.allclose(separate["w"][0], separate["w"][-1])
 
@@ -242,7 +235,7 @@ def test_grad_through_unrolled_steps_wrt_initial_params_matches_finite_differenc
     params = golden_params(F64)
     got = grad(lambda p: _meta_loss(tx, p))(params)
     expected = _finite_difference_grad(lambda p: _meta_loss(tx, p), params)
-    _assert_trees_close(got, expected, rtol=1e-6, atol=1e-8)
+    assert_trees_close(got, expected, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("case", list(META_CASES))
@@ -287,7 +280,7 @@ def test_autograd_through_the_foreach_path_equals_func_grad(case: str):
     make = META_CASES[case]
     expected = grad(lambda p: _meta_loss(make(0.05), p))(golden_params(F64))
     got, _ = _autograd_meta_grads(make, 0.05)
-    _assert_trees_close(got, expected)
+    assert_trees_close(got, expected)
 
 
 @pytest.mark.parametrize("case", list(META_CASES))
@@ -298,7 +291,7 @@ def test_autograd_wrt_a_tensor_learning_rate_equals_func_grad(case: str):
         golden_params(F64), lr
     )
     got_p, got_lr = _autograd_meta_grads(make, lr.clone().requires_grad_())
-    _assert_trees_close(got_p, expected_p)
+    assert_trees_close(got_p, expected_p)
     torch.testing.assert_close(got_lr, expected_lr, rtol=1e-12, atol=0)
 
 

@@ -181,3 +181,46 @@ def test_lars_default_masks_equal_no_mask():
         5,
     )
     torch.testing.assert_close(default, masked, rtol=1e-14, atol=0)
+
+
+def _views_model(layout: str) -> list[torch.nn.Parameter]:
+    """Parameters in odd layouts (or, for "contiguous", the same values plainly stored)."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(3, generator=gen, dtype=torch.float64)
+    k = torch.randn(2, 3, 2, 2, generator=gen, dtype=torch.float64)
+    if layout == "views":
+        w = w.t().contiguous().t()  # transposed storage
+        b = torch.stack([b, torch.zeros_like(b)], dim=-1)[..., 0]  # every other element
+        k = k.contiguous(memory_format=torch.channels_last)
+    return [torch.nn.Parameter(x) for x in (w, b, k)]
+
+
+def _view_grads(params: list[torch.nn.Parameter], step: int, layout: str) -> None:
+    """Gradients of the odd kinds: stride-0, and in one flat buffer (as DDP's buckets)."""
+    w, b, k = params
+    gw = torch.cos(w.detach() * (step + 1))
+    gb = torch.full((1,), 0.3 * (step + 1), dtype=torch.float64)
+    gk = torch.sin(k.detach() + step)
+    if layout == "views":
+        flat = torch.cat([gw.reshape(-1), gk.reshape(-1)])
+        w.grad = flat[: gw.numel()].view(4, 3)
+        b.grad = gb.expand(3)
+        k.grad = flat[gw.numel() :].view(2, 3, 2, 2)  # contiguous, the parameter channels_last
+    else:
+        w.grad, b.grad, k.grad = gw.contiguous(), gb.expand(3).contiguous(), gk.contiguous()
+
+
+@pytest.mark.parametrize("case", [c for c in OPTIMIZERS if not c.needs_value], ids=str)
+def test_adapter_on_views_and_odd_gradients_equals_contiguous(case: OptCase):
+    """Transposed, sliced and channels_last parameters; stride-0 and flat-buffer gradients."""
+    results = []
+    for layout in ("views", "contiguous"):
+        params = _views_model(layout)
+        opt = tf.Optimizer(params, make_tx(case))
+        for step in range(4):
+            _view_grads(params, step, layout)
+            opt.step()
+        results.append([p.detach().contiguous() for p in params])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)

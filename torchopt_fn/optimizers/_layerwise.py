@@ -15,6 +15,7 @@ from torchopt_fn import transforms
 from torchopt_fn._base import GradientTransformation, Params, Scalar, ScalarOrSchedule
 from torchopt_fn._combine import chain, masked
 from torchopt_fn._record import record_hyperparams
+from torchopt_fn._scalar import is_schedule
 from torchopt_fn._validate import check_non_negative
 
 __all__ = [
@@ -252,7 +253,7 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: Scalar = 1e-6) -> Gradien
         Bernstein et al., On the distance between two neural networks and the stability of
         learning, NeurIPS 2020. https://arxiv.org/abs/2002.03432
     """
-    if callable(learning_rate) and not isinstance(learning_rate, torch.Tensor):
+    if is_schedule(learning_rate):
         lr_fn = learning_rate
 
         def shrink_fn(count: torch.Tensor) -> torch.Tensor:

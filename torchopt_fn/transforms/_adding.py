@@ -11,6 +11,7 @@ from torchopt_fn._base import (
     EmptyState,
     GradientTransformation,
     Params,
+    Scalar,
     ScalarOrSchedule,
     init_count,
 )
@@ -179,8 +180,8 @@ class AddNoiseState(NamedTuple):
 
 @record_hyperparams
 def add_noise(
-    eta: float | torch.Tensor,
-    gamma: float | torch.Tensor,
+    eta: Scalar,
+    gamma: Scalar,
     key: int | torch.Generator | None = None,
     *,
     seed: int | None = None,

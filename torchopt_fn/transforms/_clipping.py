@@ -190,8 +190,8 @@ def _unitwise_norm(x: torch.Tensor, axis: int | Sequence[int] | None) -> torch.T
 
 @record_hyperparams
 def adaptive_grad_clip(
-    clipping: float | torch.Tensor,
-    eps: float | torch.Tensor = 1e-3,
+    clipping: Scalar,
+    eps: Scalar = 1e-3,
     axis: int | Sequence[int] | None = None,
 ) -> GradientTransformation:
     r"""Adaptive gradient clipping (AGC): clip each unit's update relative to its weights' norm.

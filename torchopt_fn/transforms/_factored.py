@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt_fn._base import GradientTransformation, init_count
+from torchopt_fn._base import GradientTransformation, Scalar, init_count
 from torchopt_fn._record import record_hyperparams
+from torchopt_fn._scalar import step_scalar
 from torchopt_fn._validate import check_in_range, check_non_negative
 from torchopt_fn.tree._flatten import tree_flatten, tree_map, tree_unflatten
 from torchopt_fn.tree._math import tree_zeros_like
@@ -28,7 +29,7 @@ def _abs_sq(x: torch.Tensor) -> torch.Tensor:
     return (x * x.conj()).real if x.is_complex() else x * x
 
 
-def _lerp(x: torch.Tensor, y: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
+def _lerp(x: torch.Tensor, y: torch.Tensor, w: Scalar) -> torch.Tensor:
     """``x + w * (y - x)``; `torch.lerp` wants a weight of ``x``'s dtype when it is a tensor."""
     return torch.lerp(x, y, w.to(x.dtype) if isinstance(w, torch.Tensor) else w)
 
@@ -59,7 +60,7 @@ class FactoredState(NamedTuple):
     v: Any
 
 
-def _decay_rate_pow(i: torch.Tensor, exponent: float | torch.Tensor = 0.8) -> torch.Tensor:
+def _decay_rate_pow(i: torch.Tensor, exponent: Scalar = 0.8) -> torch.Tensor:
     r"""Adafactor's second-moment decay $\hat\beta_2(i) = 1 - (i + 1)^{-c}$, in ``i``'s dtype."""
     return 1.0 - torch.pow(i + 1.0, -exponent)
 
@@ -82,10 +83,10 @@ def _factored_dims(
 @record_hyperparams
 def scale_by_factored_rms(
     factored: bool = True,
-    decay_rate: float | torch.Tensor = 0.8,
+    decay_rate: Scalar = 0.8,
     step_offset: int = 0,
     min_dim_size_to_factor: int = 128,
-    epsilon: float | torch.Tensor = 1e-30,
+    epsilon: Scalar = 1e-30,
     decay_rate_fn: Callable[[torch.Tensor, Any], Any] = _decay_rate_pow,
 ) -> GradientTransformation:
     r"""Scale updates by a factored estimate of their root mean square, as in Adafactor.
@@ -180,7 +181,7 @@ def scale_by_factored_rms(
             key = (old.dtype, old.device)
             if key not in decays:
                 step = state.count.to(device=old.device, dtype=old.dtype) - step_offset
-                beta = decay_rate_fn(step, decay_rate)
+                beta = step_scalar(decay_rate_fn(step, decay_rate))
                 if isinstance(beta, torch.Tensor):
                     beta = beta.to(old.device)
                 # 1 - beta is formed in the schedule's own dtype, as optax does.
@@ -254,9 +255,9 @@ def _sm3_shapes(shape: Sequence[int]) -> list[tuple[int, ...]]:
 
 @record_hyperparams
 def scale_by_sm3(
-    b1: float | torch.Tensor = 0.9,
-    b2: float | torch.Tensor = 1.0,
-    eps: float | torch.Tensor = 1e-8,
+    b1: Scalar = 0.9,
+    b2: Scalar = 1.0,
+    eps: Scalar = 1e-8,
 ) -> GradientTransformation:
     r"""Scale updates by SM3's memory-efficient second-moment estimate.
 
@@ -311,7 +312,7 @@ def scale_by_sm3(
     def init_fn(params):
         return ScaleBySM3State(mu=tree_map(init_leaf, params), nu=tree_zeros_like(params))
 
-    def g_sq_coefficient() -> float | torch.Tensor:
+    def g_sq_coefficient() -> Scalar:
         if isinstance(b2, torch.Tensor):
             return torch.where(b2 == 1.0, torch.ones_like(b2), 1.0 - b2)
         return 1.0 if b2 == 1.0 else 1.0 - b2

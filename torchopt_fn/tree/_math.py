@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from torchopt_fn._scalar import Scalar
 from torchopt_fn.tree._flatten import tree_leaves, tree_map
 from torchopt_fn.tree._ops import Ops, cast_like, map_leaves
 
@@ -46,7 +47,6 @@ __all__ = [
 ]
 
 Tree = Any
-Scalar = float | torch.Tensor
 
 
 # --------------------------------------------------------------------------- list helpers

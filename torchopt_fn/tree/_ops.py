@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from torchopt_fn._scalar import step_scalar
+from torchopt_fn._scalar import Scalar, step_scalar
 from torchopt_fn.tree._flatten import (
     flatten_like,
     leaf_paths,
@@ -31,7 +31,6 @@ from torchopt_fn.tree._flatten import (
 __all__ = ["Ops", "cast_like", "columns", "compute_dtype", "map_leaves", "use_foreach"]
 
 Tree = Any
-Scalar = float | torch.Tensor
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
 _LAYOUT = operator.attrgetter("layout")
 
