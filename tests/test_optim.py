@@ -491,3 +491,27 @@ def test_train_and_eval_are_forwarded_to_the_transformation():
     assert opt.eval() is opt and opt.train() is opt
     assert modes == [False, True]
     tf.Optimizer(_model().parameters(), tf.adam(1e-3)).eval()  # no modes: nothing happens
+
+
+def test_a_scheduler_changing_lr_every_step_keeps_the_state_layout(monkeypatch):
+    """A new lr rebuilds the transformation (a few factory calls), not the state's layout."""
+    calls = []
+    layout = _optimizer.state_layout
+    monkeypatch.setattr(_optimizer, "state_layout", lambda s: calls.append(1) or layout(s))
+    model = _model()
+    opt = tf.Optimizer(model.parameters(), tf.adamw(1e-2))
+    sched = lrs.ExponentialLR(opt, 0.9)
+    for _ in range(5):
+        opt.zero_grad()
+        _loss(model).backward()
+        opt.step()
+        sched.step()
+    assert len(calls) == 1
+    # A value that changes the structure (momentum 0 -> 0.9 adds a stage) does rebuild it.
+    opt = tf.Optimizer(model.parameters(), tf.from_torch(torch.optim.SGD, lr=0.1))
+    for momentum in (0.0, 0.9):
+        opt.param_groups[0]["momentum"] = momentum
+        opt.zero_grad()
+        _loss(model).backward()
+        opt.step()
+    assert "momentum_buffer" in opt.state[model[0].weight]

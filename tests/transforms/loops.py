@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 
 import torchopt_fn as tf
@@ -139,3 +140,12 @@ def check_against_trajectory(
     tx = tf.chain(tf.scale(LR), t) if scale_first else tf.chain(t, tf.scale(LR))
     expected = ref(scale_first=scale_first, **kwargs)
     assert_trajectories_close(trajectory(tx, value=how.get("value", False)), expected, 1e-12)
+
+
+def trajectory_cases(cases: list[tuple]) -> pytest.MarkDecorator:
+    """Parametrize a test over ``(name, kwargs, reference, how)`` trajectory cases."""
+    return pytest.mark.parametrize(
+        ("name", "kwargs", "reference", "how"),
+        cases,
+        ids=[f"{c[0]}-{i}" for i, c in enumerate(cases)],
+    )

@@ -8,13 +8,13 @@ properties are in tests/test_transforms.py; optax's own trajectories in test_opt
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import torchopt_fn as tf
 from tests.transforms.loops import (
     check_against_trajectory,
     reference,
+    trajectory_cases,
 )
 
 
@@ -28,11 +28,7 @@ TRAJECTORY_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "kwargs", "reference", "how"),
-    TRAJECTORY_CASES,
-    ids=[f"{c[0]}-{i}" for i, c in enumerate(TRAJECTORY_CASES)],
-)
+@trajectory_cases(TRAJECTORY_CASES)
 def test_matches_reference_trajectory(name, kwargs, reference, how):
     check_against_trajectory(name, kwargs, reference, how)
 

@@ -21,6 +21,7 @@ from tests.transforms.loops import (
     check_against_trajectory,
     random_problem,
     reference,
+    trajectory_cases,
 )
 
 
@@ -84,11 +85,7 @@ TRAJECTORY_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "kwargs", "reference", "how"),
-    TRAJECTORY_CASES,
-    ids=[f"{c[0]}-{i}" for i, c in enumerate(TRAJECTORY_CASES)],
-)
+@trajectory_cases(TRAJECTORY_CASES)
 def test_matches_reference_trajectory(name, kwargs, reference, how):
     check_against_trajectory(name, kwargs, reference, how)
 

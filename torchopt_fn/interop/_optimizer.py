@@ -56,6 +56,8 @@ class _GroupRuntime:
     params: list[torch.Tensor]  # the params list the layout was made for
     spec: Any
     slots: list[Slot]
+    structure: tuple = ()  # `key` without the values of floats, which shape no state
+    check_keys: bool = True  # whether stored state may lack keys of this structure
     tensors: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     # The ids of the params and state tensors last found laid out for the fused kernel: the
     # kernel updates them in place, so they are the same objects step after step.
@@ -217,7 +219,11 @@ class Optimizer(torch.optim.Optimizer):
 
     @torch.compiler.disable
     def _runtime(self, group: dict[str, Any]) -> _GroupRuntime:
-        """The group's runtime, rebuilt when its hyperparameters (or its params list) changed."""
+        """The group's runtime, rebuilt when its hyperparameters (or its params list) changed.
+
+        A scheduler changes ``lr`` every step: that rebuilds the transformation (a few factory
+        calls) but keeps the state layout, which depends only on the structure.
+        """
         runtime = self._runtimes.get(id(group))
         if runtime is not None and runtime.group is not group:
             runtime = None  # a group that died, its id reused
@@ -226,16 +232,24 @@ class Optimizer(torch.optim.Optimizer):
             (k, tuple(_static(x) for x in v) if isinstance(v, tuple) else _static(v))
             for k, v in values.items()
         )
-        if runtime is not None and runtime.key == key and runtime.params is group["params"]:
+        params = group["params"]
+        if runtime is not None and runtime.key == key and runtime.params is params:
             return runtime
         tx = self._build(values, "Optimizer: param group")
         update = torch.compile(tx.update, fullgraph=True) if self.compile else tx.update
-        params = group["params"]
-        spec, slots = state_layout(tx.init(ParamList(meta(p) for p in params)))
+        shape = _structure(key)
+        if runtime is not None and runtime.structure == shape and runtime.params is params:
+            layout = runtime.spec, runtime.slots
+        else:
+            layout = state_layout(tx.init(ParamList(meta(p) for p in params)))
         plan = None if self.compile else fused_plan(tx)
-        tensors = runtime.tensors if runtime is not None else {}
-        runtime = _GroupRuntime(group, key, tx, update, plan, params, spec, slots, tensors)
-        if self.compile and not tensors:
+        old = runtime
+        runtime = _GroupRuntime(group, key, tx, update, plan, params, *layout, structure=shape)
+        if old is not None:  # the same tensors: keep what was learned about them
+            runtime.tensors, runtime.fusable_ids = old.tensors, old.fusable_ids
+            runtime.fusable_layout = old.fusable_layout
+            runtime.check_keys = old.check_keys or old.structure != shape
+        if self.compile and not runtime.tensors:
             self._group_values(group, runtime)  # create the persistent tensors
         self._runtimes[id(group)] = runtime
         return runtime
@@ -246,33 +260,36 @@ class Optimizer(torch.optim.Optimizer):
         return bool(self.state.get(p))
 
     def _entries(self, rt: _GroupRuntime, live: list[bool]) -> list[dict[str, Any] | None]:
-        """Each parameter's state dict; a new one for a parameter's first gradient, unstored.
+        """Each parameter's state dict, completed where needed, without storing anything.
 
-        Parameters that never get a gradient never get state (as in torch). A new entry takes
-        the group-wide values (the step count) of the entries that exist, if any.
+        A parameter's first gradient gets it a new dict (parameters that never get one never
+        get state, as in torch); after a change of structure (a group's ``momentum`` set
+        nonzero adds a momentum buffer) the dicts that lack a key get a copy with it. New
+        values take the group-wide values (the step count) of the dicts that have them.
         """
         params = rt.params
         entries = [self.state.get(p) or None for p in params]
-        new = [is_live and e is None for e, is_live in zip(entries, live)]
-        if not any(new):
+        need = [is_live and e is None for e, is_live in zip(entries, live)]
+        if rt.check_keys:
+            keys = rt.keys
+            need = [n or (e is not None and not keys <= e.keys()) for n, e in zip(need, entries)]
+        if not any(need):
             return entries
-        fresh = rt.tx.init(ParamList(p if n else None for p, n in zip(params, new)))
-        owner = next((e for e in entries if e is not None), None)
-        for i, n in enumerate(new):
+        fresh = rt.tx.init(ParamList(p if n else None for p, n in zip(params, need)))
+        owner = next((e for e, n in zip(entries, need) if e is not None and not n), None)
+        for i, n in enumerate(need):
             if n:
-                entries[i] = {}
+                entries[i] = dict(entries[i] or {})  # a copy: stored only when the step is
         for leaf, slot in zip(tree_leaves(fresh), rt.slots):
             if slot.key is None or leaf is None:
                 continue
-            if slot.index is not None:
-                if new[slot.index]:
-                    entries[slot.index][slot.key] = leaf
-                continue
-            value = owner[slot.key] if owner is not None else leaf
-            for i in (i for i, n in enumerate(new) if n):
-                entries[i][slot.key] = value
+            targets = [slot.index] if slot.index is not None else range(len(params))
+            value = owner[slot.key] if slot.index is None and owner is not None else leaf
+            for i in targets:
+                if need[i] and slot.key not in entries[i]:
+                    entries[i][slot.key] = value
         if rt.own_step and owner is not None and STEP in owner:
-            for i in (i for i, n in enumerate(new) if n):
+            for i in (i for i, n in enumerate(need) if n and STEP not in entries[i]):
                 entries[i][STEP] = owner[STEP]
         return entries
 
@@ -303,8 +320,9 @@ class Optimizer(torch.optim.Optimizer):
             for entry in with_state:
                 entry[STEP] = step
         for p, entry in zip(rt.params, entries):
-            if entry is not None and entry is not self.state.get(p):  # a parameter's first state
+            if entry is not None and entry is not self.state.get(p):  # new, or completed
                 self.state[p] = entry
+        rt.check_keys = False
 
     # ------------------------------------------------------------------ step
 
@@ -525,6 +543,18 @@ class Optimizer(torch.optim.Optimizer):
                             f"has shape {shape}, expected {slot.shape}."
                         )
         return runtimes
+
+
+def _structure(key: tuple) -> tuple:
+    """A runtime key with every nonzero float replaced: what can change the state's layout.
+
+    Zeros stay, since a zero can leave a stage out (`from_torch` adds momentum only if nonzero).
+    """
+
+    def shape(x: Any) -> Any:
+        return "float" if isinstance(x, float) and x != 0.0 else x
+
+    return tuple((k, tuple(map(shape, v)) if isinstance(v, tuple) else shape(v)) for k, v in key)
 
 
 def _static(x: Any) -> Any:
