@@ -259,13 +259,14 @@ class Optimizer(torch.optim.Optimizer):
     def _has_state(self, p: torch.Tensor) -> bool:
         return bool(self.state.get(p))
 
-    def _entries(self, rt: _GroupRuntime, live: list[bool]) -> list[dict[str, Any] | None]:
+    def _entries(self, rt: _GroupRuntime, live: list[bool]) -> tuple[list, list[int]]:
         """Each parameter's state dict, completed where needed, without storing anything.
 
         A parameter's first gradient gets it a new dict (parameters that never get one never
         get state, as in torch); after a change of structure (a group's ``momentum`` set
         nonzero adds a momentum buffer) the dicts that lack a key get a copy with it. New
         values take the group-wide values (the step count) of the dicts that have them.
+        Returns the dicts (`None` for no state) and the indices of the new or completed ones.
         """
         params = rt.params
         entries = [self.state.get(p) or None for p in params]
@@ -274,7 +275,7 @@ class Optimizer(torch.optim.Optimizer):
             keys = rt.keys
             need = [n or (e is not None and not keys <= e.keys()) for n, e in zip(need, entries)]
         if not any(need):
-            return entries
+            return entries, []
         fresh = rt.tx.init(ParamList(p if n else None for p, n in zip(params, need)))
         owner = next((e for e, n in zip(entries, need) if e is not None and not n), None)
         for i, n in enumerate(need):
@@ -291,7 +292,7 @@ class Optimizer(torch.optim.Optimizer):
         if rt.own_step and owner is not None and STEP in owner:
             for i in (i for i, n in enumerate(need) if n and STEP not in entries[i]):
                 entries[i][STEP] = owner[STEP]
-        return entries
+        return entries, [i for i, n in enumerate(need) if n]
 
     def _read_state(self, rt: _GroupRuntime, entries: list[dict[str, Any] | None]) -> Any:
         owner = next(e for e in entries if e is not None)
@@ -301,8 +302,8 @@ class Optimizer(torch.optim.Optimizer):
             leaves.append(entry[slot.key] if slot.key is not None and entry else None)
         return tree_unflatten(rt.spec, leaves)
 
-    def _store(self, rt: _GroupRuntime, entries: list[dict[str, Any] | None], state: Any) -> None:
-        """Write the group's new state (and new entries) into ``self.state``."""
+    def _store(self, rt: _GroupRuntime, entries: list, fresh: list[int], state: Any) -> None:
+        """Write the group's new state, and its new or completed dicts, into ``self.state``."""
         with_state = [e for e in entries if e is not None]
         if state is not None:
             for leaf, slot in zip(tree_leaves(state), rt.slots):
@@ -319,9 +320,8 @@ class Optimizer(torch.optim.Optimizer):
             step = torch.ones((), dtype=torch.int64) if old is None else old + 1
             for entry in with_state:
                 entry[STEP] = step
-        for p, entry in zip(rt.params, entries):
-            if entry is not None and entry is not self.state.get(p):  # new, or completed
-                self.state[p] = entry
+        for i in fresh:
+            self.state[rt.params[i]] = entries[i]
         rt.check_keys = False
 
     # ------------------------------------------------------------------ step
@@ -349,14 +349,14 @@ class Optimizer(torch.optim.Optimizer):
             if any(live):
                 _check_gradients(group["params"], g)
                 rt = self._runtime(group)
-                work.append((rt, live, self._entries(rt, live)))
-        commits = [self._compute(rt, live, entries) for rt, live, entries in work]
+                work.append((rt, live, *self._entries(rt, live)))
+        commits = [self._compute(*args) for args in work]
         for commit in commits:
             commit()
         return loss
 
     def _compute(
-        self, rt: _GroupRuntime, live: list[bool], entries: list[dict[str, Any] | None]
+        self, rt: _GroupRuntime, live: list[bool], entries: list, fresh: list[int]
     ) -> Callable[[], None]:
         """The group's new state and updates, and a function that writes them in."""
         params = rt.params
@@ -368,7 +368,7 @@ class Optimizer(torch.optim.Optimizer):
                 step = None
                 if plan.kernel != "sgd":
                     step = entries[live.index(True)][STEP] + 1
-                self._store(rt, entries, None)
+                self._store(rt, entries, fresh, None)
                 run_fused_(plan, tensors, grads, state, step)
                 if step is not None:
                     for entry in entries:
@@ -380,7 +380,7 @@ class Optimizer(torch.optim.Optimizer):
         updates, state = rt.update(grads, self._read_state(rt, entries), ParamList(params))
 
         def commit() -> None:
-            self._store(rt, entries, state)
+            self._store(rt, entries, fresh, state)
             apply_updates_(list(params), list(updates))
 
         return commit
