@@ -319,7 +319,7 @@ def map_leaves(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.tree import map_leaves
+        >>> from torchopt_fn.tree._ops import map_leaves
         >>> g, m = {"w": torch.ones(2), "b": None}, {"w": torch.zeros(2), "b": torch.ones(1)}
         >>> out, new_m = map_leaves(
         ...     lambda ops, gs, ms: (ops.mul(gs, 2.0), ops.add(ms, gs)), g, m, keep=(None, 0)
