@@ -2,9 +2,9 @@
 
 Every configuration runs our chain and torch's optimizer side by side for 100 steps in
 float64 on a non-quadratic problem whose gradient is evaluated at each side's own current
-parameters, so any difference in the maths would grow along the trajectory. torch runs with
-float64 as the default dtype (its step counters and NAdam's ``mu_product`` then are float64);
-ours runs with the default float32, to show it never depends on the default dtype.
+parameters, so any difference in the maths would grow along the trajectory. Both sides run
+under one default dtype: torch keeps its scalar state (NAdam's ``mu_product``, ASGD's ``eta``
+and ``mu``) in float32 under the default float32, and so do we, rounding where it rounds.
 
 The hyperparameters are chosen where torch's own trajectory is stable under rounding: moving
 torch's parameters by 1e-15 (relative) at step 5, 20, 40, 60 or 75 moves the rest of its
@@ -158,14 +158,16 @@ class Pair:
         params: Params | None = None,
         tx: tf.GradientTransformation | None = None,
         grad_fn: Callable[[Params], Params] | None = None,
+        default: torch.dtype = torch.float32,
     ):
         sign = -1.0 if kwargs.get("maximize") else 1.0  # ascend -L when maximizing
         self.grad_fn = grad_fn or (lambda p: grads(p, sign))
+        self.default = default
         self.params = params if params is not None else init_params()
-        self.tx = tx if tx is not None else from_torch(name, **kwargs)
-        self.state = self.tx.init(self.params)
         self.torch_params = {k: torch.nn.Parameter(v.clone()) for k, v in self.params.items()}
-        with default_dtype(torch.float64):
+        with default_dtype(default):
+            self.tx = tx if tx is not None else from_torch(name, **kwargs)
+            self.state = self.tx.init(self.params)
             self.opt = getattr(torch.optim, name)(list(self.torch_params.values()), **kwargs)
         self.ours: list[Params] = []
         self.theirs: list[Params] = []
@@ -173,11 +175,12 @@ class Pair:
     def step(self, skip: tuple[str, ...] = ()) -> None:
         """One step on each side; the parameters named in ``skip`` get no gradient."""
         g = {k: None if k in skip else v for k, v in self.grad_fn(self.params).items()}
-        updates, self.state = self.tx.update(g, self.state, self.params)
+        with default_dtype(self.default):
+            updates, self.state = self.tx.update(g, self.state, self.params)
         self.params = tf.apply_updates(self.params, updates)
         for k, v in self.grad_fn({k: p.detach() for k, p in self.torch_params.items()}).items():
             self.torch_params[k].grad = None if k in skip else v
-        with default_dtype(torch.float64):
+        with default_dtype(self.default):
             self.opt.step()
         self.ours.append(self.params)
         self.theirs.append({k: p.detach().clone() for k, p in self.torch_params.items()})
@@ -198,9 +201,10 @@ class Pair:
             )
 
 
+@pytest.mark.parametrize("default", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
-def test_from_torch_follows_torch_optim_trajectory(config):
-    pair = Pair(*config)
+def test_from_torch_follows_torch_optim_trajectory(config, default):
+    pair = Pair(*config, default=default)
     for _ in range(STEPS):
         pair.step()
     pair.assert_close()
@@ -400,22 +404,17 @@ def _leaves_under(tree: Any, key: str) -> list[torch.Tensor]:
     return [leaf for path, leaf in zip(paths, leaves) if key in path]
 
 
-# Optimizers whose update does not depend on the step count (SGD's dampening only on the first).
-def _count_free(name: str, kwargs: dict[str, Any]) -> bool:
-    if name == "Adagrad":
-        return not kwargs.get("lr_decay")
-    return name in ("SGD", "RMSprop", "Adadelta", "Rprop")
-
-
 SKIPPED = (4, 5, 9)  # steps on which "b" gets no gradient
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
-def test_from_torch_none_gradient_skips_the_parameter(config):
-    """A `None` gradient leaves the parameter and its state alone; the others are unaffected."""
+def test_from_torch_none_gradient_skips_the_parameter_and_its_step(config):
+    """As in torch, a `None` gradient skips the parameter entirely: it, its state and its
+    step count stay, and when it has a gradient again its step-dependent factors (bias
+    corrections, NAdam's momentum schedule, ASGD's eta) follow its own count."""
     name, kwargs = config
     pair = Pair(name, kwargs)
-    for step in range(1, 13):
+    for step in range(1, 21):
         skip = ("b",) if step in SKIPPED else ()
         before, state_before = pair.params["b"], _leaves_under(pair.state, "b")
         pair.step(skip)
@@ -423,42 +422,34 @@ def test_from_torch_none_gradient_skips_the_parameter(config):
             assert torch.equal(pair.params["b"], before)
             for old, new in zip(state_before, _leaves_under(pair.state, "b"), strict=True):
                 assert torch.equal(old, new)
-    if not _count_free(name, kwargs):
-        # From step 6 "b" moves with the global count (see the next test), so the sides part.
-        pair.ours, pair.theirs = pair.ours[:5], pair.theirs[:5]
     pair.assert_close()
+    # Where we count steps (the algorithms whose maths reads them), per parameter, as torch.
+    ours = {k: [x for x in _leaves_under(pair.state, k) if x.dtype == torch.int64] for k in "wbs"}
+    if ours["b"]:
+        assert {k: [int(c) for c in v] for k, v in ours.items()} == {
+            "w": [20],
+            "b": [17],
+            "s": [20],
+        }
+        if name != "SGD":  # torch's SGD keeps no count (its dampening reads the buffer's absence)
+            theirs = {k: int(pair.opt.state[p]["step"]) for k, p in pair.torch_params.items()}
+            assert theirs == {"w": 20, "b": 17, "s": 20}
 
 
-def _advance_torch_step(
-    name: str, kwargs: dict[str, Any], opt: torch.optim.Optimizer, p: torch.Tensor
-) -> None:
-    """What our global count does to a parameter skipped this step, done to torch's state."""
-    state = opt.state[p]
-    state["step"] += 1
-    step = state["step"].item()
-    if name == "NAdam":
-        beta1 = kwargs.get("betas", (0.9, 0.999))[0]
-        decay = kwargs.get("momentum_decay", 4e-3)
-        state["mu_product"] *= beta1 * (1.0 - 0.5 * 0.96 ** (step * decay))
-    if name == "ASGD":
-        lr, lambd = kwargs.get("lr", 1e-2), kwargs.get("lambd", 1e-4)
-        state["eta"].fill_(lr / (1 + lambd * lr * step) ** kwargs.get("alpha", 0.75))
-        state["mu"].fill_(1 / max(1, step - kwargs.get("t0", 1e6)))
-
-
-@pytest.mark.parametrize("config", [c for c in CONFIGS if not _count_free(*c)], ids=config_id)
-def test_from_torch_none_gradient_still_counts_the_step(config):
-    """Steps are counted per `update` call, for the whole tree: a skipped parameter's
-    step-dependent factors move on as if torch's ``state[p]["step"]`` had advanced too."""
-    name, kwargs = config
-    pair = Pair(name, kwargs)
-    for step in range(1, 21):
-        skip = ("b",) if step in SKIPPED else ()
-        pair.step(skip)
-        if skip:
-            with default_dtype(torch.float64):
-                _advance_torch_step(name, kwargs, pair.opt, pair.torch_params["b"])
-    pair.assert_close()
+def test_optax_named_aliases_count_steps_for_the_whole_tree():
+    """`adam` and the other optax names keep optax's one count: a skipped leaf's bias
+    corrections move on with it (the difference from `from_torch`, docs: concepts.md)."""
+    params = {"a": torch.ones(2, dtype=torch.float64), "b": torch.ones(2, dtype=torch.float64)}
+    for tx, per_parameter in ((tf.adam(0.1), False), (from_torch("Adam", lr=0.1), True)):
+        state = tx.init(params)
+        for step in range(4):
+            g = {"a": torch.ones(2, dtype=torch.float64), "b": None if step else params["b"]}
+            _, state = tx.update(g, state, params)
+        count = state[0].count
+        if per_parameter:
+            assert (int(count["a"]), int(count["b"])) == (4, 1)
+        else:
+            assert int(count) == 4
 
 
 @pytest.mark.parametrize(

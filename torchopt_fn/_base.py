@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 import torch
 
 from torchopt_fn._scalar import Scalar, is_schedule, step_scalar
-from torchopt_fn.tree._flatten import tree_leaves
+from torchopt_fn.tree._flatten import tree_leaves, tree_map
 
 __all__ = [
     "EmptyState",
@@ -98,9 +98,23 @@ def params_device(params: Params) -> torch.device:
     return torch.device("cpu")
 
 
-def init_count(params: Params) -> torch.Tensor:
-    """A 0-d int64 step counter on the params' device."""
+def init_count(params: Params, *, per_leaf: bool = False) -> Any:
+    """A 0-d int64 step counter on the params' device.
+
+    With ``per_leaf``, a tree of them, one per leaf on the leaf's device: torch.optim counts
+    each parameter's steps, and a parameter without a gradient skips its step.
+    """
+    if per_leaf:
+        return tree_map(lambda p: torch.zeros((), dtype=torch.int64, device=p.device), params)
     return torch.zeros((), dtype=torch.int64, device=params_device(params))
+
+
+def torch_scalar_dtype() -> torch.dtype:
+    """The dtype torch.optim gives its scalar state (``step``, NAdam's ``mu_product``, ...).
+
+    float64 under a float64 default dtype, else float32, whatever the parameters' dtype.
+    """
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def value_at(value: ScalarOrSchedule, count: torch.Tensor) -> Any:

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn._base import GradientTransformation
-from torchopt_fn.tree._ops import map_leaves
+from torchopt_fn.tree._math import next_count, walked_count
+from torchopt_fn.tree._ops import map_leaves, scalar_shape
 
 __all__ = [
     "DenseLayout",
@@ -176,12 +177,12 @@ def run_fused_(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
     state: list[list[torch.Tensor]],
-    step: torch.Tensor | None,
+    steps: list[torch.Tensor] | None,
 ) -> None:
     """Run ``plan``'s kernel in place; ``state`` lists the tensors of `FusedPlan.state_keys`.
 
-    ``step`` is the new step count (after this step), read by the Adam kernels. The caller
-    has checked `fusable` on ``params``, ``grads`` and ``state``.
+    ``steps`` are each parameter's new step count (after this step), read by the Adam
+    kernels. The caller has checked `fusable` on ``params``, ``grads`` and ``state``.
     """
     o = plan.options
     if plan.kernel == "sgd":
@@ -200,14 +201,16 @@ def run_fused_(
         )
         return
     kernel = torch._fused_adamw_ if plan.kernel == "adamw" else torch._fused_adam_
-    steps = step.to(device=params[0].device, dtype=torch.float32)
+    assert steps is not None and len(steps) == len(params)
+    # The kernel reads float32 counts on the parameters' device: one conversion for all.
+    floats = torch.stack(steps).to(device=params[0].device, dtype=torch.float32).unbind()
     kernel(
         params,
         grads,
         state[0],
         state[1],
         state[2] if o["amsgrad"] else [],
-        [steps] * len(params),
+        list(floats),
         lr=o["lr"],
         beta1=o["beta1"],
         beta2=o["beta2"],
@@ -266,25 +269,33 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
         if len(state) == 0 or (decay and params is None):
             return tx.update(updates, state, params, **extra_args)  # it raises the error
         adam_state = state[0]
-        count = adam_state.count + 1
+        # `from_torch` counts per parameter: a tree of counts (one tensor is a shared count,
+        # or the count of a one-leaf tree, where the two agree).
+        per_leaf = not isinstance(adam_state.count, torch.Tensor)
 
-        def fused(ops, gs, mus, nus, *ps):
+        def fused(ops, gs, mus, nus, count, *ps):
             tensors = [*gs, *mus, *nus, *(ps[0] if ps else ())]
             if not gs or not _eager_plain(tensors) or not fusable(gs, mus, nus, *ps):
                 return None
+            count = next_count(count)
             new_mus = [m.clone() for m in mus]
             new_nus = [v.clone() for v in nus]
             # The kernel subtracts lr * m_hat / denom from `out`: start it at the decay term,
             # or at 0 * g (NaN where g is not finite, as the generic update is there).
             out = list(torch._foreach_mul(ps[0] if ps else gs, -o["lr"] * decay))
-            run_fused_(adam_only, out, gs, [new_mus, new_nus], count)
-            return out, new_mus, new_nus
+            steps = count if per_leaf else [count] * len(gs)
+            run_fused_(adam_only, out, gs, [new_mus, new_nus], steps)
+            return out, new_mus, new_nus, count
 
-        others = (adam_state.mu, adam_state.nu) + ((params,) if decay else ())
-        result = map_leaves(fused, updates, *others, keep=(None, 0, 1), what="update")
+        others = (adam_state.mu, adam_state.nu, walked_count(adam_state.count, per_leaf))
+        if decay:
+            others += (params,)
+        result = map_leaves(
+            fused, updates, *others, keep=(None, 0, 1, 2), shapes={2: scalar_shape}, what="update"
+        )
         if result is None:
             return tx.update(updates, state, params, **extra_args)
-        new_updates, mu, nu = result
+        new_updates, mu, nu, count = result
         return new_updates, (adam_state._replace(count=count, mu=mu, nu=nu), *state[1:])
 
     return attach_plan(GradientTransformation(tx.init, update_fn), plan)

@@ -41,6 +41,10 @@ Options = dict[str, Any]
 _IMPLEMENTATION_FLAGS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 
 
+# torch.optim counts each parameter's steps: one without a gradient skips its step.
+PER_PARAMETER = {"per_leaf_count": True}
+
+
 def _nonzero(value: Any) -> bool:
     """Whether an optional stage is needed; a tensor always is (its value may change later)."""
     return isinstance(value, torch.Tensor) or value != 0
@@ -73,14 +77,14 @@ def _sgd(o: Options) -> list[GradientTransformation]:
     if not _nonzero(o["momentum"]):
         return _with_l2(o)
     if _nonzero(o["dampening"]):
-        return _with_l2(o, scale_by_torch_momentum(o["momentum"], o["dampening"]))
+        return _with_l2(o, scale_by_torch_momentum(o["momentum"], o["dampening"], **PER_PARAMETER))
     return _with_l2(o, trace(o["momentum"], nesterov=o["nesterov"]))
 
 
 def _adam(o: Options, decoupled: bool) -> list[GradientTransformation]:
     b1, b2 = o["betas"]
     core = scale_by_torch_amsgrad if o["amsgrad"] else scale_by_adam
-    return _with_weight_decay(o, core(b1, b2, o["eps"]), decoupled)
+    return _with_weight_decay(o, core(b1, b2, o["eps"], **PER_PARAMETER), decoupled)
 
 
 def _rmsprop(o: Options) -> list[GradientTransformation]:
@@ -106,24 +110,29 @@ _BUILDERS: dict[str, tuple[Builder, str]] = {
     "NAdam": (
         lambda o: _with_weight_decay(
             o,
-            scale_by_torch_nadam(*o["betas"], o["eps"], o["momentum_decay"]),
+            scale_by_torch_nadam(*o["betas"], o["eps"], o["momentum_decay"], **PER_PARAMETER),
             o["decoupled_weight_decay"],
         ),
         "lr betas eps weight_decay momentum_decay decoupled_weight_decay maximize",
     ),
     "RAdam": (
         lambda o: _with_weight_decay(
-            o, scale_by_torch_radam(*o["betas"], o["eps"]), o["decoupled_weight_decay"]
+            o,
+            scale_by_torch_radam(*o["betas"], o["eps"], **PER_PARAMETER),
+            o["decoupled_weight_decay"],
         ),
         "lr betas eps weight_decay decoupled_weight_decay maximize",
     ),
     "Adamax": (
-        lambda o: _with_l2(o, scale_by_adamax(*o["betas"], o["eps"])),
+        lambda o: _with_l2(o, scale_by_adamax(*o["betas"], o["eps"], **PER_PARAMETER)),
         "lr betas eps weight_decay maximize",
     ),
     "Adagrad": (
         lambda o: _with_l2(
-            o, scale_by_torch_adagrad(o["initial_accumulator_value"], o["eps"], o["lr_decay"])
+            o,
+            scale_by_torch_adagrad(
+                o["initial_accumulator_value"], o["eps"], o["lr_decay"], **PER_PARAMETER
+            ),
         ),
         "lr lr_decay weight_decay initial_accumulator_value eps maximize",
     ),
@@ -140,7 +149,7 @@ _BUILDERS: dict[str, tuple[Builder, str]] = {
         lambda o: [
             *_maximize(o),
             *_l2(o),
-            scale_by_torch_asgd(o["lr"], o["lambd"], o["alpha"], o["t0"]),
+            scale_by_torch_asgd(o["lr"], o["lambd"], o["alpha"], o["t0"], **PER_PARAMETER),
         ],
         "lr lambd alpha t0 weight_decay maximize",
     ),
@@ -274,14 +283,13 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     the learning rate once, at ``init`` (as torch does); ASGD uses the current step's value
     in $\eta_t$ (torch's lags one step behind its scheduler).
 
-    Steps are counted per `update` call, for the whole tree, as in optax. torch counts each
-    parameter's steps and skips a parameter whose ``grad`` is `None`. Here a `None` gradient
-    also leaves that parameter and its state unchanged, but the step still counts: when the
-    parameter has a gradient again, its step-dependent factors (bias corrections, NAdam's
-    momentum schedule, Adagrad's ``lr_decay``, ASGD's $\eta_t$ and averaging weight) are those
-    of the global step, as if torch's ``state[p]["step"]`` had advanced with the others. SGD
-    with dampening treats the first `update` call as every parameter's first step. The
-    trajectories agree whenever every parameter has a gradient on every step.
+    Steps are counted per parameter, as torch counts them (``per_leaf_count=True`` in the
+    transforms that count): a `None` gradient skips its parameter entirely, leaving the
+    parameter, its state and its step count as they were, so trajectories agree with torch's
+    when some parameters have no gradient on some steps (a frozen layer, an unused expert).
+    The optax-named optimizers (`adam`, ...) keep optax's one count for the whole tree.
+    Scalar state that torch keeps in its scalar dtype (NAdam's ``mu_product``, ASGD's ``eta``
+    and ``mu``) is kept in that dtype here too: float32 under the default dtype.
 
     Complex parameters are optimised as pairs of real numbers, as torch.optim does.
     ``foreach``, ``fused``, ``capturable`` and ``differentiable`` choose torch's kernels, not

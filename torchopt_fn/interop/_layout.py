@@ -14,16 +14,11 @@ import torch
 
 from torchopt_fn.tree._flatten import ParamList, leaf_trails
 
-__all__ = ["STEP", "Slot", "as_state", "meta", "state_layout", "torch_step_dtype"]
+__all__ = ["STEP", "Slot", "as_state", "meta", "state_layout"]
 
 # torch.optim keeps a `step` for every algorithm but SGD; where the transformation has no
 # counter of its own, the adapter keeps one, so checkpoints move between the two.
 STEP = "step"
-
-
-def torch_step_dtype() -> torch.dtype:
-    """The dtype torch.optim gives ``step``: float32, or float64 under a float64 default."""
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 class Slot(NamedTuple):

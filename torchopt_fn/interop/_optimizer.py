@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
-from torchopt_fn._base import GradientTransformation
+from torchopt_fn._base import GradientTransformation, torch_scalar_dtype
 from torchopt_fn._fused import DenseLayout, FusedPlan, dense_layout, fused_plan, run_fused_
 from torchopt_fn._record import rebuild
 from torchopt_fn._update import apply_updates_
 from torchopt_fn.interop._hyperparams import hyperparams, is_number, mirrored
-from torchopt_fn.interop._layout import STEP, Slot, as_state, meta, state_layout, torch_step_dtype
+from torchopt_fn.interop._layout import STEP, Slot, as_state, meta, state_layout
 from torchopt_fn.tree._flatten import ParamList, tree_leaves, tree_unflatten
 
 __all__ = ["Optimizer"]
@@ -72,6 +72,12 @@ class _GroupRuntime:
     def own_step(self) -> bool:
         """Whether the adapter keeps ``step`` itself (the transformation has no counter)."""
         return STEP not in self.keys
+
+    @property
+    def steps_per_param(self) -> bool:
+        """Whether each parameter has its own ``step`` (the adapter's own, as torch keeps it,
+        or a transformation's per-leaf count); otherwise the group shares one."""
+        return all(s.index is not None for s in self.slots if s.key == STEP)
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -289,9 +295,6 @@ class Optimizer(torch.optim.Optimizer):
             for i in targets:
                 if need[i] and slot.key not in entries[i]:
                     entries[i][slot.key] = value
-        if rt.own_step and owner is not None and STEP in owner:
-            for i in (i for i, n in enumerate(need) if n and STEP not in entries[i]):
-                entries[i][STEP] = owner[STEP]
         return entries, [i for i, n in enumerate(need) if n]
 
     def _read_state(self, rt: _GroupRuntime, entries: list[dict[str, Any] | None]) -> Any:
@@ -302,7 +305,9 @@ class Optimizer(torch.optim.Optimizer):
             leaves.append(entry[slot.key] if slot.key is not None and entry else None)
         return tree_unflatten(rt.spec, leaves)
 
-    def _store(self, rt: _GroupRuntime, entries: list, fresh: list[int], state: Any) -> None:
+    def _store(
+        self, rt: _GroupRuntime, entries: list, live: list[bool], fresh: list[int], state: Any
+    ) -> None:
         """Write the group's new state, and its new or completed dicts, into ``self.state``."""
         with_state = [e for e in entries if e is not None]
         if state is not None:
@@ -315,11 +320,7 @@ class Optimizer(torch.optim.Optimizer):
                 elif entries[slot.index] is not None:
                     entries[slot.index][slot.key] = leaf
         if rt.own_step:
-            # torch.optim.SGD keeps no step: its checkpoints load without one.
-            old = next((e[STEP] for e in with_state if STEP in e), None)
-            step = torch.ones((), dtype=torch.int64) if old is None else old + 1
-            for entry in with_state:
-                entry[STEP] = step
+            _advance_steps(entries, live, per_param=True)
         for i in fresh:
             self.state[rt.params[i]] = entries[i]
         rt.check_keys = False
@@ -365,22 +366,18 @@ class Optimizer(torch.optim.Optimizer):
             plan, tensors, grads, state = fused
 
             def commit_fused() -> None:
-                step = None
+                self._store(rt, entries, live, fresh, None)
+                steps = None
                 if plan.kernel != "sgd":
-                    step = entries[live.index(True)][STEP] + 1
-                self._store(rt, entries, fresh, None)
-                run_fused_(plan, tensors, grads, state, step)
-                if step is not None:
-                    for entry in entries:
-                        if entry is not None:
-                            entry[STEP] = step
+                    steps = _advance_steps(entries, live, per_param=rt.steps_per_param)
+                run_fused_(plan, tensors, grads, state, steps)
 
             return commit_fused
         grads = ParamList(p.grad for p in params)
         updates, state = rt.update(grads, self._read_state(rt, entries), ParamList(params))
 
         def commit() -> None:
-            self._store(rt, entries, fresh, state)
+            self._store(rt, entries, live, fresh, state)
             apply_updates_(list(params), list(updates))
 
         return commit
@@ -439,7 +436,7 @@ class Optimizer(torch.optim.Optimizer):
                 if not isinstance(value, torch.Tensor):
                     continue
                 if key == STEP and not value.is_floating_point():
-                    value = entry[key] = value.to(torch_step_dtype())
+                    value = entry[key] = value.to(torch_scalar_dtype())
                 if id(value) in seen:
                     entry[key] = value.clone()
                 seen.add(id(value))
@@ -543,6 +540,30 @@ class Optimizer(torch.optim.Optimizer):
                             f"has shape {shape}, expected {slot.shape}."
                         )
         return runtimes
+
+
+def _advance_steps(entries: list, live: list[bool], per_param: bool) -> list[torch.Tensor]:
+    """Add one to ``step``: each live parameter's, or the group's (in every dict that has one).
+
+    A parameter without a ``step`` (a torch.optim.SGD checkpoint has none) starts at 1.
+    Returns the new ``step`` of each live parameter.
+    """
+    if not per_param:
+        with_state = [e for e in entries if e is not None]
+        old = next((e[STEP] for e in with_state if STEP in e), None)
+        new = torch.ones((), dtype=torch.int64) if old is None else old + 1
+        for entry in with_state:
+            entry[STEP] = new
+        return [new] * sum(live)
+    targets = [e for e, is_live in zip(entries, live) if is_live]
+    olds = [e.get(STEP) for e in targets]
+    if None not in olds and len({o.device for o in olds}) == 1:
+        news = list((torch.stack(olds) + 1).unbind())  # one addition for all
+    else:
+        news = [torch.ones((), dtype=torch.int64) if o is None else o + 1 for o in olds]
+    for entry, new in zip(targets, news):
+        entry[STEP] = new
+    return news
 
 
 def _structure(key: tuple) -> tuple:

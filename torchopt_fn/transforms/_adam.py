@@ -17,15 +17,18 @@ from torchopt_fn._base import GradientTransformation, Scalar, init_count, torch_
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_in_range, check_non_negative, check_positive
 from torchopt_fn.tree._math import (
+    Count,
     bias_correction,
     bias_factor,
     infinity_moment,
     moment,
+    next_count,
     reject_complex,
     tree_full_like,
     tree_zeros_like,
+    walked_count,
 )
-from torchopt_fn.tree._ops import Ops, cast_like, map_leaves
+from torchopt_fn.tree._ops import Ops, cast_like, map_leaves, scalar_shape
 
 __all__ = [
     "ScaleByAdamState",
@@ -46,33 +49,34 @@ __all__ = [
 # --------------------------------------------------------------------------- shared pieces
 
 
-def corrections(ops: Ops, xs: list, b1: Scalar, b2: Scalar, count: torch.Tensor) -> tuple:
+def corrections(ops: Ops, xs: list, b1: Scalar, b2: Scalar, count: Count) -> tuple:
     r"""Adam's bias corrections $(1-\beta_1^t, 1-\beta_2^t, \sqrt{1-\beta_2^t})$ for ``xs``.
 
-    Each is one scalar, or (for leaves of several dtypes) a list with one per leaf.
+    Each is one scalar, or (for leaves of several dtypes, or per-leaf counts) a list with one
+    per leaf.
     """
 
-    def make(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
-        bc2 = bias_factor(b2, count, dtype, device)
-        return bias_factor(b1, count, dtype, device), bc2, torch.sqrt(bc2)
+    def make(t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> tuple:
+        bc2 = bias_factor(b2, t, dtype, device)
+        return bias_factor(b1, t, dtype, device), bc2, torch.sqrt(bc2)
 
-    return ops.scalar(xs, make)
+    return ops.scalar(xs, make, count)
 
 
-def nesterov_mu_hat(ops: Ops, gs: list, mus: list, b1: Scalar, count: torch.Tensor) -> list:
+def nesterov_mu_hat(ops: Ops, gs: list, mus: list, b1: Scalar, count: Count) -> list:
     r"""NAdam's look-ahead $\beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)$,
     as new tensors in the updates' dtypes."""
 
-    def make(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        ahead = bias_factor(b1, count + 1, dtype, device)
-        return b1 / ahead, (1 - b1) / bias_factor(b1, count, dtype, device)
+    def make(t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> tuple:
+        ahead = bias_factor(b1, t + 1, dtype, device)
+        return b1 / ahead, (1 - b1) / bias_factor(b1, t, dtype, device)
 
-    c_mu, c_g = ops.scalar(gs, make)
+    c_mu, c_g = ops.scalar(gs, make, count)
     return ops.add_(cast_like(ops.mul(mus, c_mu), gs), ops.mul(gs, c_g))
 
 
 def first_moment_hat(
-    ops: Ops, gs: list, mus: list, b1: Scalar, count: torch.Tensor, nesterov: bool
+    ops: Ops, gs: list, mus: list, b1: Scalar, count: Count, nesterov: bool
 ) -> list:
     r"""$\hat m_t = m_t / (1-\beta_1^t)$, or with ``nesterov`` NAdam's look-ahead; new tensors."""
     if nesterov:
@@ -116,7 +120,7 @@ def adam_direction(
 def radam_rectifier(
     b2: Scalar, count: torch.Tensor, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""RAdam's $(\rho_t, r_t)$ at step $t$ = ``count``, as 0-d tensors of ``dtype``.
+    r"""RAdam's $(\rho_t, r_t)$ at step $t$ = ``count``, as tensors of ``dtype`` (count-shaped).
 
     $\rho_\infty = 2/(1-\beta_2) - 1$, $\rho_t = \rho_\infty - 2t\beta_2^t/(1-\beta_2^t)$ and
     $r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}$.
@@ -158,10 +162,14 @@ class ScaleByAdamState(NamedTuple):
     torch_keys = torch_names(count="step", mu="exp_avg", nu="exp_avg_sq")
 
 
-def _adam_init(mu_dtype: torch.dtype | None = None, nu_dtype: torch.dtype | None = None):
+def _adam_init(
+    mu_dtype: torch.dtype | None = None,
+    nu_dtype: torch.dtype | None = None,
+    per_leaf_count: bool = False,
+):
     def init_fn(params):
         return ScaleByAdamState(
-            count=init_count(params),
+            count=init_count(params, per_leaf=per_leaf_count),
             mu=tree_zeros_like(params, dtype=mu_dtype),
             nu=tree_zeros_like(params, dtype=nu_dtype),
         )
@@ -179,6 +187,7 @@ def scale_by_adam(
     *,
     nesterov: bool = False,
     nu_dtype: torch.dtype | None = None,
+    per_leaf_count: bool = False,
 ) -> GradientTransformation:
     r"""Rescale updates by Adam's bias-corrected moment estimates.
 
@@ -197,6 +206,9 @@ def scale_by_adam(
         mu_dtype: dtype of the first moment (default: the params').
         nesterov: use Nesterov momentum (NAdam).
         nu_dtype: dtype of the second moment (default: the params'); optax lacks it.
+        per_leaf_count: count each leaf's steps, as torch.optim counts each parameter's: a
+            leaf whose update is `None` skips the step (its count stays, and its bias
+            corrections follow its own count). Default: one count, as in optax.
 
     Returns:
         A `GradientTransformation` with state `ScaleByAdamState`.
@@ -222,10 +234,10 @@ def scale_by_adam(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        count = state.count + 1
 
-        def step(ops, gs, mus, nus):
+        def step(ops, gs, mus, nus, count):
             reject_complex(gs, "scale_by_adam")
+            count = next_count(count)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
             bc1, bc2, sqrt_bc2 = corrections(ops, mus, b1, b2, count)
@@ -236,14 +248,21 @@ def scale_by_adam(
                 )
             else:
                 out = adam_direction(ops, mus, nus, eps, eps_root, (bc1, bc2, sqrt_bc2))
-            return out, mus, nus
+            return out, mus, nus, count
 
-        out, mu, nu = map_leaves(
-            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_adam"
+        out, mu, nu, count = map_leaves(
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            walked_count(state.count, per_leaf_count),
+            keep=(None, 0, 1, 2),
+            shapes={2: scalar_shape},
+            what="scale_by_adam",
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
-    return GradientTransformation(_adam_init(mu_dtype, nu_dtype), update_fn)
+    return GradientTransformation(_adam_init(mu_dtype, nu_dtype, per_leaf_count), update_fn)
 
 
 # --------------------------------------------------------------------------- AMSGrad
@@ -376,6 +395,8 @@ def scale_by_adamax(
     b1: Scalar = 0.9,
     b2: Scalar = 0.999,
     eps: Scalar = 1e-8,
+    *,
+    per_leaf_count: bool = False,
 ) -> GradientTransformation:
     r"""Rescale updates by Adamax, Adam with an infinity-norm second moment.
 
@@ -386,6 +407,7 @@ def scale_by_adamax(
         b1: decay of the first moment, in ``[0, 1)``.
         b2: decay of the infinity moment, in ``[0, 1]``.
         eps: added to $|g_t|$ so the denominator is positive; must be ``>= 0``.
+        per_leaf_count: count each leaf's steps, as torch.optim does (see `scale_by_adam`).
 
     Returns:
         A `GradientTransformation` whose state is a `ScaleByAdamState` (``nu`` holds the
@@ -413,20 +435,27 @@ def scale_by_adamax(
     check_non_negative("eps", eps)
 
     def init_fn(params):
-        return ScaleByAdamaxState(*_adam_init()(params))
+        return ScaleByAdamaxState(*_adam_init(per_leaf_count=per_leaf_count)(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        count = state.count + 1
 
-        def step(ops, gs, mus, nus):
+        def step(ops, gs, mus, nus, count):
             reject_complex(gs, "scale_by_adamax")
+            count = next_count(count)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = infinity_moment(ops, gs, nus, b2, eps)
-            return ops.div_(bias_correction(ops, mus, b1, count), nus), mus, nus
+            return ops.div_(bias_correction(ops, mus, b1, count), nus), mus, nus, count
 
-        out, mu, nu = map_leaves(
-            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_adamax"
+        out, mu, nu, count = map_leaves(
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            walked_count(state.count, per_leaf_count),
+            keep=(None, 0, 1, 2),
+            shapes={2: scalar_shape},
+            what="scale_by_adamax",
         )
         return out, ScaleByAdamaxState(count=count, mu=mu, nu=nu)
 
@@ -502,7 +531,7 @@ def scale_by_radam(
             nus = moment(ops, gs, nus, b2, order=2)
             mu_hat = first_moment_hat(ops, gs, mus, b1, count, nesterov)
             _, bc2, sqrt_bc2 = corrections(ops, mus, b1, b2, count)
-            rho, r = ops.scalar(mu_hat, lambda dt, dev: radam_rectifier(b2, count, dt, dev))
+            rho, r = ops.scalar(mu_hat, lambda t, dt, dev: radam_rectifier(b2, t, dt, dev), count)
             adaptive = adam_direction(ops, mu_hat, nus, eps, eps_root, (None, bc2, sqrt_bc2))
             rectify = (
                 rho >= threshold if not isinstance(rho, list) else [x >= threshold for x in rho]

@@ -21,23 +21,27 @@ from torchopt_fn._base import (
     init_count,
     params_device,
     torch_names,
+    torch_scalar_dtype,
     value_at,
 )
 from torchopt_fn._combine import chain
 from torchopt_fn._record import record_hyperparams
+from torchopt_fn._scalar import is_schedule
 from torchopt_fn._validate import check_in_range, check_non_negative, check_number, require_params
 from torchopt_fn.transforms._adam import radam_rectifier
 from torchopt_fn.transforms._scaling import scale
 from torchopt_fn.transforms._sign import scale_by_rprop
+from torchopt_fn.tree._flatten import tree_map
 from torchopt_fn.tree._math import (
     bias_factor,
     moment,
+    next_count,
     reject_complex,
-    tree_float_dtype,
     tree_full_like,
     tree_zeros_like,
+    walked_count,
 )
-from torchopt_fn.tree._ops import cast_like, map_leaves
+from torchopt_fn.tree._ops import cast_like, map_leaves, scalar_shape, widest_dtype
 
 __all__ = [
     "ScaleByTorchAdagradState",
@@ -61,6 +65,17 @@ def _t(value: Scalar, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(value, dtype=dtype, device=device)
 
 
+def _torch_scalar(params: Any, value: Any, per_leaf: bool) -> Any:
+    """Scalar state as torch.optim keeps it: a 0-d tensor in its scalar dtype (float32 under
+    the default dtype, whatever the parameters'), one per leaf or one for all."""
+
+    def make(p: torch.Tensor | None) -> torch.Tensor:
+        device = p.device if p is not None else params_device(params)
+        return torch.as_tensor(value, device=device).to(torch_scalar_dtype()).clone()
+
+    return tree_map(make, params) if per_leaf else make(None)
+
+
 class ScaleByTorchMomentumState(NamedTuple):
     """State of `scale_by_torch_momentum`: the step count and the momentum buffer.
 
@@ -70,10 +85,13 @@ class ScaleByTorchMomentumState(NamedTuple):
         ScaleByTorchMomentumState(count=tensor(0), trace={'w': tensor([0., 0.])})
     """
 
-    count: torch.Tensor
+    count: Any
     trace: Any
 
-    torch_keys = torch_names(trace="momentum_buffer")
+    # torch.optim.SGD keeps no count, only the buffer; a parameter with a buffer in its
+    # checkpoint has taken a step, which is all this count says (`Optimizer` fills it in).
+    torch_keys = torch_names(count="step", trace="momentum_buffer")
+    torch_fill = torch_names(count=1)
 
 
 @record_hyperparams
@@ -81,6 +99,8 @@ def scale_by_torch_momentum(
     decay: Scalar,
     dampening: Scalar = 0.0,
     accumulator_dtype: torch.dtype | None = None,
+    *,
+    per_leaf_count: bool = False,
 ) -> GradientTransformation:
     r"""`torch.optim.SGD`'s momentum buffer, dampening included.
 
@@ -91,6 +111,8 @@ def scale_by_torch_momentum(
         decay: the momentum $\mu \ge 0$.
         dampening: the dampening $d$ (torch does not restrict it).
         accumulator_dtype: dtype of the buffer (default: the params').
+        per_leaf_count: count each leaf's steps, as torch.optim does: a leaf's first update
+            that is not `None` is its first step.
 
     Returns:
         A `GradientTransformation` with state `ScaleByTorchMomentumState`.
@@ -115,25 +137,33 @@ def scale_by_torch_momentum(
 
     def init_fn(params):
         return ScaleByTorchMomentumState(
-            count=init_count(params), trace=tree_zeros_like(params, dtype=accumulator_dtype)
+            count=init_count(params, per_leaf=per_leaf_count),
+            trace=tree_zeros_like(params, dtype=accumulator_dtype),
         )
+
+    def weight(count: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The gradient's weight: 1 on the first step, 1 - d afterwards (exact)."""
+        started = (count != 0).to(device=device, dtype=dtype)
+        return 1 - _t(dampening, dtype, device) * started
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        # The gradient's weight: 1 on the first step, 1 - d afterwards (exact in floating point).
-        started = state.count != 0
 
-        def step(ops, gs, ts):
-            weights = ops.scalar(
-                ts, lambda dt, dev: 1 - _t(dampening, dt, dev) * started.to(device=dev, dtype=dt)
-            )
+        def step(ops, gs, ts, count):
+            weights = ops.scalar(ts, weight, count)
             ts = ops.add(ops.mul(ts, decay), ops.mul(cast_like(gs, ts), weights))
-            return ts, ts
+            return ts, ts, next_count(count)
 
-        out, trace = map_leaves(
-            step, updates, state.trace, keep=(None, 0), what="scale_by_torch_momentum"
+        out, trace, count = map_leaves(
+            step,
+            updates,
+            state.trace,
+            walked_count(state.count, per_leaf_count),
+            keep=(None, 0, 1),
+            shapes={1: scalar_shape},
+            what="scale_by_torch_momentum",
         )
-        return out, ScaleByTorchMomentumState(count=state.count + 1, trace=trace)
+        return out, ScaleByTorchMomentumState(count=count, trace=trace)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -148,7 +178,7 @@ class ScaleByTorchAmsgradState(NamedTuple):
         nu_max={'w': tensor([0.])})
     """
 
-    count: torch.Tensor
+    count: Any
     mu: Any
     nu: Any
     nu_max: Any
@@ -161,6 +191,8 @@ def scale_by_torch_amsgrad(
     b1: Scalar = 0.9,
     b2: Scalar = 0.999,
     eps: Scalar = 1e-8,
+    *,
+    per_leaf_count: bool = False,
 ) -> GradientTransformation:
     r"""AMSGrad as in `torch.optim.Adam(amsgrad=True)`: the maximum of the *raw* second moment.
 
@@ -174,6 +206,7 @@ def scale_by_torch_amsgrad(
         b1: decay of the first moment, in ``[0, 1)``.
         b2: decay of the second moment, in ``[0, 1)``.
         eps: added to the denominator outside the square root.
+        per_leaf_count: count each leaf's steps, as torch.optim does (see `scale_by_adam`).
 
     Returns:
         A `GradientTransformation` with state `ScaleByTorchAmsgradState`.
@@ -201,35 +234,37 @@ def scale_by_torch_amsgrad(
 
     def init_fn(params):
         return ScaleByTorchAmsgradState(
-            count=init_count(params),
+            count=init_count(params, per_leaf=per_leaf_count),
             mu=tree_zeros_like(params),
             nu=tree_zeros_like(params),
             nu_max=tree_zeros_like(params),
         )
 
+    def corrections(t: torch.Tensor, dt: torch.dtype, dev: torch.device) -> tuple:
+        return bias_factor(b1, t, dt, dev), torch.sqrt(bias_factor(b2, t, dt, dev))
+
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        count = state.count + 1
 
-        def corrections(dt, dev):
-            return bias_factor(b1, count, dt, dev), torch.sqrt(bias_factor(b2, count, dt, dev))
-
-        def step(ops, gs, mus, nus, maxima):
+        def step(ops, gs, mus, nus, maxima, count):
             reject_complex(gs, "scale_by_torch_amsgrad")
+            count = next_count(count)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
             maxima = ops.maximum(maxima, nus)
-            bc1, sqrt_bc2 = ops.scalar(mus, corrections)
+            bc1, sqrt_bc2 = ops.scalar(mus, corrections, count)
             denominators = ops.add_(ops.div_(ops.sqrt(maxima), sqrt_bc2), eps)
-            return ops.div_(ops.div(mus, bc1), denominators), mus, nus, maxima
+            return ops.div_(ops.div(mus, bc1), denominators), mus, nus, maxima, count
 
-        out, mu, nu, nu_max = map_leaves(
+        out, mu, nu, nu_max, count = map_leaves(
             step,
             updates,
             state.mu,
             state.nu,
             state.nu_max,
-            keep=(None, 0, 1, 2),
+            walked_count(state.count, per_leaf_count),
+            keep=(None, 0, 1, 2, 3),
+            shapes={3: scalar_shape},
             what="scale_by_torch_amsgrad",
         )
         return out, ScaleByTorchAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
@@ -247,8 +282,8 @@ class ScaleByTorchNadamState(NamedTuple):
         nu={'w': tensor([0.])})
     """
 
-    count: torch.Tensor
-    mu_product: torch.Tensor
+    count: Any
+    mu_product: Any
     mu: Any
     nu: Any
 
@@ -261,6 +296,8 @@ def scale_by_torch_nadam(
     b2: Scalar = 0.999,
     eps: Scalar = 1e-8,
     momentum_decay: Scalar = 4e-3,
+    *,
+    per_leaf_count: bool = False,
 ) -> GradientTransformation:
     r"""NAdam with `torch.optim.NAdam`'s momentum schedule (Dozat's $\mu_t$).
 
@@ -275,6 +312,8 @@ def scale_by_torch_nadam(
         b2: decay of the second moment, in ``[0, 1)``.
         eps: added to the denominator outside the square root.
         momentum_decay: $\psi \ge 0$, how fast $\mu_t$ approaches $\beta_1$.
+        per_leaf_count: count each leaf's steps and keep each leaf's $\Pi_t$, as torch.optim
+            does (see `scale_by_adam`).
 
     Returns:
         A `GradientTransformation` with state `ScaleByTorchNadamState`.
@@ -303,39 +342,56 @@ def scale_by_torch_nadam(
 
     def init_fn(params):
         return ScaleByTorchNadamState(
-            count=init_count(params),
-            mu_product=torch.ones((), dtype=tree_float_dtype(params), device=params_device(params)),
+            count=init_count(params, per_leaf=per_leaf_count),
+            mu_product=_torch_scalar(params, 1.0, per_leaf_count),
             mu=tree_zeros_like(params),
             nu=tree_zeros_like(params),
         )
 
+    def mu_at(t: torch.Tensor, dt: torch.dtype, dev: torch.device) -> torch.Tensor:
+        r"""$\mu_t = \beta_1 (1 - \tfrac12 \cdot 0.96^{t\psi})$ in ``dt``."""
+        base, psi = _t(0.96, dt, dev), _t(momentum_decay, dt, dev)
+        return b1 * (1.0 - 0.5 * torch.pow(base, t.to(device=dev, dtype=dt) * psi))
+
+    def advance(t: torch.Tensor, product: torch.Tensor, dt: torch.dtype, dev: torch.device):
+        r"""$\Pi_t = \Pi_{t-1}\mu_t$, rounded to the product's own dtype, as torch does."""
+        return product.to(dev) * mu_at(t, dt, dev).to(product.dtype)
+
+    def scalars(t: torch.Tensor, product: torch.Tensor, dt: torch.dtype, dev: torch.device):
+        r"""$(1-\beta_2^t, (1-\mu_t)/(1-\Pi_t), \mu_{t+1}/(1-\Pi_t\mu_{t+1}))$."""
+        mu_t, mu_next, rounded = mu_at(t, dt, dev), mu_at(t + 1, dt, dev), product.to(dev, dt)
+        coef_g = (1.0 - mu_t) / (1.0 - rounded)
+        coef_m = mu_next / (1.0 - rounded * mu_next)
+        return bias_factor(b2, t, dt, dev), coef_g, coef_m
+
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        count = state.count + 1
-        dtype, device = state.mu_product.dtype, state.mu_product.device
-        t = count.to(device=device, dtype=dtype)
-        base = _t(0.96, dtype, device)
-        psi = _t(momentum_decay, dtype, device)
-        mu_t = b1 * (1.0 - 0.5 * torch.pow(base, t * psi))
-        mu_next = b1 * (1.0 - 0.5 * torch.pow(base, (t + 1) * psi))
-        mu_product = state.mu_product * mu_t
-        coef_g = (1.0 - mu_t) / (1.0 - mu_product)
-        coef_m = mu_next / (1.0 - mu_product * mu_next)
 
-        def scalars(dt, dev):
-            return bias_factor(b2, count, dt, dev), coef_g.to(dev, dt), coef_m.to(dev, dt)
-
-        def step(ops, gs, mus, nus):
+        def step(ops, gs, mus, nus, count, products):
             reject_complex(gs, "scale_by_torch_nadam")
+            count = next_count(count)
+            if isinstance(products, list):
+                products = ops.scalar(mus, advance, count, products)
+            else:  # one product for all leaves, in the precision of the widest
+                products = advance(count, products, widest_dtype(mus), products.device)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
-            bc2, cg, cm = ops.scalar(mus, scalars)
+            bc2, cg, cm = ops.scalar(mus, scalars, count, products)
             denominators = ops.add_(ops.sqrt_(ops.div(nus, bc2)), eps)
             from_g = ops.mul_(ops.div(cast_like(gs, mus), denominators), cg)
-            return ops.add_(from_g, ops.mul_(ops.div(mus, denominators), cm)), mus, nus
+            out = ops.add_(from_g, ops.mul_(ops.div(mus, denominators), cm))
+            return out, mus, nus, count, products
 
-        out, mu, nu = map_leaves(
-            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_torch_nadam"
+        out, mu, nu, count, mu_product = map_leaves(
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            walked_count(state.count, per_leaf_count),
+            walked_count(state.mu_product, per_leaf_count),
+            keep=(None, 0, 1, 2, 3),
+            shapes={2: scalar_shape, 3: scalar_shape},
+            what="scale_by_torch_nadam",
         )
         return out, ScaleByTorchNadamState(count=count, mu_product=mu_product, mu=mu, nu=nu)
 
@@ -351,7 +407,7 @@ class ScaleByTorchRadamState(NamedTuple):
         ScaleByTorchRadamState(count=tensor(0), mu={'w': tensor([0.])}, nu={'w': tensor([0.])})
     """
 
-    count: torch.Tensor
+    count: Any
     mu: Any
     nu: Any
 
@@ -364,6 +420,8 @@ def scale_by_torch_radam(
     b2: Scalar = 0.999,
     eps: Scalar = 1e-8,
     threshold: float = 5.0,
+    *,
+    per_leaf_count: bool = False,
 ) -> GradientTransformation:
     r"""Rectified Adam with `torch.optim.RAdam`'s placement of ``eps``.
 
@@ -379,6 +437,7 @@ def scale_by_torch_radam(
         b2: decay of the second moment, in ``[0, 1)``.
         eps: added to $\sqrt{v_t}$.
         threshold: rectify only when $\rho_t$ exceeds it (torch fixes it at 5).
+        per_leaf_count: count each leaf's steps, as torch.optim does (see `scale_by_adam`).
 
     Returns:
         A `GradientTransformation` with state `ScaleByTorchRadamState`.
@@ -407,29 +466,38 @@ def scale_by_torch_radam(
 
     def init_fn(params):
         return ScaleByTorchRadamState(
-            count=init_count(params), mu=tree_zeros_like(params), nu=tree_zeros_like(params)
+            count=init_count(params, per_leaf=per_leaf_count),
+            mu=tree_zeros_like(params),
+            nu=tree_zeros_like(params),
         )
+
+    def scalars(t: torch.Tensor, dt: torch.dtype, dev: torch.device) -> tuple:
+        rho_t, r_t = radam_rectifier(b2, t, dt, dev)
+        bc2 = bias_factor(b2, t, dt, dev)
+        return bias_factor(b1, t, dt, dev), torch.sqrt(bc2) * r_t, rho_t > threshold
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        count = state.count + 1
 
-        def scalars(dt, dev):
-            rho_t, r_t = radam_rectifier(b2, count, dt, dev)
-            bc2 = bias_factor(b2, count, dt, dev)
-            return bias_factor(b1, count, dt, dev), torch.sqrt(bc2) * r_t, rho_t > threshold
-
-        def step(ops, gs, mus, nus):
+        def step(ops, gs, mus, nus, count):
             reject_complex(gs, "scale_by_torch_radam")
+            count = next_count(count)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
-            bc1, factor, rectify = ops.scalar(mus, scalars)
+            bc1, factor, rectify = ops.scalar(mus, scalars, count)
             mu_hat = ops.div(mus, bc1)
             adapted = ops.mul_(ops.div(mu_hat, ops.add_(ops.sqrt(nus), eps)), factor)
-            return ops.where(rectify, adapted, mu_hat), mus, nus
+            return ops.where(rectify, adapted, mu_hat), mus, nus, count
 
-        out, mu, nu = map_leaves(
-            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_torch_radam"
+        out, mu, nu, count = map_leaves(
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            walked_count(state.count, per_leaf_count),
+            keep=(None, 0, 1, 2),
+            shapes={2: scalar_shape},
+            what="scale_by_torch_radam",
         )
         return out, ScaleByTorchRadamState(count=count, mu=mu, nu=nu)
 
@@ -445,7 +513,7 @@ class ScaleByTorchAdagradState(NamedTuple):
         ScaleByTorchAdagradState(count=tensor(0), sum_of_squares={'w': tensor([0.1000, 0.1000])})
     """
 
-    count: torch.Tensor
+    count: Any
     sum_of_squares: Any
 
     torch_keys = torch_names(count="step", sum_of_squares="sum")
@@ -456,6 +524,8 @@ def scale_by_torch_adagrad(
     initial_accumulator_value: Scalar = 0.0,
     eps: Scalar = 1e-10,
     lr_decay: Scalar = 0.0,
+    *,
+    per_leaf_count: bool = False,
 ) -> GradientTransformation:
     r"""Adagrad as in `torch.optim.Adagrad`: ``eps`` outside the square root, torch's ``lr_decay``.
 
@@ -468,6 +538,7 @@ def scale_by_torch_adagrad(
         initial_accumulator_value: $s_0 \ge 0$.
         eps: added to $\sqrt{s_t}$.
         lr_decay: $\delta \ge 0$; divides step $t$ by $1 + (t-1)\delta$.
+        per_leaf_count: count each leaf's steps, as torch.optim does (see `scale_by_adam`).
 
     Returns:
         A `GradientTransformation` with state `ScaleByTorchAdagradState`.
@@ -496,30 +567,37 @@ def scale_by_torch_adagrad(
 
     def init_fn(params):
         return ScaleByTorchAdagradState(
-            count=init_count(params),
+            count=init_count(params, per_leaf=per_leaf_count),
             sum_of_squares=tree_full_like(params, initial_accumulator_value),
         )
+
+    def decay(t: torch.Tensor, dt: torch.dtype, dev: torch.device) -> torch.Tensor:
+        """Step ``t`` is divided by 1 + (t - 1) * lr_decay."""
+        return 1 + (t.to(dev, dt) - 1) * _t(lr_decay, dt, dev)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
 
-        def step(ops, gs, sums):
+        def step(ops, gs, sums, count):
             reject_complex(gs, "scale_by_torch_adagrad")
+            count = next_count(count)
             gs_ = cast_like(gs, sums)
             sums = ops.addcmul(sums, gs_, gs_)
             out = ops.div(gs_, ops.add_(ops.sqrt(sums), eps))
             if decays:
-                # Step t = count + 1 is divided by 1 + (t - 1) * lr_decay.
-                factors = ops.scalar(
-                    sums, lambda dt, dev: 1 + state.count.to(dev, dt) * _t(lr_decay, dt, dev)
-                )
-                out = ops.div_(out, factors)
-            return out, sums
+                out = ops.div_(out, ops.scalar(sums, decay, count))
+            return out, sums, count
 
-        out, sums = map_leaves(
-            step, updates, state.sum_of_squares, keep=(None, 0), what="scale_by_torch_adagrad"
+        out, sums, count = map_leaves(
+            step,
+            updates,
+            state.sum_of_squares,
+            walked_count(state.count, per_leaf_count),
+            keep=(None, 0, 1),
+            shapes={1: scalar_shape},
+            what="scale_by_torch_adagrad",
         )
-        return out, ScaleByTorchAdagradState(count=state.count + 1, sum_of_squares=sums)
+        return out, ScaleByTorchAdagradState(count=count, sum_of_squares=sums)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -576,15 +654,22 @@ def scale_by_torch_rprop(
 
 
 class ScaleByTorchAsgdState(NamedTuple):
-    """State of `scale_by_torch_asgd`: step count and ``ax``, the averaged parameters.
+    """State of `scale_by_torch_asgd`: torch's ``step``, ``eta``, ``mu`` and ``ax``.
+
+    ``eta`` and ``mu`` are the step size and the averaging weight of the *next* step, computed
+    at the end of each step, as torch does, in torch's scalar dtype (float32 under the default
+    dtype); ``ax`` is the running average of the parameters.
 
     Examples:
         >>> import torch, torchopt_fn as tf
         >>> tf.scale_by_torch_asgd(0.01).init({"w": torch.zeros(2)})
-        ScaleByTorchAsgdState(count=tensor(0), ax={'w': tensor([0., 0.])})
+        ScaleByTorchAsgdState(count=tensor(0), eta=tensor(0.0100), mu=tensor(1.),
+        ax={'w': tensor([0., 0.])})
     """
 
-    count: torch.Tensor
+    count: Any
+    eta: Any
+    mu: Any
     ax: Any
 
     torch_keys = torch_names(count="step")
@@ -596,24 +681,29 @@ def scale_by_torch_asgd(
     lambd: Scalar = 1e-4,
     alpha: Scalar = 0.75,
     t0: Scalar = 1e6,
+    *,
+    per_leaf_count: bool = False,
 ) -> GradientTransformation:
     r"""Averaged SGD as in `torch.optim.ASGD`, including its running average of the parameters.
 
-    With $\eta_t = \mathrm{lr} / (1 + \lambda\,\mathrm{lr}\,(t-1))^{\alpha}$:
-    $u_t = -\eta_t (g_t + \lambda \theta_{t-1})$, so
-    $\theta_t = \theta_{t-1}(1 - \lambda\eta_t) - \eta_t g_t$; the average
-    $\bar\theta_t = \bar\theta_{t-1} + \mu_t(\theta_t - \bar\theta_{t-1})$
-    with $\mu_1 = 1$ and $\mu_t = 1 / \max(1, t - 1 - t_0)$ is kept in the state as ``ax``
-    (torch's ``state["ax"]``; read it to evaluate with the averaged parameters). The output is
+    Step $t$ uses $\eta_t$ and $\mu_t$ from the state: $u_t = -\eta_t (g_t + \lambda
+    \theta_{t-1})$, so $\theta_t = \theta_{t-1}(1 - \lambda\eta_t) - \eta_t g_t$, and the
+    average $\bar\theta_t = \bar\theta_{t-1} + \mu_t(\theta_t - \bar\theta_{t-1})$ ($\theta_t$
+    itself where $\mu_t = 1$) is kept as ``ax`` (torch's ``state["ax"]``; read it to evaluate
+    with the averaged parameters). Then, with the current learning rate
+    $\mathrm{lr}$, $\eta_{t+1} = \mathrm{lr} / (1 + \lambda\,\mathrm{lr}\,t)^{\alpha}$ and
+    $\mu_{t+1} = 1 / \max(1, t - t_0)$; $\eta_1 = \mathrm{lr}$ and $\mu_1 = 1$. The output is
     the final (negated) update: do not chain a learning-rate stage after it.
 
     Args:
-        learning_rate: $\mathrm{lr}$, a float, 0-d tensor or schedule. A schedule's value at
-            the current step enters $\eta_t$ (torch computes $\eta_t$ at the end of the
-            previous step, so under a torch lr scheduler it lags one step).
+        learning_rate: $\mathrm{lr}$, a float, 0-d tensor or schedule (evaluated at the count
+            before each step, so that, as under a torch lr scheduler, a new learning rate
+            reaches $\eta$ one step later).
         lambd: the decay term $\lambda$.
         alpha: the power $\alpha$ of the step-size decay.
         t0: the step after which averaging starts.
+        per_leaf_count: keep ``step``, ``eta`` and ``mu`` per leaf, as torch.optim does (see
+            `scale_by_adam`).
 
     Returns:
         A `GradientTransformation` with state `ScaleByTorchAsgdState`.
@@ -642,34 +732,64 @@ def scale_by_torch_asgd(
     check_number("t0", t0)
 
     def init_fn(params):
-        return ScaleByTorchAsgdState(count=init_count(params), ax=tree_zeros_like(params))
+        start = torch.zeros((), dtype=torch.int64, device=params_device(params))
+        return ScaleByTorchAsgdState(
+            count=init_count(params, per_leaf=per_leaf_count),
+            eta=_torch_scalar(params, value_at(learning_rate, start), per_leaf_count),
+            mu=_torch_scalar(params, 1.0, per_leaf_count),
+            ax=tree_zeros_like(params),
+        )
+
+    def scales(eta: torch.Tensor, mu: torch.Tensor, dt: torch.dtype, dev: torch.device):
+        """(-eta, -eta * lambd, mu): this step's scales and averaging weight."""
+        eta = eta.to(dev, dt)
+        return -eta, -eta * _t(lambd, dt, dev), mu.to(dev, dt)
+
+    def next_scalars(t, rate, eta, mu, dt: torch.dtype, dev: torch.device):
+        """The next step's ``eta`` and ``mu`` after step ``t``, in the state's dtypes."""
+        t, rate = t.to(dev, dt), _t(rate, dt, dev)
+        new_eta = rate / torch.pow(1 + _t(lambd, dt, dev) * rate * t, _t(alpha, dt, dev))
+        new_mu = 1 / torch.clamp(t - _t(t0, dt, dev), min=1)
+        return new_eta.to(eta.dtype), new_mu.to(mu.dtype)
+
+    def rate_at(count: Any) -> Any:
+        if not is_schedule(learning_rate):
+            return learning_rate
+        if isinstance(count, list):
+            return [value_at(learning_rate, c) for c in count]
+        return value_at(learning_rate, count)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         require_params(params, "scale_by_torch_asgd")
-        lr = value_at(learning_rate, state.count)
 
-        def scalars(dt, dev):
-            """(-eta, -eta * lambd, mu): the step's scales and the averaging weight."""
-            steps_done = state.count.to(device=dev, dtype=dt)
-            rate = _t(lr, dt, dev)
-            eta = rate / torch.pow(1 + _t(lambd, dt, dev) * rate * steps_done, _t(alpha, dt, dev))
-            mu = torch.where(
-                state.count.to(dev) == 0,
-                torch.ones((), dtype=dt, device=dev),
-                1 / torch.clamp(steps_done - _t(t0, dt, dev), min=1),
-            )
-            return -eta, -eta * _t(lambd, dt, dev), mu
-
-        def step(ops, gs, axs, ps):
-            neg_eta, neg_eta_decay, mu = ops.scalar(ps, scalars)
+        def step(ops, gs, axs, ps, count, etas, mus):
+            rate = rate_at(count)
+            count = next_count(count)
+            neg_eta, neg_eta_decay, mu = ops.scalar(ps, scales, etas, mus)
             out = ops.add_(ops.mul(cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
             new_ps = cast_like(ops.add(ps, out), axs)
-            return out, ops.add(axs, ops.mul_(ops.sub(new_ps, axs), mu))
+            averaged = ops.add(axs, ops.mul_(ops.sub(new_ps, axs), mu))
+            first = [m == 1 for m in mus] if isinstance(mus, list) else mus == 1
+            axs = ops.where(first, new_ps, averaged)  # torch copies where mu is 1
+            if isinstance(count, list):
+                etas, mus = ops.scalar(ps, next_scalars, count, rate, etas, mus)
+            else:  # one eta and mu for all leaves, in the precision of the widest
+                etas, mus = next_scalars(count, rate, etas, mus, widest_dtype(ps), etas.device)
+            return out, axs, count, etas, mus
 
-        out, ax = map_leaves(
-            step, updates, state.ax, params, keep=(None, 0), what="scale_by_torch_asgd"
+        out, ax, count, eta, mu = map_leaves(
+            step,
+            updates,
+            state.ax,
+            params,
+            walked_count(state.count, per_leaf_count),
+            walked_count(state.eta, per_leaf_count),
+            walked_count(state.mu, per_leaf_count),
+            keep=(None, 0, 2, 3, 4),
+            shapes={2: scalar_shape, 3: scalar_shape, 4: scalar_shape},
+            what="scale_by_torch_asgd",
         )
-        return out, ScaleByTorchAsgdState(count=state.count + 1, ax=ax)
+        return out, ScaleByTorchAsgdState(count=count, eta=eta, mu=mu, ax=ax)
 
     return GradientTransformation(init_fn, update_fn)

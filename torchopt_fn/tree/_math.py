@@ -14,13 +14,14 @@ import torch
 
 from torchopt_fn._scalar import Scalar
 from torchopt_fn.tree._flatten import tree_leaves, tree_map
-from torchopt_fn.tree._ops import Ops, cast_like, map_leaves
+from torchopt_fn.tree._ops import Ops, Shared, cast_like, map_leaves
 
 __all__ = [
     "bias_correction",
     "bias_factor",
     "infinity_moment",
     "moment",
+    "next_count",
     "norms_squared_sum",
     "reject_complex",
     "tree_add",
@@ -44,9 +45,11 @@ __all__ = [
     "tree_vdot",
     "tree_where",
     "tree_zeros_like",
+    "walked_count",
 ]
 
 Tree = Any
+Count = torch.Tensor | list  # one step count for all leaves, or one per leaf
 
 
 # --------------------------------------------------------------------------- list helpers
@@ -72,16 +75,30 @@ def infinity_moment(ops: Ops, gs: list, ms: list, decay: Scalar, eps: Scalar) ->
 
 
 def bias_factor(decay: Scalar, count: torch.Tensor, dtype: torch.dtype, device: torch.device):
-    r"""$1 - \beta^t$ as a 0-d tensor of ``dtype`` on ``device``."""
+    r"""$1 - \beta^t$ as a tensor of ``dtype`` on ``device``, of the count's shape."""
     # Tensor ops in the leaves' floating dtype: Dynamo cannot trace the builtin
     # pow(float, Tensor), and an integer exponent would give float32 (DESIGN.md §3).
     decay_t = torch.as_tensor(decay, dtype=dtype, device=device)
     return 1 - torch.pow(decay_t, count.to(device=device, dtype=dtype))
 
 
-def bias_correction(ops: Ops, xs: list, decay: Scalar, count: torch.Tensor) -> list:
+def bias_correction(ops: Ops, xs: list, decay: Scalar, count: Count) -> list:
     r"""Each ``x`` divided by $1 - \beta^t$ (Adam's bias correction), as new tensors."""
-    return ops.div(xs, ops.scalar(xs, lambda dt, dev: bias_factor(decay, count, dt, dev)))
+    return ops.div(xs, ops.scalar(xs, lambda t, dt, dev: bias_factor(decay, t, dt, dev), count))
+
+
+def next_count(count: Count) -> Count:
+    """A step count advanced by one step: one 0-d tensor, or (per leaf) a list of them."""
+    return [c + 1 for c in count] if isinstance(count, list) else count + 1
+
+
+def walked_count(count: Any, per_leaf: bool) -> Any:
+    """A transform's count as `map_leaves` takes it: the tree of per-leaf counts, or `Shared`.
+
+    Pass ``shapes={i: scalar_shape}`` for it; ``fn`` then gets a list of 0-d counts, one per
+    live leaf, or the one shared count, and `next_count` and `Ops.scalar` take either.
+    """
+    return count if per_leaf else Shared(count)
 
 
 def reject_complex(gs: list, what: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -28,7 +28,17 @@ from torchopt_fn.tree._flatten import (
     tree_unflatten,
 )
 
-__all__ = ["Ops", "cast_like", "columns", "compute_dtype", "map_leaves", "use_foreach"]
+__all__ = [
+    "Ops",
+    "Shared",
+    "cast_like",
+    "columns",
+    "compute_dtype",
+    "map_leaves",
+    "scalar_shape",
+    "use_foreach",
+    "widest_dtype",
+]
 
 Tree = Any
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
@@ -60,6 +70,14 @@ def _requires_grad(s: Any) -> bool:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype step-dependent scalars are computed in for leaves of ``dtype``: >= float32."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def widest_dtype(xs: Sequence[torch.Tensor]) -> torch.dtype:
+    """The widest `compute_dtype` among ``xs`` (float32 for none)."""
+    out = torch.float32
+    for dtype in {x.dtype for x in xs}:
+        out = torch.promote_types(out, compute_dtype(dtype))
+    return out
 
 
 def cast_like(xs: list, likes: list) -> list:
@@ -238,35 +256,56 @@ class Ops:
             return list(torch._foreach_norm(xs))
         return [torch.linalg.vector_norm(x) for x in xs]
 
-    @staticmethod
-    def _per_leaf(xs: list, make: Callable[[torch.dtype, torch.device], Any]) -> list:
-        """`scalar`'s value for every leaf, for leaves of several kinds."""
-        cache: dict[tuple[torch.dtype, torch.device], Any] = {}
-        out = []
-        for x in xs:
-            key = (compute_dtype(x.dtype), x.device)
-            if key not in cache:
-                cache[key] = _step_scalars(make(*key))
-            out.append(cache[key])
-        return out
-
-    def scalar(self, xs: list, make: Callable[[torch.dtype, torch.device], Any]) -> Any:
-        """A step-dependent scalar for ``xs``: ``make(dtype, device)`` once per kind of leaf.
+    def scalar(self, xs: list, make: Callable[..., Any], *args: Any) -> Any:
+        """A step-dependent scalar for ``xs``: ``make(*args, dtype, device)`` once per kind of leaf.
 
         The dtype is the leaf's promoted to at least float32 (`compute_dtype`), so float64
         leaves get float64 bias corrections and half-precision leaves float32 ones. Every
         tensor ``make`` returns goes through `step_scalar`, so a compiled step computes it
         once. The result is one value where all leaves share a kind, else a list.
 
+        Each of ``args`` (a step count, say) is one value for all leaves, or a list with one
+        per leaf (torch's per-parameter counts). ``make`` then gets each kind's values stacked
+        into a 1-d tensor, is written element-wise, and the result has one value per leaf.
+
         A single value lets the multi-tensor kernels take one scalar for all leaves. Where
         ``make`` returns a tuple, so does this: of single values, or of per-leaf lists.
         """
-        kinds = {(x.dtype, x.device) for x in xs}
-        if len(kinds) <= 1:  # no leaves at all: any value will do, none is used
-            dtype, device = kinds.pop() if kinds else (torch.float32, torch.device("cpu"))
-            return _step_scalars(make(compute_dtype(dtype), device))
-        values = self._per_leaf(xs, make)
-        return tuple(columns(values, len(values[0]))) if isinstance(values[0], tuple) else values
+        kinds: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for i, x in enumerate(xs):
+            kinds.setdefault((compute_dtype(x.dtype), x.device), []).append(i)
+        per_leaf = [isinstance(a, list) for a in args]
+        if not xs:  # no leaves: any values will do, none is used
+            args = tuple(torch.zeros(()) if leafwise else a for a, leafwise in zip(args, per_leaf))
+            made = make(*args, torch.float32, torch.device("cpu"))
+            if True not in per_leaf:
+                return made
+            return tuple([] for _ in made) if isinstance(made, tuple) else []
+        if len(kinds) == 1 and True not in per_leaf:
+            return _step_scalars(make(*args, *next(iter(kinds))))
+        out: list[Any] = [None] * len(xs)
+        for (dtype, device), idx in kinds.items():
+            values = [
+                torch.stack([a[i] for i in idx]).to(device) if leafwise else a
+                for a, leafwise in zip(args, per_leaf)
+            ]
+            made = _step_scalars(make(*values, dtype, device))
+            if True not in per_leaf:
+                for i in idx:
+                    out[i] = made
+                continue
+            rows = _unstack(made, len(idx))
+            for i, row in zip(idx, rows):
+                out[i] = row
+        return tuple(columns(out, len(out[0]))) if isinstance(out[0], tuple) else out
+
+
+def _unstack(made: Any, n: int) -> list[Any]:
+    """Per-leaf values from `scalar`'s stacked ``make`` result (a tensor or a tuple of them)."""
+    if isinstance(made, tuple):
+        parts = [torch.broadcast_to(v, (n,)).unbind(0) for v in made]
+        return [tuple(p[k] for p in parts) for k in range(n)]
+    return list(torch.broadcast_to(made, (n,)).unbind(0))
 
 
 def _step_scalars(value: Any) -> Any:
@@ -298,7 +337,8 @@ def map_leaves(
     Args:
         fn: the maths, written once over lists of leaves.
         updates: the tree whose `None` leaves mean "nothing to do here".
-        *trees: trees with the structure of ``updates`` (params, state fields, ...).
+        *trees: trees with the structure of ``updates`` (params, state fields, ...), or
+            `Shared` values, handed to ``fn`` whole.
         keep: for each output, the index in ``trees`` of the state it updates, or `None`.
             Where the update is `None`, an output with an index keeps that tree's old leaf
             and the others hold `None`. Every leaf of an output is cast to the dtype of the
@@ -328,7 +368,11 @@ def map_leaves(
         (None, tensor([1.]), tensor([1., 1.]))
     """
     leaves, spec = tree_flatten(updates)
-    others = [flatten_like(spec, updates, t, what) for t in trees]
+    shared = frozenset(k for k, t in enumerate(trees) if isinstance(t, Shared))
+    others = [
+        t.value if k in shared else flatten_like(spec, updates, t, what)
+        for k, t in enumerate(trees)
+    ]
     types = frozenset(map(type, leaves))
     if type(None) not in types:  # no gather: cheap, and cheap for Dynamo to trace
         idx = None
@@ -336,14 +380,15 @@ def map_leaves(
     else:
         idx = [i for i, x in enumerate(leaves) if x is not None]
         gs = [leaves[i] for i in idx]
-        lists = [[o[i] for i in idx] for o in others]
+        lists = [o if k in shared else [o[i] for i in idx] for k, o in enumerate(others)]
         types = types - {type(None)}
     if not torch.compiler.is_compiling():
         _check_updates(gs, types, updates, idx, what)
     shapes = shapes or {}
-    _check_shapes(gs, lists, shapes, updates, idx, what)
+    walked = [xs for k, xs in enumerate(lists) if k not in shared]
+    _check_shapes(gs, walked, _renumber(shapes, shared), updates, idx, what)
 
-    result = fn(Ops(gs, lists), gs, *lists)
+    result = fn(Ops(gs, walked), gs, *lists)
     if result is None or isinstance(result, torch.Tensor):
         return result
     single = isinstance(result, list)
@@ -351,12 +396,38 @@ def map_leaves(
     trees_out = []
     for k, new in enumerate(outs):
         j = keep[k] if k < len(keep) else None
+        if j in shared:
+            trees_out.append(new)  # a shared value: returned as ``fn`` made it
+            continue
         likes = gs if j is None else lists[j]
         # Statistics of their own shapes (lists of accumulators, say) keep their own dtypes.
         if j not in shapes and [x.dtype for x in new] != [y.dtype for y in likes]:
             new = cast_like(new, likes)
         trees_out.append(_rebuild(spec, new, idx, None if j is None else others[j]))
     return trees_out[0] if single else tuple(trees_out)
+
+
+def scalar_shape(_: Any) -> tuple[()]:
+    """A ``shapes`` entry of `map_leaves` for one 0-d tensor per leaf (a per-leaf step count)."""
+    return ()
+
+
+class Shared(NamedTuple):
+    """A value `map_leaves` hands to ``fn`` whole instead of leaf by leaf.
+
+    A step count shared by all leaves, say, where another configuration keeps one per leaf: the
+    transform passes ``Shared(count)`` or the tree of counts, and ``fn`` gets the tensor or the
+    per-leaf list. An output kept at a shared value is returned as ``fn`` made it.
+    """
+
+    value: Any
+
+
+def _renumber(shapes: Mapping[int, Any], shared: frozenset[int]) -> Mapping[int, Any]:
+    """``shapes`` indexed among the walked trees only (the shared ones left out)."""
+    if not shared:
+        return shapes
+    return {k - sum(1 for s in shared if s < k): v for k, v in shapes.items() if k not in shared}
 
 
 def _rebuild(spec: Any, new: list, idx: list[int] | None, fallback: list | None) -> Tree:
