@@ -293,11 +293,11 @@ def test_from_torch_uses_torch_defaults():
         {"foreach": False},
         {"capturable": True},
         {"differentiable": True},
-        {"fused": True, "differentiable": True, "foreach": True},
+        {"fused": True},
     ],
     ids=str,
 )
-def test_from_torch_ignores_implementation_flags(flags):
+def test_from_torch_implementation_flags_do_not_change_the_maths(flags):
     params = init_params()
     plain, flagged = from_torch("Adam", lr=0.1), from_torch("Adam", lr=0.1, **flags)
     s1, s2 = plain.init(params), flagged.init(params)
@@ -326,7 +326,9 @@ def test_from_torch_ignores_implementation_flags(flags):
         ("Rprop", {"etas": (1.5, 1.2)}, ValueError, "eta values"),
         ("ASGD", {"weight_decay": -0.1}, ValueError, "weight_decay"),
         ("Adam", {"momentum": 0.9}, TypeError, "torch.optim.Adam has no option 'momentum'"),
-        ("AdamW", {"decoupled_weight_decay": True}, TypeError, "decoupled_weight_decay"),
+        ("AdamW", {"nesterov": True}, TypeError, "nesterov"),
+        ("Adam", {"fused": True, "foreach": True}, RuntimeError, "cannot be `True` together"),
+        ("Adam", {"lr": torch.tensor(0.1), "foreach": True}, ValueError, "foreach=True"),
         ("SGD", {"learning_rate": 0.1}, TypeError, "'learning_rate'"),
     ],
 )

@@ -648,9 +648,10 @@ def test_step_with_a_gradient_of_the_wrong_shape_changes_nothing():
     _assert_unchanged(model, opt, before)
 
 
-def test_a_parameter_listed_twice_is_refused():
+def test_a_parameter_listed_twice_warns_and_one_in_two_groups_is_refused():
+    # As torch.optim: a warning within a group (to become an error), an error across groups.
     p = torch.nn.Parameter(torch.zeros(3))
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.warns(UserWarning, match="duplicate parameters"):
         tf.Optimizer([p, p], tf.adam(0.1))
     with pytest.raises(ValueError, match="more than one parameter group"):
         tf.Optimizer([{"params": [p]}, {"params": [p]}], tf.adam(0.1))

@@ -106,7 +106,11 @@ _BUILDERS: dict[str, tuple[Builder, str]] = {
         lambda o: _adam(o, o["decoupled_weight_decay"]),
         "lr betas eps weight_decay amsgrad maximize decoupled_weight_decay",
     ),
-    "AdamW": (lambda o: _adam(o, True), "lr betas eps weight_decay amsgrad maximize"),
+    # torch's AdamW is Adam with ``decoupled_weight_decay=True``, kept in its param groups.
+    "AdamW": (
+        lambda o: _adam(o, o["decoupled_weight_decay"]),
+        "lr betas eps weight_decay amsgrad maximize decoupled_weight_decay",
+    ),
     "NAdam": (
         lambda o: _with_weight_decay(
             o,
@@ -187,6 +191,8 @@ def _options(name: str, cls: type, kwargs: Options) -> Options:
         for p in list(signature.parameters.values())[2:]  # after `self, params`
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
+    if name == "AdamW":  # an option of its param groups, not of its constructor
+        defaults["decoupled_weight_decay"] = True
     unknown = sorted(set(kwargs) - set(defaults))
     if unknown:
         raise TypeError(
@@ -204,7 +210,12 @@ def _options(name: str, cls: type, kwargs: Options) -> Options:
     lr = options["lr"]
     if is_schedule(lr):
         lr = 1.0  # a schedule: torch cannot check it; scale_by_learning_rate calls it per step
-    checked = {k: v for k, v in options.items() if k in read} | {"lr": lr}
+    # torch checks its implementation flags too (``fused`` with ``foreach``, a tensor lr with
+    # ``foreach``, ...): a combination it refuses is refused here the same way.
+    checked = {k: v for k, v in options.items() if k in read | _IMPLEMENTATION_FLAGS}
+    checked["lr"] = lr
+    if name == "AdamW":
+        del checked["decoupled_weight_decay"]
     try:
         cls([torch.zeros(1)], **checked)
     except (ValueError, TypeError) as e:
@@ -337,6 +348,10 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     return record(tx, from_torch, {"optimizer": cls, **options})
 
 
+# The `Optimizer` adapter mirrors every recorded option (flags too) into param groups.
+from_torch.torch_options = True  # type: ignore[attr-defined]
+
+
 def _is_plain_adam(plan: FusedPlan | None) -> bool:
     """Whether the chain is `adam`'s or `adamw`'s: no maximize, AMSGrad or L2 stage."""
     if plan is None or plan.kernel == "sgd":
@@ -349,7 +364,7 @@ def _is_plain_adam(plan: FusedPlan | None) -> bool:
 def _fused_plan(name: str, o: Options) -> FusedPlan | None:
     """torch's fused kernel for these options, where it computes exactly this chain."""
     if name in ("Adam", "AdamW"):
-        decoupled = name == "AdamW" or o["decoupled_weight_decay"]
+        decoupled = o["decoupled_weight_decay"]
         flags = {"amsgrad": o["amsgrad"], "maximize": o["maximize"]}
         return adam_plan(decoupled, o["lr"], *o["betas"], o["eps"], o["weight_decay"], **flags)
     if name == "SGD" and not _nonzero(o["dampening"]):

@@ -2,7 +2,8 @@
 
 A recorded transformation remembers the arguments of every public factory inside it; its
 real-number arguments become param-group keys (``learning_rate`` as ``lr``, ``b1``/``b2`` as
-``betas``, ...), and a name two parts use with different values is ambiguous.
+``betas``, ...), and a name two parts use with different values is ambiguous. A `from_torch`
+transformation mirrors every torch option, flags included, under torch's own names.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def mirrored(factory: Callable[..., Any], arguments: dict[str, Any]) -> dict[str
     """Torch group key -> the names of the recorded call's arguments it stands for."""
     if getattr(factory, "hyperparams_in_state", False):
         return {}  # `inject_hyperparams`: its values live in the state, not in the call
+    if getattr(factory, "torch_options", False):
+        # `from_torch`: every option, numbers and flags, under torch's own name, as torch
+        # keeps them in its param groups (so its checkpoints carry them both ways).
+        return {name: (name,) for name in arguments if name != "optimizer"}
     renames = {**TORCH_NAME, **TORCH_NAME_BY_FACTORY.get(factory.__name__, {})}
     out: dict[str, tuple[str, ...]] = {}
     if is_number(arguments.get("b1")) and is_number(arguments.get("b2")):

@@ -28,6 +28,7 @@ class Slot(NamedTuple):
     index: int | None  # parameter index in the group, or None for a group-wide value
     dtype: torch.dtype | None
     shape: tuple[int, ...] | None
+    fill: Any = None  # the value of a key torch's checkpoints lack (``torch_fill``)
 
 
 def state_layout(state: Any) -> tuple[Any, list[Slot]]:
@@ -44,18 +45,19 @@ def state_layout(state: Any) -> tuple[Any, list[Slot]]:
         full = ".".join(str(k) for _, k in outer) + suffix
         torch_keys = getattr(owner, "torch_keys", {})
         short = torch_keys.get(field_name, field_name) + suffix
-        described.append((leaf, index, full, short))
+        fill = getattr(owner, "torch_fill", {}).get(field_name)
+        described.append((leaf, index, full, short, fill))
     # A short name is used only when no other state field takes it.
     owners: dict[str, set[str]] = {}
-    for _, _, full, short in described:
+    for _, _, full, short, _ in described:
         owners.setdefault(short, set()).add(full)
     slots = []
-    for leaf, index, full, short in described:
+    for leaf, index, full, short, fill in described:
         if leaf is None:
             slots.append(Slot(None, index, None, None))
             continue
         key = short if len(owners[short]) == 1 else full
-        slots.append(Slot(key, index, leaf.dtype, tuple(leaf.shape)))
+        slots.append(Slot(key, index, leaf.dtype, tuple(leaf.shape), fill))
     return spec, slots
 
 

@@ -23,9 +23,10 @@ Design, in four facts:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from torchopt_fn._update import apply_updates_
 from torchopt_fn.interop._hyperparams import hyperparams, is_number, mirrored
 from torchopt_fn.interop._layout import STEP, Slot, as_state, meta, state_layout
 from torchopt_fn.tree._flatten import ParamList, tree_leaves, tree_unflatten
+from torchopt_fn.tree._ops import per_leaf_kernels
 
 __all__ = ["Optimizer"]
 
@@ -98,7 +100,7 @@ class Optimizer(torch.optim.Optimizer):
 
     Raises:
         ValueError: for a param group with a hyperparameter the transformation does not have,
-            an invalid value, or a parameter listed twice.
+            an invalid value, or a parameter in two groups.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -114,13 +116,24 @@ class Optimizer(torch.optim.Optimizer):
     the numbers of ``torch.optim.AdamW(params, lr, (b1, b2), eps, weight_decay)``.
     """
 
-    def __init__(self, params: Iterable[Any], tx: GradientTransformation, *, compile: bool = False):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        tx: GradientTransformation,
+        *,
+        compile: bool = False,
+        differentiable: bool | None = None,
+    ):
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"Optimizer: tx must be a GradientTransformation, got {type(tx)}.")
         self.tx = tx
         self.compile = compile
         self._runtimes: dict[int, _GroupRuntime] = {}
         defaults, self._ambiguous = hyperparams(tx)
+        if differentiable is not None or "differentiable" not in defaults:
+            defaults["differentiable"] = bool(differentiable)
+        if defaults["differentiable"] and compile:
+            raise ValueError("Optimizer: differentiable=True runs eagerly; drop compile=True.")
         super().__init__(params, defaults)
 
     # ------------------------------------------------------------------ pickling
@@ -145,8 +158,15 @@ class Optimizer(torch.optim.Optimizer):
 
         Raises:
             ValueError: for an unknown or ambiguous key, an invalid value, or a parameter
-                listed twice.
+                that another group has (one listed twice in a group warns, as in torch).
         """
+        # A wrapper that builds this optimizer from its own param groups and keyword arguments
+        # (ZeroRedundancyOptimizer) passes those arguments back as group keys: they must be
+        # the ones this optimizer was built with, and are not kept.
+        param_group = dict(param_group)
+        for key, own in (("tx", self.tx), ("compile", self.compile)):
+            if key in param_group and param_group.pop(key) is not own:
+                raise ValueError(f"Optimizer: a param group cannot set its own {key!r}.")
         ambiguous = set(param_group) & self._ambiguous
         if ambiguous:
             raise ValueError(
@@ -162,9 +182,6 @@ class Optimizer(torch.optim.Optimizer):
         params = param_group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
         param_group = {**param_group, "params": params}  # a generator is read once, here
-        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
-        if len({id(p) for p in tensors}) != len(tensors):
-            raise ValueError("Optimizer: a parameter group lists the same parameter twice.")
         values = {k: param_group.get(k, v) for k, v in self.defaults.items()}
         self._build(values, "Optimizer: param group")
         super().add_param_group(param_group)
@@ -248,7 +265,7 @@ class Optimizer(torch.optim.Optimizer):
             layout = runtime.spec, runtime.slots
         else:
             layout = state_layout(tx.init(ParamList(meta(p) for p in params)))
-        plan = None if self.compile else fused_plan(tx)
+        plan = None if self.compile or not _may_fuse(values) else fused_plan(tx)
         old = runtime
         runtime = _GroupRuntime(group, key, tx, update, plan, params, *layout, structure=shape)
         if old is not None:  # the same tensors: keep what was learned about them
@@ -327,14 +344,15 @@ class Optimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Apply one update to every parameter that has a gradient; return the closure's loss.
 
         ``p.grad`` is left as it is. Parameters without a gradient are not changed, and get no
-        state until they have one (the group-wide step count still advances for those that
-        have state). Every group's update is computed before the first parameter or state
-        entry changes, so a step that fails changes nothing.
+        state until they have one; each parameter counts its own steps, as in torch (where
+        the transformation keeps one count for the group, that count advances for all).
+        Every group's update is computed before the first parameter or state entry changes,
+        so a step that fails changes nothing. A group with ``differentiable=True`` steps with
+        autograd on, as torch.optim's differentiable mode does.
 
         Raises:
             TypeError: for an integer parameter.
@@ -345,15 +363,20 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = []
-        for g, group in enumerate(self.param_groups):
-            live = [p.grad is not None for p in group["params"]]
-            if any(live):
-                _check_gradients(group["params"], g)
-                rt = self._runtime(group)
-                work.append((rt, live, *self._entries(rt, live)))
-        commits = [self._compute(*args) for args in work]
-        for commit in commits:
-            commit()
+        with torch.no_grad():
+            for g, group in enumerate(self.param_groups):
+                live = [p.grad is not None for p in group["params"]]
+                if any(live):
+                    _check_gradients(group["params"], g)
+                    rt = self._runtime(group)
+                    work.append((rt, live, *self._entries(rt, live)))
+        commits = []
+        for rt, *args in work:
+            with _step_mode(rt.group):
+                commits.append((rt, self._compute(rt, *args)))
+        for rt, commit in commits:
+            with _step_mode(rt.group):
+                commit()
         return loss
 
     def _compute(
@@ -378,7 +401,12 @@ class Optimizer(torch.optim.Optimizer):
 
         def commit() -> None:
             self._store(rt, entries, live, fresh, state)
-            apply_updates_(list(params), list(updates))
+            if torch.is_grad_enabled():  # differentiable: autograd records the update
+                for p, u in zip(params, updates):
+                    if u is not None:
+                        p.add_(u.to(p.dtype))
+            else:
+                apply_updates_(list(params), list(updates))
 
         return commit
 
@@ -422,24 +450,37 @@ class Optimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ checkpoints
 
+    @torch._disable_dynamo
     def state_dict(self) -> dict[str, Any]:
         """torch's format: ``step`` as a float tensor, every parameter with its own copies.
 
-        (In memory a group shares one tensor for group-wide values and ``step`` is an exact
-        integer; torch.optim increments ``step`` in place per parameter, so a checkpoint must
-        not share it.)
+        torch.optim's own steps, in its order: the pre-hooks run, parameters become indices,
+        then the post-hooks see (and may replace) the result. (In memory a group may share one
+        tensor for group-wide values and ``step`` is an exact integer; torch.optim increments
+        ``step`` in place per parameter, so a checkpoint must not share it.) The dicts are new;
+        the tensors are the optimizer's own, as in torch, except those converted or copied.
         """
-        out = super().state_dict()
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k not in ("params", "tx", "compile")}
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+            packed["params"] = [index[id(p)] for p in group["params"]]
+            groups.append(packed)
         seen: set[int] = set()
-        for entry in out["state"].values():
-            for key, value in entry.items():
-                if not isinstance(value, torch.Tensor):
-                    continue
-                if key == STEP and not value.is_floating_point():
-                    value = entry[key] = value.to(torch_scalar_dtype())
-                if id(value) in seen:
-                    entry[key] = value.clone()
-                seen.add(id(value))
+        state: dict[Any, Any] = {}
+        for key, entry in self.state.items():
+            if isinstance(key, torch.Tensor):
+                key = index[id(key)]
+            state[key] = _as_checkpoint(entry, seen) if isinstance(entry, dict) else entry
+        out: dict[str, Any] = {"state": state, "param_groups": groups}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, out)
+            if result is not None:
+                out = result
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -453,26 +494,34 @@ class Optimizer(torch.optim.Optimizer):
             ValueError: naming what differs (groups, parameter counts, state keys, shapes,
                 hyperparameter values).
         """
+        if not isinstance(state_dict, dict):
+            raise ValueError("load_state_dict: expected a dict with 'state' and 'param_groups'.")
         state_dict = dict(state_dict)
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
-            state_dict = pre_hook(self, state_dict) or state_dict
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         runtimes = self._check_state_dict(state_dict)
         # The same steps as torch.optim's, but each state value becomes an own, detached copy
         # in its slot's dtype (torch casts every floating value to its parameter's dtype, which
         # would round a float64 count or hyperparameter kept beside float32 parameters).
         saved_groups = copy.deepcopy(state_dict["param_groups"])
-        target: dict[Any, tuple[torch.Tensor, dict[str, torch.dtype]]] = {}
+        target: dict[Any, tuple[torch.Tensor, list[Slot]]] = {}
         for saved, group, rt in zip(saved_groups, self.param_groups, runtimes):
-            dtypes = {STEP: torch.int64, **{s.key: s.dtype for s in rt.slots if s.key}}
-            for index, p in zip(saved["params"], group["params"]):
-                target[index] = (p, dtypes)
+            for i, (index, p) in enumerate(zip(saved["params"], group["params"])):
+                target[index] = (p, [s for s in rt.slots if s.key and s.index in (None, i)])
         state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
         for index, entry in state_dict["state"].items():
             if index not in target:
                 state[index] = entry  # kept as torch keeps it
                 continue
-            p, dtypes = target[index]
-            state[p] = {key: as_state(v, dtypes.get(key), p.device) for key, v in entry.items()}
+            p, slots = target[index]
+            dtypes = {STEP: torch.int64, **{s.key: s.dtype for s in slots}}
+            new = {key: as_state(v, dtypes.get(key), p.device) for key, v in entry.items()}
+            for slot in slots:  # what torch does not keep (SGD's count), filled in
+                if slot.key not in new and entry:
+                    new[slot.key] = as_state(slot.fill, slot.dtype, p.device)
+            state[p] = new
         groups = []
         for saved, group in zip(saved_groups, self.param_groups):
             new = {**saved, "params": group["params"]}
@@ -517,7 +566,8 @@ class Optimizer(torch.optim.Optimizer):
                 if not isinstance(entry, dict):
                     raise ValueError(f"load_state_dict: the state of parameter {i} is not a dict.")
                 keys = set(entry) - ({STEP} if rt.own_step else set())
-                if keys != expected:
+                fillable = {s.key for s in slots if s.fill is not None and s.index in (None, i)}
+                if keys - expected or expected - keys - fillable:
                     raise ValueError(
                         f"load_state_dict: parameter {i} of group {g} has state keys "
                         f"{sorted(keys)}, this optimizer expects {sorted(expected)} (a checkpoint "
@@ -530,7 +580,7 @@ class Optimizer(torch.optim.Optimizer):
                             f"a {type(value).__name__}, not a tensor or number."
                         )
                 for slot in slots:
-                    if slot.key is None or slot.index not in (None, i):
+                    if slot.key not in entry or slot.index not in (None, i):
                         continue
                     value = entry[slot.key]
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
@@ -540,6 +590,38 @@ class Optimizer(torch.optim.Optimizer):
                             f"has shape {shape}, expected {slot.shape}."
                         )
         return runtimes
+
+
+def _as_checkpoint(entry: dict[str, Any], seen: set[int]) -> dict[str, Any]:
+    """A parameter's state as torch writes it: a float ``step``, no tensor shared."""
+    out = {}
+    for key, value in entry.items():
+        if isinstance(value, torch.Tensor):
+            if key == STEP and not value.is_floating_point():
+                value = value.to(torch_scalar_dtype())
+            elif id(value) in seen:
+                value = value.clone()
+            seen.add(id(value))
+        out[key] = value
+    return out
+
+
+def _may_fuse(values: dict[str, Any]) -> bool:
+    """Whether a group may take torch's fused kernel: not with ``fused=False`` (torch's flag,
+    kept in the group by `from_torch`), nor in differentiable mode."""
+    return values.get("fused") is not False and not values.get("differentiable")
+
+
+@contextlib.contextmanager
+def _step_mode(group: dict[str, Any]) -> Iterator[None]:
+    """A group's update runs without autograd, or with it in differentiable mode; and on
+    one op per tensor where its ``foreach`` is False (torch's for-loop implementation)."""
+    with torch.set_grad_enabled(bool(group.get("differentiable"))):
+        if group.get("foreach") is False:
+            with per_leaf_kernels():
+                yield
+        else:
+            yield
 
 
 def _advance_steps(entries: list, live: list[bool], per_param: bool) -> list[torch.Tensor]:

@@ -146,10 +146,10 @@ def scale_by_lion(
 
 
 class ScaleByRpropState(NamedTuple):
-    """State of `scale_by_rprop`: per-element step sizes and the last (masked) signed steps.
+    """State of `scale_by_rprop`: per-element step sizes and the last gradient.
 
-    Only the sign of ``prev_updates`` is ever read, so a checkpoint of `torch.optim.Rprop`
-    (whose ``prev`` is the masked gradient) loads into it and back.
+    ``prev_updates`` is the last gradient with the elements whose sign flipped set to 0, as
+    torch keeps it (``prev``); only its sign is read. (optax keeps its last update there.)
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -260,11 +260,9 @@ def scale_by_rprop(
             # optax leaves a step size whose sign product is 0 as it is; torch clips it too.
             new_sizes.append(clipped if clip_unchanged else torch.where(s == 0, size, clipped))
         # A sign flip skips the step, and is forgotten (0), so the next step keeps its size.
-        steps = [
-            torch.where(s < 0, 0.0, size * torch.sign(g.to(size.dtype)))
-            for g, s, size in zip(gs, products, new_sizes)
-        ]
-        return steps, new_sizes, steps
+        kept = [torch.where(s < 0, 0.0, g) for g, s in zip(cast_like(gs, prevs), products)]
+        steps = [size * torch.sign(g.to(size.dtype)) for g, size in zip(kept, new_sizes)]
+        return steps, new_sizes, kept
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args

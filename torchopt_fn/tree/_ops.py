@@ -13,8 +13,10 @@ leaf in the dtype of the leaf it replaces.
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import torch
@@ -35,6 +37,7 @@ __all__ = [
     "columns",
     "compute_dtype",
     "map_leaves",
+    "per_leaf_kernels",
     "scalar_shape",
     "use_foreach",
     "widest_dtype",
@@ -45,11 +48,29 @@ _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
 _LAYOUT = operator.attrgetter("layout")
 
 
+_PER_LEAF: ContextVar[bool] = ContextVar("torchopt_fn_per_leaf_kernels", default=False)
+
+
+@contextlib.contextmanager
+def per_leaf_kernels() -> Iterator[None]:
+    """Run eager updates with one op per leaf instead of multi-tensor kernels.
+
+    torch.optim's ``foreach=False``: slower, the same numbers. (Compiled code is not affected.)
+    """
+    token = _PER_LEAF.set(True)
+    try:
+        yield
+    finally:
+        _PER_LEAF.reset(token)
+
+
 def use_foreach(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether multi-tensor kernels may run over ``tensors`` (eagerly or while compiling)."""
     # Foreach kernels have no batching rule under vmap/grad (DESIGN.md §5); complex tensors
     # take the per-leaf path too.
     if not tensors or torch._C._are_functorch_transforms_active():
+        return False
+    if not torch.compiler.is_compiling() and _PER_LEAF.get():
         return False
     return True not in frozenset(map(torch.Tensor.is_complex, tensors))
 
