@@ -16,11 +16,12 @@ class replaced by ``Optimizer(params, from_torch(cls, **kwargs))``:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -503,6 +504,24 @@ def test_old_checkpoint_formats_load(name):
     assert_same_trajectory(train(opt, moved, range(3, 8)), expected, torch.float64)
 
 
+def test_adagrad_has_every_parameter_s_state_from_construction_as_in_torch():
+    """torch.optim.Adagrad reads state it created in its constructor, so a checkpoint of ours
+    must hold a parameter that never had a gradient."""
+    params = make_params(torch.float64)
+    opt = ours("Adagrad", params, lr=0.1, initial_accumulator_value=0.2)
+    reference = theirs("Adagrad", make_params(torch.float64), lr=0.1, initial_accumulator_value=0.2)
+    assert_same_state_dict(opt.state_dict(), reference.state_dict())
+    for _ in range(2):
+        opt.zero_grad()
+        loss_fn([*params[:2], params[2].detach()], torch.ones(5, 4, dtype=torch.float64)).backward()
+        opt.step()
+    moved = [p.detach().clone().requires_grad_() for p in params]
+    resumed = theirs("Adagrad", moved, lr=0.1)
+    resumed.load_state_dict(_roundtrip(opt.state_dict()))
+    expected = train(opt, params, range(2, 6))
+    assert_same_trajectory(train(resumed, moved, range(2, 6)), expected, torch.float64)
+
+
 def test_a_duplicated_parameter_warns_as_in_torch():
     p = torch.zeros(2, requires_grad=True)
     with pytest.warns(UserWarning, match="duplicate parameters"):
@@ -521,4 +540,94 @@ def test_deepcopy_and_pickle_keep_the_transformation():
         assert_same_state_dict(copy.deepcopy(opt).state_dict(), opt.state_dict())
 
 
-Maker = Callable[..., torch.optim.Optimizer]
+# --------------------------------------------------------------------------- differentiable
+
+
+DIFFERENTIABLE = [
+    ("Adam", {}),
+    ("Adam", {"amsgrad": True, "maximize": True}),
+    ("AdamW", {"weight_decay": 0.1}),
+    ("SGD", {"momentum": 0.9}),
+    ("SGD", {"momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
+    ("NAdam", {"weight_decay": 0.01}),
+    ("RAdam", {}),
+    ("Adamax", {}),
+    ("Adagrad", {"lr_decay": 0.01}),
+    ("Adadelta", {}),
+    ("RMSprop", {"momentum": 0.5, "centered": True}),
+    ("Rprop", {}),
+    ("ASGD", {"t0": 1.0}),
+]
+# torch reads ASGD's eta and mu as Python numbers (``.item()``) even in differentiable mode,
+# so it does not differentiate through them; we do, so those two gradients are not compared.
+NOT_DIFFERENTIATED_BY_TORCH = {"eta", "mu"}
+
+
+def differentiate(make: Callable[..., Any], name: str, kwargs: dict, steps: int, tensor_lr: bool):
+    """d(loss after ``steps``)/d(initial params, lr, initial state), torch.optim's way:
+    non-leaf params and state (clones of leaves), ``differentiable=True``."""
+    p0 = torch.randn(3, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    lr = torch.tensor(0.05, requires_grad=True) if tensor_lr else 0.05
+    seed = torch.nn.Parameter(p0.detach().clone())  # a first step, for a non-trivial state
+    seeded = theirs(name, [seed], lr=0.05, **kwargs)
+    seed.grad = torch.ones_like(seed)
+    seeded.step()
+    state0 = {
+        k: v.detach().clone().requires_grad_() if k != "step" else v.clone()
+        for k, v in seeded.state[seed].items()
+    }
+    p = p0.clone()
+    opt = make(name, [p], lr=lr, differentiable=True, **kwargs)
+    opt.state[p] = {k: v.clone() for k, v in state0.items()}
+    g = torch.Generator().manual_seed(2)
+    for _ in range(steps):
+        p.grad = torch.randn(3, 2, generator=g)
+        opt.step()
+    state = opt.state[p]
+    loss = (p**2).sum() + sum((v**2).sum() for k, v in state.items() if k != "step")
+    inputs = {"params": p0, **({"lr": lr} if tensor_lr else {})}
+    inputs.update((k, v) for k, v in state0.items() if v.requires_grad)
+    grads = torch.autograd.grad(loss, list(inputs.values()), allow_unused=True)
+    return {k: torch.zeros_like(x) if g is None else g for (k, x), g in zip(inputs.items(), grads)}
+
+
+@pytest.mark.parametrize("case", DIFFERENTIABLE, ids=_override_id)
+def test_differentiable_mode_gives_torch_s_gradients(case):
+    """Through 1 and 3 steps, w.r.t. the params, a tensor lr and the initial state, wherever
+    torch's own differentiable mode can compute them (some of its kernels take the lr only as a
+    number, and several steps can trip its in-place state updates); ours computes all."""
+    name, kwargs = case
+    compared = 0
+    with default_dtype(torch.float64):  # torch's float64 step counts, as ours
+        for steps, tensor_lr in ((1, False), (1, True), (3, False), (3, True)):
+            mine = differentiate(ours, name, kwargs, steps, tensor_lr)
+            assert all(torch.isfinite(g).all() for g in mine.values())
+            try:
+                reference = differentiate(theirs, name, kwargs, steps, tensor_lr)
+            except (RuntimeError, TypeError):
+                continue
+            for key, expected in reference.items():
+                if key not in NOT_DIFFERENTIATED_BY_TORCH:
+                    torch.testing.assert_close(mine[key], expected, rtol=1e-10, atol=1e-12)
+            compared += 1
+    assert compared >= 1
+
+
+def test_differentiable_mode_optimizes_non_leaf_parameters_and_refuses_compile():
+    p = torch.zeros(2, requires_grad=True).clone()
+    with pytest.raises(ValueError, match="non-leaf"):
+        ours("SGD", [p], lr=0.1)
+    ours("SGD", [p], lr=0.1, differentiable=True)
+    tf.Optimizer([p], tf.adam(0.1), differentiable=True)
+    with pytest.raises(ValueError, match="eagerly"):
+        tf.Optimizer([torch.zeros(1)], tf.adam(0.1), compile=True, differentiable=True)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)

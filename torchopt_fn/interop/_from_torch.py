@@ -345,7 +345,10 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     tx = attach_plan(_as_real(core, name), plan)
     # Record every resolved option (torch's defaults included) so that the `Optimizer` adapter
     # mirrors them into param groups under torch's names.
-    return record(tx, from_torch, {"optimizer": cls, **options})
+    recorded = record(tx, from_torch, {"optimizer": cls, **options})
+    if name == "Adagrad":  # torch creates its state in the constructor (see `Optimizer`)
+        recorded.state_at_construction = True
+    return recorded
 
 
 # The `Optimizer` adapter mirrors every recorded option (flags too) into param groups.

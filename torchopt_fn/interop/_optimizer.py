@@ -183,8 +183,16 @@ class Optimizer(torch.optim.Optimizer):
         params = [params] if isinstance(params, torch.Tensor) else list(params)
         param_group = {**param_group, "params": params}  # a generator is read once, here
         values = {k: param_group.get(k, v) for k, v in self.defaults.items()}
-        self._build(values, "Optimizer: param group")
+        tx = self._build(values, "Optimizer: param group")
         super().add_param_group(param_group)
+        if getattr(tx, "state_at_construction", False):
+            # torch.optim.Adagrad creates every parameter's state here, not at its first step,
+            # and reads it without a check: its checkpoints must have them all.
+            group = self.param_groups[-1]
+            with torch.no_grad():
+                rt = self._runtime(group)
+                entries, fresh = self._entries(rt, [True] * len(rt.params))
+                self._store(rt, entries, [False] * len(rt.params), fresh, None)
 
     def _build(self, values: dict[str, Any], where: str) -> GradientTransformation:
         """The transformation with these group values; a bad value raises, naming ``where``."""
@@ -311,7 +319,10 @@ class Optimizer(torch.optim.Optimizer):
             value = owner[slot.key] if slot.index is None and owner is not None else leaf
             for i in targets:
                 if need[i] and slot.key not in entries[i]:
-                    entries[i][slot.key] = value
+                    # A dict with state but without this key (torch.optim.SGD's, set by hand
+                    # or loaded) takes what torch's lack of it means (`torch_fill`).
+                    started = entries[i] and slot.fill is not None
+                    entries[i][slot.key] = _filled(slot, value) if started else value
         return entries, [i for i, n in enumerate(need) if n]
 
     def _read_state(self, rt: _GroupRuntime, entries: list[dict[str, Any] | None]) -> Any:
@@ -362,20 +373,16 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = []
-        with torch.no_grad():
-            for g, group in enumerate(self.param_groups):
-                live = [p.grad is not None for p in group["params"]]
-                if any(live):
-                    _check_gradients(group["params"], g)
-                    rt = self._runtime(group)
-                    work.append((rt, live, *self._entries(rt, live)))
         commits = []
-        for rt, *args in work:
-            with _step_mode(rt.group):
-                commits.append((rt, self._compute(rt, *args)))
-        for rt, commit in commits:
-            with _step_mode(rt.group):
+        for g, group in enumerate(self.param_groups):
+            live = [p.grad is not None for p in group["params"]]
+            if any(live):
+                _check_gradients(group["params"], g)
+                with _step_mode(group):
+                    rt = self._runtime(group)
+                    commits.append((group, self._compute(rt, live, *self._entries(rt, live))))
+        for group, commit in commits:
+            with _step_mode(group):
                 commit()
         return loss
 
@@ -397,7 +404,12 @@ class Optimizer(torch.optim.Optimizer):
 
             return commit_fused
         grads = ParamList(p.grad for p in params)
-        updates, state = rt.update(grads, self._read_state(rt, entries), ParamList(params))
+        inputs = params
+        if torch.is_grad_enabled():
+            # Differentiable mode: the update may save the parameters' values for backward
+            # (ASGD's decay times a learned eta); the in-place step below must not clobber them.
+            inputs = [p.clone() for p in params]
+        updates, state = rt.update(grads, self._read_state(rt, entries), ParamList(inputs))
 
         def commit() -> None:
             self._store(rt, entries, live, fresh, state)
@@ -590,6 +602,11 @@ class Optimizer(torch.optim.Optimizer):
                             f"has shape {shape}, expected {slot.shape}."
                         )
         return runtimes
+
+
+def _filled(slot: Slot, like: torch.Tensor) -> torch.Tensor:
+    """The value of a key torch's state lacks, as the slot's `fill` says."""
+    return torch.full_like(like, slot.fill)
 
 
 def _as_checkpoint(entry: dict[str, Any], seen: set[int]) -> dict[str, Any]:

@@ -124,22 +124,30 @@ class Ops:
     use what they return.
     """
 
-    __slots__ = ("_inplace", "_inputs", "foreach")
+    __slots__ = ("_foreach", "_inplace", "_inputs", "_possible")
 
     def __init__(self, tensors: Sequence[torch.Tensor], inputs: Sequence[list] = ()):
-        self.foreach = use_foreach(tensors)
+        self._possible = use_foreach(tensors)
         self._inputs = (tensors, *inputs)
+        self._foreach: bool | None = None
         self._inplace: bool | None = None
+
+    @property
+    def foreach(self) -> bool:
+        """Whether to use multi-tensor kernels: where they may run and autograd is not
+        recording (it differentiates one op per leaf with less saved, as torch.optim's
+        differentiable mode does)."""
+        if self._foreach is None:
+            self._foreach = self._possible and not (
+                torch.is_grad_enabled() and _any_requires_grad(self._inputs)
+            )
+        return self._foreach
 
     @property
     def inplace(self) -> bool:
         """Whether temporaries may be overwritten: eager multi-tensor work autograd won't see."""
         if self._inplace is None:
-            self._inplace = (
-                self.foreach
-                and not torch.compiler.is_compiling()
-                and not (torch.is_grad_enabled() and _any_requires_grad(self._inputs))
-            )
+            self._inplace = self.foreach and not torch.compiler.is_compiling()
         return self._inplace
 
     def _multi(self, xs: list, s: Any = None) -> bool:
@@ -334,7 +342,10 @@ def _step_scalars(value: Any) -> Any:
 
 
 def _any_requires_grad(lists: Sequence[Sequence[Any]]) -> bool:
-    return any(isinstance(x, torch.Tensor) and x.requires_grad for xs in lists for x in xs)
+    for xs in lists:
+        if True in frozenset(x.requires_grad for x in xs if isinstance(x, torch.Tensor)):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- the walker
