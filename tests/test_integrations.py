@@ -1,4 +1,4 @@
-"""Real clients of the adapter: PyTorch Lightning's Trainer and HF Accelerate."""
+"""Real clients of the adapter: PyTorch Lightning's Trainer, HF Accelerate and HF Trainer."""
 
 from __future__ import annotations
 
@@ -107,3 +107,61 @@ def test_accelerate_prepare_trains_and_resumes(tmp_path):
     resumed = run(2, load_from=tmp_path / "state")
     for a, b in zip(resumed.parameters(), straight.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_hf_trainer_trains_and_resumes_from_its_checkpoint(tmp_path):
+    """``Trainer(optimizers=(Optimizer(...), scheduler))`` on a tiny GPT-2 built from a config
+    (no download): its checkpoint holds our state in torch's format, and resuming from it
+    gives exactly the uninterrupted run."""
+    transformers = pytest.importorskip("transformers")
+
+    class Tokens(torch.utils.data.Dataset):
+        def __init__(self):
+            self.ids = torch.randint(0, 32, (32, 8), generator=torch.Generator().manual_seed(0))
+
+        def __len__(self) -> int:
+            return len(self.ids)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+    def run(output_dir, resume_from=None):
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            vocab_size=32,
+            n_positions=8,
+            n_embd=16,
+            n_layer=1,
+            n_head=2,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        model = transformers.GPT2LMHeadModel(config)
+        opt = tf.Optimizer(model.parameters(), tf.from_torch("AdamW", lr=1e-2, weight_decay=0.01))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step))
+        args = transformers.TrainingArguments(
+            output_dir=str(output_dir),
+            max_steps=6,
+            per_device_train_batch_size=4,
+            save_strategy="steps",
+            save_steps=3,
+            report_to=[],
+            use_cpu=True,
+            logging_strategy="no",
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = transformers.Trainer(
+            model=model, args=args, train_dataset=Tokens(), optimizers=(opt, sched)
+        )
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        return model, result.training_loss
+
+    straight, loss = run(tmp_path / "straight")
+    assert loss < 3.4  # below log(32), the loss of a uniform guess
+    saved = torch.load(tmp_path / "straight" / "checkpoint-3" / "optimizer.pt", weights_only=True)
+    assert sorted(saved["state"][0]) == ["exp_avg", "exp_avg_sq", "step"]
+    assert saved["param_groups"][0]["lr"] == pytest.approx(1e-2 / 4)  # LambdaLR at step 3
+    resumed, _ = run(tmp_path / "resumed", tmp_path / "straight" / "checkpoint-3")
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
