@@ -631,3 +631,83 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(old)
+
+
+# --------------------------------------------------------------------------- complex parameters
+
+
+def make_complex_params() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 3, generator=g, dtype=torch.complex128)
+    b = torch.randn(3, generator=g, dtype=torch.complex128)
+    s = torch.randn((), generator=g, dtype=torch.float64)  # a real parameter beside them
+    return [x.requires_grad_() for x in (w, b, s)]
+
+
+def complex_loss(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Bounded, with bounded gradients: minimised or maximised, no run blows up (a diverging
+    run would amplify rounding past any tolerance)."""
+    w, b, s = params
+    fit = torch.tanh(x.to(w.dtype) @ w + b).abs() ** 2 * torch.cos(s)
+    return fit.sum() + 0.1 * torch.sin(w.real * w.imag).sum()
+
+
+def train_complex(
+    opt: torch.optim.Optimizer, params: list[torch.Tensor], steps: range, skip: bool = True
+) -> list:
+    trajectory = []
+    for t in steps:
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        opt.zero_grad()
+        complex_loss(params, x).backward()
+        for i in NO_GRAD.get(t % 10, ()) if skip else ():
+            params[i].grad = None
+        opt.step()
+        trajectory.append([p.detach().clone() for p in params])
+    return trajectory
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_complex_parameters_follow_torch(case):
+    """torch optimises a complex parameter as a pair of reals, its state complex; so do we."""
+    name, _, kwargs = case
+    ref_params, our_params = make_complex_params(), make_complex_params()
+    reference = theirs(name, grouped(ref_params), **kwargs)
+    mine = ours(name, grouped(our_params), **kwargs)
+    expected = train_complex(reference, ref_params, range(STEPS))
+    assert_same_trajectory(train_complex(mine, our_params, range(STEPS)), expected, torch.float64)
+    for p, q in zip(our_params, ref_params):
+        for key, value in reference.state[q].items():
+            assert mine.state[p][key].dtype == value.dtype or key == "step", key
+    # and their checkpoints move both ways
+    back, moved = _resumed(theirs, name, kwargs, mine.state_dict(), our_params)
+    forth, moved_again = _resumed(ours, name, kwargs, reference.state_dict(), ref_params)
+    reference_next = train_complex(reference, ref_params, range(STEPS, STEPS + 3))
+    assert_same_trajectory(
+        train_complex(forth, moved_again, range(STEPS, STEPS + 3)), reference_next, torch.float64
+    )
+    mine_next = train_complex(mine, our_params, range(STEPS, STEPS + 3))
+    assert_same_trajectory(
+        train_complex(back, moved, range(STEPS, STEPS + 3)), mine_next, torch.float64
+    )
+
+
+ALIASES = [
+    ("SGD", {"lr": 0.05, "momentum": 0.9}, lambda: tf.sgd(0.05, momentum=0.9)),
+    ("SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True}, lambda: tf.sgd(0.01, 0.9, True)),
+    ("Adam", {"lr": 0.01}, lambda: tf.adam(0.01)),
+    ("AdamW", {"lr": 0.01, "weight_decay": 0.1}, lambda: tf.adamw(0.01, weight_decay=0.1)),
+    ("Adamax", {"lr": 0.01}, lambda: tf.adamax(0.01)),
+    ("Rprop", {"lr": 0.01}, lambda: tf.rprop(0.01)),
+]
+
+
+@pytest.mark.parametrize("case", ALIASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(ALIASES)])
+def test_optax_named_aliases_treat_complex_parameters_as_torch_does(case):
+    name, kwargs, make_tx = case
+    ref_params, our_params = make_complex_params(), make_complex_params()
+    # Every parameter has a gradient on every step: the aliases keep optax's one step count.
+    reference = theirs(name, ref_params, **kwargs)
+    expected = train_complex(reference, ref_params, range(STEPS), skip=False)
+    got = train_complex(tf.Optimizer(our_params, make_tx()), our_params, range(STEPS), skip=False)
+    assert_same_trajectory(got, expected, torch.float64)

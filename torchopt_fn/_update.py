@@ -32,6 +32,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         updates,
         params,
         keep=(0,),
+        complex_as_real=True,
         what="apply_updates",
     )
 
@@ -61,7 +62,7 @@ def apply_updates_(params: Params, updates: Updates) -> Params:
                 for p, u in zip(ps, us):
                     p.add_(u)
 
-    map_leaves(add_, updates, params, what="apply_updates_")
+    map_leaves(add_, updates, params, complex_as_real=True, what="apply_updates_")
     return params
 
 

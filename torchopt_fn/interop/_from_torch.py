@@ -31,7 +31,6 @@ from torchopt_fn.transforms import (
     scale_by_torch_rprop,
     trace,
 )
-from torchopt_fn.tree._flatten import tree_leaves, tree_map
 
 __all__ = ["from_torch"]
 
@@ -225,40 +224,6 @@ def _options(name: str, cls: type, kwargs: Options) -> Options:
     return options
 
 
-def _as_real(tx: GradientTransformation, name: str) -> GradientTransformation:
-    """Run ``tx`` on real views of complex leaves (torch.optim's rule), and refuse sparse ones."""
-
-    def has_complex(tree: Any) -> bool:
-        for x in tree_leaves(tree):
-            if x is None:
-                continue
-            if x.layout != torch.strided:
-                raise ValueError(
-                    f"from_torch(torch.optim.{name}): sparse tensors are not supported; "
-                    "pass dense gradients (grad.to_dense())."
-                )
-            if x.is_complex():
-                return True
-        return False
-
-    def real(tree: Any) -> Any:
-        return tree_map(lambda x: torch.view_as_real(x) if x.is_complex() else x, tree)
-
-    def restore(update: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return torch.view_as_complex(update) if like.is_complex() else update
-
-    def init_fn(params):
-        return tx.init(real(params) if has_complex(params) else params)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        if not (has_complex(updates) or has_complex(params)):
-            return tx.update(updates, state, params, **extra_args)
-        new, state = tx.update(real(updates), state, real(params), **extra_args)
-        return tree_map(restore, new, updates), state
-
-    return GradientTransformation(init_fn, update_fn)
-
-
 def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     r"""The `GradientTransformation` that follows a torch.optim optimizer's trajectory.
 
@@ -302,10 +267,15 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     Scalar state that torch keeps in its scalar dtype (NAdam's ``mu_product``, ASGD's ``eta``
     and ``mu``) is kept in that dtype here too: float32 under the default dtype.
 
-    Complex parameters are optimised as pairs of real numbers, as torch.optim does.
+    Complex parameters are optimised as pairs of real numbers, as torch.optim does: each
+    transform views a complex leaf as real (`torch.view_as_real`) for its maths, and keeps its
+    state complex, as torch does, so checkpoints of complex parameters move both ways too.
     ``foreach``, ``fused``, ``capturable`` and ``differentiable`` choose torch's kernels, not
-    its maths: they are accepted and ignored (every transformation here compiles, vmaps and
-    differentiates).
+    its maths: they are recorded and torch validates them as it would. The `Optimizer` adapter
+    keeps them in each param group, where ``foreach=False`` runs one op per tensor,
+    ``fused=False`` never takes torch's fused kernel and ``differentiable=True`` steps with
+    autograd recording; ``capturable`` changes nothing (the state lives on the parameters'
+    device already).
 
     Args:
         optimizer: a torch.optim class (`torch.optim.SGD`, `Adam`, `AdamW`, `NAdam`, `RAdam`,
@@ -323,6 +293,7 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
         ValueError: an unsupported optimizer (e.g. LBFGS), a value torch's constructor rejects
             (negative lr, ``betas`` outside ``[0, 1)``, Nesterov without momentum, ...), or a
             sparse gradient in ``update``.
+        RuntimeError: a combination of flags torch refuses (``fused`` with ``foreach``).
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -342,7 +313,7 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     if _is_plain_adam(plan):
         # Exactly `adam`'s or `adamw`'s chain: the same eager fast path through the kernel.
         core = with_fused_adam(core, plan)
-    tx = attach_plan(_as_real(core, name), plan)
+    tx = attach_plan(core, plan)
     # Record every resolved option (torch's defaults included) so that the `Optimizer` adapter
     # mirrors them into param groups under torch's names.
     recorded = record(tx, from_torch, {"optimizer": cls, **options})

@@ -85,7 +85,9 @@ def trace(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        out, new_trace = map_leaves(step, updates, state.trace, keep=(None, 0), what="trace")
+        out, new_trace = map_leaves(
+            step, updates, state.trace, keep=(None, 0), complex_as_real=True, what="trace"
+        )
         return out, TraceState(trace=new_trace)
 
     return GradientTransformation(init_fn, update_fn)

@@ -23,7 +23,6 @@ from torchopt_fn.tree._math import (
     infinity_moment,
     moment,
     next_count,
-    reject_complex,
     tree_full_like,
     tree_zeros_like,
     walked_count,
@@ -236,7 +235,6 @@ def scale_by_adam(
         del params, extra_args
 
         def step(ops, gs, mus, nus, count):
-            reject_complex(gs, "scale_by_adam")
             count = next_count(count)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
@@ -258,6 +256,7 @@ def scale_by_adam(
             walked_count(state.count, per_leaf_count),
             keep=(None, 0, 1, 2),
             shapes={2: scalar_shape},
+            complex_as_real=True,
             what="scale_by_adam",
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
@@ -349,7 +348,6 @@ def scale_by_amsgrad(
         count = state.count + 1
 
         def step(ops, gs, mus, nus, maxima):
-            reject_complex(gs, "scale_by_amsgrad")
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
             mu_hat = bias_correction(ops, mus, b1, count) if bias_correction_mu else mus
@@ -364,6 +362,7 @@ def scale_by_amsgrad(
             state.nu,
             state.nu_max,
             keep=(None, 0, 1, 2),
+            complex_as_real=True,
             what="scale_by_amsgrad",
         )
         return out, ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
@@ -441,7 +440,6 @@ def scale_by_adamax(
         del params, extra_args
 
         def step(ops, gs, mus, nus, count):
-            reject_complex(gs, "scale_by_adamax")
             count = next_count(count)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = infinity_moment(ops, gs, nus, b2, eps)
@@ -455,6 +453,7 @@ def scale_by_adamax(
             walked_count(state.count, per_leaf_count),
             keep=(None, 0, 1, 2),
             shapes={2: scalar_shape},
+            complex_as_real=True,
             what="scale_by_adamax",
         )
         return out, ScaleByAdamaxState(count=count, mu=mu, nu=nu)
@@ -526,7 +525,6 @@ def scale_by_radam(
         count = state.count + 1
 
         def step(ops, gs, mus, nus):
-            reject_complex(gs, "scale_by_radam")
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
             mu_hat = first_moment_hat(ops, gs, mus, b1, count, nesterov)
@@ -539,7 +537,13 @@ def scale_by_radam(
             return ops.where(rectify, ops.mul_(adaptive, r), mu_hat), mus, nus
 
         out, mu, nu = map_leaves(
-            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_radam"
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            keep=(None, 0, 1),
+            complex_as_real=True,
+            what="scale_by_radam",
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
@@ -617,7 +621,6 @@ def scale_by_belief(
         count = state.count + 1
 
         def step(ops, gs, mus, nus):
-            reject_complex(gs, "scale_by_belief")
             mus = moment(ops, gs, mus, b1, order=1)
             nus = ops.add_(moment(ops, ops.sub(gs, mus), nus, b2, order=2), eps_root)
             mu_hat = first_moment_hat(ops, gs, mus, b1, count, nesterov)
@@ -626,7 +629,13 @@ def scale_by_belief(
             return adam_direction(ops, mu_hat, nus, eps, 0.0, bias, fresh=True), mus, nus
 
         out, mu, nu = map_leaves(
-            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_belief"
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            keep=(None, 0, 1),
+            complex_as_real=True,
+            what="scale_by_belief",
         )
         return out, ScaleByBeliefState(count=count, mu=mu, nu=nu)
 
@@ -692,7 +701,6 @@ def scale_by_yogi(
         count = state.count + 1
 
         def step(ops, gs, mus, nus):
-            reject_complex(gs, "scale_by_yogi")
             mus = moment(ops, gs, mus, b1, order=1)
             squares = ops.square(cast_like(gs, nus))
             signed = ops.mul(ops.sign(ops.sub(nus, squares)), squares)
@@ -701,7 +709,13 @@ def scale_by_yogi(
             return adam_direction(ops, mus, nus, eps, eps_root, bias), mus, nus
 
         out, mu, nu = map_leaves(
-            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_yogi"
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            keep=(None, 0, 1),
+            complex_as_real=True,
+            what="scale_by_yogi",
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
@@ -786,7 +800,6 @@ def scale_by_adan(
         t = state.t + 1
 
         def step(ops, gs, ms, vs, ns, prevs):
-            reject_complex(gs, "scale_by_adan")
             news = cast_like(gs, prevs)
             diffs = [torch.where(started, d, 0.0) for d in ops.sub(news, prevs)]
             ms = moment(ops, gs, ms, b1, order=1)
@@ -806,6 +819,7 @@ def scale_by_adan(
             state.n,
             state.g,
             keep=(None, 0, 1, 2, 3),
+            complex_as_real=True,
             what="scale_by_adan",
         )
         return out, ScaleByAdanState(m=m, v=v, n=n, g=g, t=t)

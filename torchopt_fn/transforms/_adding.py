@@ -21,7 +21,6 @@ from torchopt_fn._scalar import is_schedule, step_scalar
 from torchopt_fn._validate import check_non_negative, check_number, require_params
 from torchopt_fn.transforms._scaling import ScaleByScheduleState
 from torchopt_fn.tree._flatten import leaf_paths, tree_leaves
-from torchopt_fn.tree._math import reject_complex
 from torchopt_fn.tree._ops import cast_like, compute_dtype, map_leaves
 
 __all__ = [
@@ -82,6 +81,7 @@ def add_decayed_weights(
             lambda ops, gs, ps: ops.add(gs, cast_like(ps, gs), alpha=decay),
             updates,
             params,
+            complex_as_real=True,
             what="add_decayed_weights",
         )
         return out, state
@@ -252,7 +252,6 @@ def add_noise(
         ]
 
         def step(ops, gs):
-            reject_complex(gs, "add_noise")
             # One draw per (dtype, device) group of leaves; the seed of each leaf's noise
             # includes its path, so it depends neither on which others are `None` nor on
             # what other parameters the tree holds.
@@ -270,7 +269,7 @@ def add_noise(
                     out[k] = gs[k] + (std * z.reshape(gs[k].shape)).to(gs[k].dtype)
             return out
 
-        out = map_leaves(step, updates, what="add_noise")
+        out = map_leaves(step, updates, complex_as_real=True, what="add_noise")
         return out, AddNoiseState(count=count, rng_key=state.rng_key)
 
     return GradientTransformation(init_fn, update_fn)

@@ -13,7 +13,6 @@ from torchopt_fn._validate import check_in_range, check_non_negative
 from torchopt_fn.tree._math import (
     bias_correction,
     moment,
-    reject_complex,
     tree_full_like,
     tree_zeros_like,
 )
@@ -134,12 +133,13 @@ def scale_by_rms(
         count = state.count + 1 if debias else None
 
         def step(ops, gs, nus):
-            reject_complex(gs, "scale_by_rms")
             nus = moment(ops, gs, nus, decay, order=2)
             nu_hat = _debiased(ops, nus, decay, count)
             return rms_scaled(ops, gs, nu_hat, eps, eps_in_sqrt), nus
 
-        out, nu = map_leaves(step, updates, state.nu, keep=(None, 0), what="scale_by_rms")
+        out, nu = map_leaves(
+            step, updates, state.nu, keep=(None, 0), complex_as_real=True, what="scale_by_rms"
+        )
         if debias:
             return out, ScaleByRmsWithCountState(count=count, nu=nu)
         return out, ScaleByRmsState(nu=nu)
@@ -244,7 +244,6 @@ def scale_by_stddev(
         count = state.count + 1 if debias else None
 
         def step(ops, gs, mus, nus):
-            reject_complex(gs, "scale_by_stddev")
             mus = moment(ops, gs, mus, decay, order=1)
             nus = moment(ops, gs, nus, decay, order=2)
             mu_hat, nu_hat = _debiased(ops, mus, decay, count), _debiased(ops, nus, decay, count)
@@ -252,7 +251,13 @@ def scale_by_stddev(
             return rms_scaled(ops, gs, variance, eps, eps_in_sqrt), mus, nus
 
         out, mu, nu = map_leaves(
-            step, updates, state.mu, state.nu, keep=(None, 0, 1), what="scale_by_stddev"
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            keep=(None, 0, 1),
+            complex_as_real=True,
+            what="scale_by_stddev",
         )
         if debias:
             return out, ScaleByRStdDevWithCountState(count=count, mu=mu, nu=nu)
@@ -316,7 +321,6 @@ def scale_by_rss(
         return ScaleByRssState(sum_of_squares=tree_full_like(params, initial_accumulator_value))
 
     def step(ops, gs, sums):
-        reject_complex(gs, "scale_by_rss")
         gs_ = cast_like(gs, sums)
         sums = ops.addcmul(sums, gs_, gs_)
         # The inner `where` keeps rsqrt finite where it is not selected, so gradients taken
@@ -330,7 +334,12 @@ def scale_by_rss(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         out, sums = map_leaves(
-            step, updates, state.sum_of_squares, keep=(None, 0), what="scale_by_rss"
+            step,
+            updates,
+            state.sum_of_squares,
+            keep=(None, 0),
+            complex_as_real=True,
+            what="scale_by_rss",
         )
         return out, ScaleByRssState(sum_of_squares=sums)
 
@@ -394,7 +403,6 @@ def scale_by_adadelta(rho: Scalar = 0.9, eps: Scalar = 1e-6) -> GradientTransfor
         return ScaleByAdaDeltaState(e_g=tree_zeros_like(params), e_x=tree_zeros_like(params))
 
     def step(ops, gs, e_gs, e_xs):
-        reject_complex(gs, "scale_by_adadelta")
         e_gs = moment(ops, gs, e_gs, rho, order=2)
         ratios = ops.div_(ops.sqrt_(ops.add(e_xs, eps)), ops.sqrt_(ops.add(e_gs, eps)))
         out = ops.mul_(ratios, cast_like(gs, ratios))
@@ -403,7 +411,13 @@ def scale_by_adadelta(rho: Scalar = 0.9, eps: Scalar = 1e-6) -> GradientTransfor
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         out, e_g, e_x = map_leaves(
-            step, updates, state.e_g, state.e_x, keep=(None, 0, 1), what="scale_by_adadelta"
+            step,
+            updates,
+            state.e_g,
+            state.e_x,
+            keep=(None, 0, 1),
+            complex_as_real=True,
+            what="scale_by_adadelta",
         )
         return out, ScaleByAdaDeltaState(e_g=e_g, e_x=e_x)
 

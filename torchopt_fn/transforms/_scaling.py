@@ -30,7 +30,9 @@ __all__ = [
 
 
 def _scaled(updates, factor):
-    return map_leaves(lambda ops, gs: ops.mul(gs, factor), updates, what="scale")
+    return map_leaves(
+        lambda ops, gs: ops.mul(gs, factor), updates, complex_as_real=True, what="scale"
+    )
 
 
 @record_hyperparams

@@ -272,6 +272,7 @@ def scale_by_rprop(
             state.step_sizes,
             state.prev_updates,
             keep=(None, 0, 1),
+            complex_as_real=True,
             what="scale_by_rprop",
         )
         return out, ScaleByRpropState(step_sizes=sizes, prev_updates=prevs)

@@ -36,7 +36,6 @@ from torchopt_fn.tree._math import (
     bias_factor,
     moment,
     next_count,
-    reject_complex,
     tree_full_like,
     tree_zeros_like,
     walked_count,
@@ -161,6 +160,7 @@ def scale_by_torch_momentum(
             walked_count(state.count, per_leaf_count),
             keep=(None, 0, 1),
             shapes={1: scalar_shape},
+            complex_as_real=True,
             what="scale_by_torch_momentum",
         )
         return out, ScaleByTorchMomentumState(count=count, trace=trace)
@@ -247,7 +247,6 @@ def scale_by_torch_amsgrad(
         del params, extra_args
 
         def step(ops, gs, mus, nus, maxima, count):
-            reject_complex(gs, "scale_by_torch_amsgrad")
             count = next_count(count)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
@@ -265,6 +264,7 @@ def scale_by_torch_amsgrad(
             walked_count(state.count, per_leaf_count),
             keep=(None, 0, 1, 2, 3),
             shapes={3: scalar_shape},
+            complex_as_real=True,
             what="scale_by_torch_amsgrad",
         )
         return out, ScaleByTorchAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
@@ -368,7 +368,6 @@ def scale_by_torch_nadam(
         del params, extra_args
 
         def step(ops, gs, mus, nus, count, products):
-            reject_complex(gs, "scale_by_torch_nadam")
             count = next_count(count)
             if isinstance(products, list):
                 products = ops.scalar(mus, advance, count, products)
@@ -391,6 +390,7 @@ def scale_by_torch_nadam(
             walked_count(state.mu_product, per_leaf_count),
             keep=(None, 0, 1, 2, 3),
             shapes={2: scalar_shape, 3: scalar_shape},
+            complex_as_real=True,
             what="scale_by_torch_nadam",
         )
         return out, ScaleByTorchNadamState(count=count, mu_product=mu_product, mu=mu, nu=nu)
@@ -480,7 +480,6 @@ def scale_by_torch_radam(
         del params, extra_args
 
         def step(ops, gs, mus, nus, count):
-            reject_complex(gs, "scale_by_torch_radam")
             count = next_count(count)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
@@ -497,6 +496,7 @@ def scale_by_torch_radam(
             walked_count(state.count, per_leaf_count),
             keep=(None, 0, 1, 2),
             shapes={2: scalar_shape},
+            complex_as_real=True,
             what="scale_by_torch_radam",
         )
         return out, ScaleByTorchRadamState(count=count, mu=mu, nu=nu)
@@ -579,7 +579,6 @@ def scale_by_torch_adagrad(
         del params, extra_args
 
         def step(ops, gs, sums, count):
-            reject_complex(gs, "scale_by_torch_adagrad")
             count = next_count(count)
             gs_ = cast_like(gs, sums)
             sums = ops.addcmul(sums, gs_, gs_)
@@ -595,6 +594,7 @@ def scale_by_torch_adagrad(
             walked_count(state.count, per_leaf_count),
             keep=(None, 0, 1),
             shapes={1: scalar_shape},
+            complex_as_real=True,
             what="scale_by_torch_adagrad",
         )
         return out, ScaleByTorchAdagradState(count=count, sum_of_squares=sums)
@@ -788,6 +788,7 @@ def scale_by_torch_asgd(
             walked_count(state.mu, per_leaf_count),
             keep=(None, 0, 2, 3, 4),
             shapes={2: scalar_shape, 3: scalar_shape, 4: scalar_shape},
+            complex_as_real=True,
             what="scale_by_torch_asgd",
         )
         return out, ScaleByTorchAsgdState(count=count, eta=eta, mu=mu, ax=ax)

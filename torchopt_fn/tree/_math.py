@@ -23,7 +23,6 @@ __all__ = [
     "moment",
     "next_count",
     "norms_squared_sum",
-    "reject_complex",
     "tree_add",
     "tree_add_scale",
     "tree_all_finite",
@@ -99,14 +98,6 @@ def walked_count(count: Any, per_leaf: bool) -> Any:
     live leaf, or the one shared count, and `next_count` and `Ops.scalar` take either.
     """
     return count if per_leaf else Shared(count)
-
-
-def reject_complex(gs: list, what: str) -> None:
-    if any(g.is_complex() for g in gs):
-        raise ValueError(
-            f"{what}: complex updates are not supported here; `from_torch` optimises complex "
-            "parameters as pairs of reals (`torch.view_as_real`), as torch.optim does."
-        )
 
 
 # --------------------------------------------------------------------------- leaf-wise
@@ -216,12 +207,23 @@ def tree_ones_like(tree: Tree, dtype: torch.dtype | None = None) -> Tree:
 def tree_full_like(tree: Tree, value: Scalar, dtype: torch.dtype | None = None) -> Tree:
     """``value`` broadcast to every leaf's shape (optionally of another dtype).
 
+    A complex leaf gets ``value`` in its real and imaginary parts: complex numbers are pairs
+    of reals here (`torch.view_as_real`), as in torch.optim (Adagrad's and Rprop's state).
+
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> tf.tree_full_like([torch.zeros(2)], 0.5)
-        [tensor([0.5000, 0.5000])]
+        >>> tf.tree_full_like([torch.zeros(2), torch.zeros(1, dtype=torch.complex64)], 0.5)
+        [tensor([0.5000, 0.5000]), tensor([0.5000+0.5000j])]
     """
-    return tree_map(lambda x: torch.full_like(x, 0.0, dtype=dtype).add_(value), tree)
+
+    def full(x: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(x, 0.0, dtype=dtype)
+        if out.is_complex():
+            torch.view_as_real(out).add_(value)
+            return out
+        return out.add_(value)
+
+    return tree_map(full, tree)
 
 
 def tree_where(condition: torch.Tensor, a: Tree, b: Tree) -> Tree:
@@ -263,9 +265,7 @@ def tree_update_moment_per_elem_norm(
 ) -> Tree:
     r"""Exponential moving average of $|g|^k$ (for real tensors $g^2$ when $k = 2$).
 
-    Raises:
-        ValueError: for complex updates (use `from_torch`, which optimises complex
-            parameters as pairs of reals, as torch.optim does).
+    For complex $g$, $|g|$ is its modulus, as in optax; ``moments`` are real.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -275,14 +275,16 @@ def tree_update_moment_per_elem_norm(
     """
 
     def fn(ops, gs, ms):
-        reject_complex(gs, "tree_update_moment_per_elem_norm")
-        return moment(ops, gs if order == 2 else ops.abs(gs), ms, decay, order)
+        real = not any(g.is_complex() for g in gs)
+        return moment(ops, gs if order == 2 and real else ops.abs(gs), ms, decay, order)
 
     return map_leaves(fn, updates, moments, keep=(0,), what="tree_update_moment")
 
 
 def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps: Scalar) -> Tree:
     r"""Exponentially weighted infinity norm: $u_t = \max(\beta u_{t-1}, |g_t| + \epsilon)$.
+
+    For complex $g$, $|g|$ is its modulus, as in optax; ``moments`` are real.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -292,7 +294,6 @@ def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps
     """
 
     def fn(ops, gs, ms):
-        reject_complex(gs, "tree_update_infinity_moment")
         return infinity_moment(ops, gs, ms, decay, eps)
 
     return map_leaves(fn, updates, moments, keep=(0,), what="tree_update_infinity_moment")

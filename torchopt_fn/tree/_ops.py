@@ -357,6 +357,7 @@ def map_leaves(
     *trees: Tree,
     keep: Sequence[int | None] = (),
     shapes: Mapping[int, Callable[[torch.Size], Any]] | None = None,
+    complex_as_real: bool = False,
     what: str = "update",
 ) -> Any:
     """Apply a list function to the leaves of ``updates`` that are not `None`, and of ``trees``.
@@ -379,6 +380,11 @@ def map_leaves(
             statistics, factored moments), ``{index in trees: expected}``, where
             ``expected(update_shape)`` gives the leaf's shape (a tuple, or a list of tuples for a
             list of tensors). The leaves of every other tree must have their update's shape.
+        complex_as_real: give ``fn`` each complex leaf (of the updates, and of the trees
+            shaped like them) as `torch.view_as_real` does, a real tensor with a last axis
+            of 2, and return the outputs standing for complex leaves as complex again:
+            torch.optim's rule, element-wise maths on the real and imaginary parts. For
+            transforms whose maths is element-wise (or reads whole-tensor norms).
         what: the name used in error messages.
 
     Returns:
@@ -420,6 +426,15 @@ def map_leaves(
     walked = [xs for k, xs in enumerate(lists) if k not in shared]
     _check_shapes(gs, walked, _renumber(shapes, shared), updates, idx, what)
 
+    complex_at = None
+    if complex_as_real and True in frozenset(map(torch.Tensor.is_complex, gs)):
+        complex_at = [g.is_complex() for g in gs]
+        gs = _real_views(gs, complex_at)
+        lists = [
+            xs if k in shared or k in shapes else _real_views(xs, complex_at)
+            for k, xs in enumerate(lists)
+        ]
+        walked = [xs for k, xs in enumerate(lists) if k not in shared]
     result = fn(Ops(gs, walked), gs, *lists)
     if result is None or isinstance(result, torch.Tensor):
         return result
@@ -435,8 +450,26 @@ def map_leaves(
         # Statistics of their own shapes (lists of accumulators, say) keep their own dtypes.
         if j not in shapes and [x.dtype for x in new] != [y.dtype for y in likes]:
             new = cast_like(new, likes)
+        if complex_at is not None and j not in shapes:
+            new = _complex_again(new, complex_at)
         trees_out.append(_rebuild(spec, new, idx, None if j is None else others[j]))
     return trees_out[0] if single else tuple(trees_out)
+
+
+def _real_views(xs: list, complex_at: list[bool]) -> list:
+    return [torch.view_as_real(x) if c and x.is_complex() else x for x, c in zip(xs, complex_at)]
+
+
+def _complex_again(xs: list, complex_at: list[bool]) -> list:
+    """The outputs standing for complex leaves, as complex tensors again."""
+    out = []
+    for x, c in zip(xs, complex_at):
+        if c and not x.is_complex():
+            if x.stride(-1) != 1 or any(s % 2 for s in x.stride()[:-1]):
+                x = x.contiguous()  # the layout view_as_complex needs
+            x = torch.view_as_complex(x)
+        out.append(x)
+    return out
 
 
 def scalar_shape(_: Any) -> tuple[()]:
