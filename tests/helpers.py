@@ -666,6 +666,8 @@ class TxCase:
         needs_value: ``update`` needs ``value=loss``.
         exact: the result is exactly the same on views as on contiguous copies (False where
             a reduction's order of summation may change in the last ulp).
+        touches_first_leaf: it reads the first leaf in flattening order ("conv"), where the
+            bad-input tests put their broadcastable gradient (Muon's mask skips it).
     """
 
     id: str
@@ -673,6 +675,7 @@ class TxCase:
     needs_params: bool = False
     needs_value: bool = False
     exact: bool = True
+    touches_first_leaf: bool = True
 
     def __str__(self) -> str:
         return self.id
@@ -682,6 +685,11 @@ def _first(params: Params) -> Params:
     """A mask/label tree: the first leaf (in flattening order) vs the rest."""
     leaves, spec = _flatten.tree_flatten(params)
     return _flatten.tree_unflatten(spec, [i == 0 for i in range(len(leaves))])
+
+
+def _matrices(params: Params) -> Params:
+    """A mask of the 2-D leaves (Muon's)."""
+    return tf.tree_map(lambda p: p.dim() == 2, params)
 
 
 TRANSFORMS: list[TxCase] = [
@@ -776,6 +784,20 @@ TRANSFORMS: list[TxCase] = [
     TxCase("scale_by_torch_adagrad", lambda: tf.scale_by_torch_adagrad(lr_decay=0.01)),
     TxCase("scale_by_torch_rprop", lambda: tf.scale_by_torch_rprop(0.01)),
     TxCase("scale_by_torch_asgd", lambda: tf.scale_by_torch_asgd(0.05, t0=1.0), needs_params=True),
+    TxCase(
+        "scale_by_torch_adafactor",
+        lambda: tf.scale_by_torch_adafactor(0.01, weight_decay=0.1),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(  # matrices only: the table's other leaves pass by; float64 iterations, so that
+        # batched (vmap) and compiled matmuls agree with the loop to 1e-12 (bfloat16's don't)
+        "scale_by_torch_muon",
+        lambda: tf.masked(tf.scale_by_torch_muon(0.01, ns_dtype=torch.float64), _matrices),
+        needs_params=True,
+        exact=False,
+        touches_first_leaf=False,
+    ),
     # core: stateless builders and combinators
     TxCase("identity", lambda: tf.identity()),
     TxCase("set_to_zero", lambda: tf.set_to_zero()),

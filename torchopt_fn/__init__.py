@@ -93,11 +93,12 @@ __all__ = [
 def _register_state_classes() -> None:
     """Let ``torch.load(weights_only=True)`` load functional state: its NamedTuples are safe."""
     from torchopt_fn.tree._flatten import ParamList
+    from torchopt_fn.tree._ops import Absent
 
     objects = [globals()[name] for name in __all__]
     states = [o for o in objects if isinstance(o, type) and issubclass(o, tuple)]
     states.remove(GradientTransformation)
-    torch.serialization.add_safe_globals([ParamList, *states])
+    torch.serialization.add_safe_globals([ParamList, Absent, *states])
 
 
 _register_state_classes()

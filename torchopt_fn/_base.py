@@ -117,9 +117,16 @@ def torch_scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def value_at(value: ScalarOrSchedule, count: torch.Tensor) -> Any:
-    """A hyperparameter's value at step ``count``: a schedule is called, a number returned."""
-    return step_scalar(value(count)) if is_schedule(value) else value
+def value_at(value: ScalarOrSchedule, count: torch.Tensor | list) -> Any:
+    """A hyperparameter's value at step ``count``: a schedule is called, a number returned.
+
+    For per-leaf counts (a list), a schedule is called at each leaf's count.
+    """
+    if not is_schedule(value):
+        return value
+    if isinstance(count, list):
+        return [step_scalar(value(c)) for c in count]
+    return step_scalar(value(count))
 
 
 def torch_names(**names: str) -> Mapping[str, str]:

@@ -62,7 +62,9 @@ def apply_updates_(params: Params, updates: Updates) -> Params:
                 for p, u in zip(ps, us):
                     p.add_(u)
 
-    map_leaves(add_, updates, params, complex_as_real=True, what="apply_updates_")
+    map_leaves(
+        add_, updates, params, complex_as_real=True, sparse_updates=True, what="apply_updates_"
+    )
     return params
 
 

@@ -18,6 +18,7 @@ import torch
 from torchopt_fn._scalar import is_schedule
 
 __all__ = [
+    "UnsupportedInputError",
     "check_in_range",
     "check_non_negative",
     "check_number",
@@ -25,6 +26,13 @@ __all__ = [
     "checks_disabled",
     "require_params",
 ]
+
+
+class UnsupportedInputError(ValueError, RuntimeError):
+    """Input an algorithm cannot take though others can (a complex parameter for a method that
+    factors or orthogonalises matrices): a `ValueError`, and the `RuntimeError` torch.optim
+    raises for the same input, so code written against either catches it."""
+
 
 # Per thread and per asyncio task: a factory rebuilt in one thread does not silence another's.
 _CHECKS_OFF: contextvars.ContextVar[bool] = contextvars.ContextVar(

@@ -22,13 +22,16 @@ from torchopt_fn.transforms import (
     scale_by_learning_rate,
     scale_by_rms,
     scale_by_stddev,
+    scale_by_torch_adafactor,
     scale_by_torch_adagrad,
     scale_by_torch_amsgrad,
     scale_by_torch_asgd,
     scale_by_torch_momentum,
+    scale_by_torch_muon,
     scale_by_torch_nadam,
     scale_by_torch_radam,
     scale_by_torch_rprop,
+    scale_by_torch_sparse_adam,
     trace,
 )
 
@@ -62,14 +65,18 @@ def _with_l2(o: Options, *core: GradientTransformation) -> list[GradientTransfor
     return [*_maximize(o), *_l2(o), *core, scale_by_learning_rate(o["lr"])]
 
 
+def _decay(o: Options) -> list[GradientTransformation]:
+    """Decoupled weight decay: added after the scaling, so that the lr multiplies it."""
+    return [add_decayed_weights(o["weight_decay"])] if _nonzero(o["weight_decay"]) else []
+
+
 def _with_weight_decay(
     o: Options, core: GradientTransformation, decoupled: bool
 ) -> list[GradientTransformation]:
     """Adam-style: L2 before ``core`` or, ``decoupled``, decay scaled by the lr after it."""
     if not decoupled:
         return _with_l2(o, core)
-    decay = [add_decayed_weights(o["weight_decay"])] if _nonzero(o["weight_decay"]) else []
-    return [*_maximize(o), core, *decay, scale_by_learning_rate(o["lr"])]
+    return [*_maximize(o), core, *_decay(o), scale_by_learning_rate(o["lr"])]
 
 
 def _sgd(o: Options) -> list[GradientTransformation]:
@@ -148,6 +155,37 @@ _BUILDERS: dict[str, tuple[Builder, str]] = {
         lambda o: [*_maximize(o), scale_by_torch_rprop(o["lr"], *o["etas"], *o["step_sizes"])],
         "lr etas step_sizes maximize",
     ),
+    "Adafactor": (
+        lambda o: [
+            *_maximize(o),
+            scale_by_torch_adafactor(
+                o["lr"], o["beta2_decay"], *o["eps"], o["d"], o["weight_decay"], **PER_PARAMETER
+            ),
+        ],
+        "lr beta2_decay eps d weight_decay maximize",
+    ),
+    "Muon": (
+        lambda o: [
+            scale_by_torch_muon(
+                o["lr"],
+                o["weight_decay"],
+                o["momentum"],
+                o["nesterov"],
+                tuple(o["ns_coefficients"]),
+                o["eps"],
+                o["ns_steps"],
+                o["adjust_lr_fn"],
+            )
+        ],
+        "lr weight_decay momentum nesterov ns_coefficients eps ns_steps adjust_lr_fn",
+    ),
+    "SparseAdam": (
+        lambda o: [
+            *_maximize(o),
+            scale_by_torch_sparse_adam(o["lr"], *o["betas"], o["eps"], **PER_PARAMETER),
+        ],
+        "lr betas eps maximize",
+    ),
     "ASGD": (
         lambda o: [
             *_maximize(o),
@@ -216,7 +254,7 @@ def _options(name: str, cls: type, kwargs: Options) -> Options:
     if name == "AdamW":
         del checked["decoupled_weight_decay"]
     try:
-        cls([torch.zeros(1)], **checked)
+        cls([torch.zeros(1, 1)], **checked)  # a matrix: Muon takes nothing else
     except (ValueError, TypeError) as e:
         raise type(e)(f"from_torch: invalid options for torch.optim.{name}: {e}") from e
     if isinstance(options["lr"], torch.Tensor):
@@ -244,6 +282,9 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     | RMSprop | [L2] → `scale_by_rms`; `scale_by_stddev` if centered → [`trace(momentum)`] → lr |
     | Rprop | `scale_by_torch_rprop(lr, *etas, *step_sizes)` |
     | ASGD | [L2] → `scale_by_torch_asgd(lr, lambd, alpha, t0)` |
+    | Adafactor | `scale_by_torch_adafactor(lr, beta2_decay, *eps, d, weight_decay)` |
+    | Muon | `scale_by_torch_muon(lr, weight_decay, momentum, nesterov, ...)` (matrices only) |
+    | SparseAdam | `scale_by_torch_sparse_adam(lr, *betas, eps)` (sparse gradients only) |
 
     "L2" is `add_decayed_weights(weight_decay)` on the gradient (torch's coupled weight
     decay); "decay" is the same transform after the scaling, so that the learning rate
@@ -279,8 +320,8 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
 
     Args:
         optimizer: a torch.optim class (`torch.optim.SGD`, `Adam`, `AdamW`, `NAdam`, `RAdam`,
-            `Adamax`, `Adagrad`, `Adadelta`, `RMSprop`, `Rprop`, `ASGD`) or its name
-            (case-insensitive, ``"torch.optim."`` prefix allowed).
+            `Adamax`, `Adagrad`, `Adadelta`, `RMSprop`, `Rprop`, `ASGD`, `Adafactor`, `Muon`,
+            `SparseAdam`) or its name (case-insensitive, ``"torch.optim."`` prefix allowed).
         **kwargs: the optimizer's keyword arguments, as torch names them.
 
     Returns:
@@ -319,6 +360,8 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     recorded = record(tx, from_torch, {"optimizer": cls, **options})
     if name == "Adagrad":  # torch creates its state in the constructor (see `Optimizer`)
         recorded.state_at_construction = True
+    if name == "SparseAdam":  # the `Optimizer` adapter lets its sparse gradients through
+        recorded.sparse_gradients = True
     return recorded
 
 

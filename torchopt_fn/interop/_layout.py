@@ -29,6 +29,7 @@ class Slot(NamedTuple):
     dtype: torch.dtype | None
     shape: tuple[int, ...] | None
     fill: Any = None  # the value of a key torch's checkpoints lack (``torch_fill``)
+    as_int: bool = False  # written to checkpoints as a Python int, as torch does (``torch_ints``)
 
 
 def state_layout(state: Any) -> tuple[Any, list[Slot]]:
@@ -46,18 +47,19 @@ def state_layout(state: Any) -> tuple[Any, list[Slot]]:
         torch_keys = getattr(owner, "torch_keys", {})
         short = torch_keys.get(field_name, field_name) + suffix
         fill = getattr(owner, "torch_fill", {}).get(field_name)
-        described.append((leaf, index, full, short, fill))
+        as_int = field_name in getattr(owner, "torch_ints", ())
+        described.append((leaf, index, full, short, fill, as_int))
     # A short name is used only when no other state field takes it.
     owners: dict[str, set[str]] = {}
-    for _, _, full, short, _ in described:
+    for _, _, full, short, *_ in described:
         owners.setdefault(short, set()).add(full)
     slots = []
-    for leaf, index, full, short, fill in described:
+    for leaf, index, full, short, fill, as_int in described:
         if leaf is None:
             slots.append(Slot(None, index, None, None))
             continue
         key = short if len(owners[short]) == 1 else full
-        slots.append(Slot(key, index, leaf.dtype, tuple(leaf.shape), fill))
+        slots.append(Slot(key, index, leaf.dtype, tuple(leaf.shape), fill, as_int))
     return spec, slots
 
 

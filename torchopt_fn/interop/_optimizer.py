@@ -68,7 +68,12 @@ class _GroupRuntime:
 
     @property
     def keys(self) -> set[str]:
+        """Every state key of the group (some parameters may have only some of them)."""
         return {s.key for s in self.slots if s.key is not None}
+
+    def keys_of(self, i: int) -> set[str]:
+        """The state keys of parameter ``i`` (Adafactor's differ with a parameter's shape)."""
+        return {s.key for s in self.slots if s.key is not None and s.index in (None, i)}
 
     @property
     def own_step(self) -> bool:
@@ -130,9 +135,9 @@ class Optimizer(torch.optim.Optimizer):
         self.compile = compile
         self._runtimes: dict[int, _GroupRuntime] = {}
         defaults, self._ambiguous = hyperparams(tx)
-        if differentiable is not None or "differentiable" not in defaults:
-            defaults["differentiable"] = bool(differentiable)
-        if defaults["differentiable"] and compile:
+        if differentiable is not None:  # else the transformation's (torch's flag), if any
+            defaults["differentiable"] = differentiable
+        if defaults.get("differentiable") and compile:
             raise ValueError("Optimizer: differentiable=True runs eagerly; drop compile=True.")
         super().__init__(params, defaults)
 
@@ -184,6 +189,10 @@ class Optimizer(torch.optim.Optimizer):
         param_group = {**param_group, "params": params}  # a generator is read once, here
         values = {k: param_group.get(k, v) for k, v in self.defaults.items()}
         tx = self._build(values, "Optimizer: param group")
+        try:  # what ``init`` refuses (a parameter Muon cannot take), refused now
+            tx.init(ParamList(meta(p[1] if isinstance(p, tuple) else p) for p in params))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"Optimizer: param group: {e}") from e
         super().add_param_group(param_group)
         if getattr(tx, "state_at_construction", False):
             # torch.optim.Adagrad creates every parameter's state here, not at its first step,
@@ -236,8 +245,9 @@ class Optimizer(torch.optim.Optimizer):
             tensors = []
             for i, part in enumerate(parts):
                 # Ints and zeros stay Python numbers: they may choose a chain's structure
-                # (`min_dim_size_to_factor`; `from_torch` adds a stage only for momentum != 0).
-                if not isinstance(part, float) or part == 0.0:
+                # (`min_dim_size_to_factor`; `from_torch` adds a stage only for momentum != 0);
+                # so do longer tuples (Muon's iteration coefficients), never scheduled.
+                if not isinstance(part, float) or part == 0.0 or len(parts) > 2:
                     tensors.append(part)
                     continue
                 t = store.get((key, i))
@@ -303,8 +313,10 @@ class Optimizer(torch.optim.Optimizer):
         entries = [self.state.get(p) or None for p in params]
         need = [is_live and e is None for e, is_live in zip(entries, live)]
         if rt.check_keys:
-            keys = rt.keys
-            need = [n or (e is not None and not keys <= e.keys()) for n, e in zip(need, entries)]
+            need = [
+                n or (e is not None and not rt.keys_of(i) <= e.keys())
+                for i, (n, e) in enumerate(zip(need, entries))
+            ]
         if not any(need):
             return entries, []
         fresh = rt.tx.init(ParamList(p if n else None for p, n in zip(params, need)))
@@ -377,9 +389,9 @@ class Optimizer(torch.optim.Optimizer):
         for g, group in enumerate(self.param_groups):
             live = [p.grad is not None for p in group["params"]]
             if any(live):
-                _check_gradients(group["params"], g)
                 with _step_mode(group):
                     rt = self._runtime(group)
+                    _check_gradients(group["params"], g, getattr(rt.tx, "sparse_gradients", False))
                     commits.append((group, self._compute(rt, live, *self._entries(rt, live))))
         for group, commit in commits:
             with _step_mode(group):
@@ -475,6 +487,7 @@ class Optimizer(torch.optim.Optimizer):
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         index: dict[int, int] = {}
+        ints: dict[int, set[str]] = {}  # per parameter, the keys torch writes as Python ints
         groups = []
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k not in ("params", "tx", "compile")}
@@ -482,12 +495,16 @@ class Optimizer(torch.optim.Optimizer):
                 index.setdefault(id(p), len(index))
             packed["params"] = [index[id(p)] for p in group["params"]]
             groups.append(packed)
+            if any(self.state.get(p) for p in group["params"]):
+                slots = self._runtime(group).slots
+                keys = {s.key for s in slots if s.as_int}
+                ints.update((id(p), keys) for p in group["params"])
         seen: set[int] = set()
         state: dict[Any, Any] = {}
         for key, entry in self.state.items():
-            if isinstance(key, torch.Tensor):
-                key = index[id(key)]
-            state[key] = _as_checkpoint(entry, seen) if isinstance(entry, dict) else entry
+            if isinstance(entry, dict) and isinstance(key, torch.Tensor):
+                entry = _as_checkpoint(entry, seen, ints.get(id(key), set()))
+            state[index[id(key)] if isinstance(key, torch.Tensor) else key] = entry
         out: dict[str, Any] = {"state": state, "param_groups": groups}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, out)
@@ -570,8 +587,8 @@ class Optimizer(torch.optim.Optimizer):
             spec, slots = state_layout(tx.init(ParamList(meta(p) for p in params)))
             rt = _GroupRuntime(group, (), tx, tx.update, None, params, spec, slots)
             runtimes.append(rt)
-            expected = rt.keys
             for i, index in enumerate(saved["params"]):
+                expected = rt.keys_of(i)
                 if index not in saved_state:
                     continue
                 entry = saved_state[index]
@@ -609,11 +626,14 @@ def _filled(slot: Slot, like: torch.Tensor) -> torch.Tensor:
     return torch.full_like(like, slot.fill)
 
 
-def _as_checkpoint(entry: dict[str, Any], seen: set[int]) -> dict[str, Any]:
-    """A parameter's state as torch writes it: a float ``step``, no tensor shared."""
+def _as_checkpoint(entry: dict[str, Any], seen: set[int], ints: set[str]) -> dict[str, Any]:
+    """A parameter's state as torch writes it: a float ``step`` (SparseAdam's an int, the
+    ``ints``), no tensor shared."""
     out = {}
     for key, value in entry.items():
-        if isinstance(value, torch.Tensor):
+        if key in ints and isinstance(value, torch.Tensor):
+            value = int(value)
+        elif isinstance(value, torch.Tensor):
             if key == STEP and not value.is_floating_point():
                 value = value.to(torch_scalar_dtype())
             elif id(value) in seen:
@@ -682,8 +702,9 @@ def _static(x: Any) -> Any:
     return ("tensor", id(x)) if isinstance(x, torch.Tensor) else x
 
 
-def _check_gradients(params: list[torch.Tensor], g: int) -> None:
-    """Before any parameter changes: floating parameters, dense gradients of their shapes."""
+def _check_gradients(params: list[torch.Tensor], g: int, sparse_ok: bool = False) -> None:
+    """Before any parameter changes: floating parameters, gradients of their shapes, dense
+    (or sparse COO, for a transformation that takes them: SparseAdam's)."""
     if not all(p.is_floating_point() or p.is_complex() for p in params):
         i, p = next(
             (i, p) for i, p in enumerate(params) if not (p.is_floating_point() or p.is_complex())
@@ -694,7 +715,8 @@ def _check_gradients(params: list[torch.Tensor], g: int) -> None:
         )
     grads = [p.grad for p in params]
     pairs = [(i, p, grad) for i, (p, grad) in enumerate(zip(params, grads)) if grad is not None]
-    if {grad.layout for _, _, grad in pairs} - {torch.strided}:
+    allowed = {torch.strided, torch.sparse_coo} if sparse_ok else {torch.strided}
+    if {grad.layout for _, _, grad in pairs} - allowed:
         i = next(i for i, _, grad in pairs if grad.layout != torch.strided)
         raise ValueError(
             f"Optimizer: the gradient of parameter {i} of group {g} is sparse; densify it "

@@ -16,6 +16,7 @@ list:
 | `_clipping` | clipping by value, global norm, block RMS, AGC |
 | `_constraining` | non-negative parameters, NaN-free updates |
 | `_torch_parity` | torch.optim's maths where optax's differs |
+| `_torch_matrix` | torch.optim's matrix-shaped methods: Adafactor, Muon |
 """
 
 from torchopt_fn.transforms import (
@@ -29,6 +30,7 @@ from torchopt_fn.transforms import (
     _rms,
     _scaling,
     _sign,
+    _torch_matrix,
     _torch_parity,
 )
 from torchopt_fn.transforms._accumulation import *
@@ -41,6 +43,7 @@ from torchopt_fn.transforms._layerwise import *
 from torchopt_fn.transforms._rms import *
 from torchopt_fn.transforms._scaling import *
 from torchopt_fn.transforms._sign import *
+from torchopt_fn.transforms._torch_matrix import *
 from torchopt_fn.transforms._torch_parity import *
 
 __all__ = [
@@ -55,4 +58,5 @@ __all__ = [
     *_clipping.__all__,
     *_constraining.__all__,
     *_torch_parity.__all__,
+    *_torch_matrix.__all__,
 ]

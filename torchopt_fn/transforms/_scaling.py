@@ -31,7 +31,11 @@ __all__ = [
 
 def _scaled(updates, factor):
     return map_leaves(
-        lambda ops, gs: ops.mul(gs, factor), updates, complex_as_real=True, what="scale"
+        lambda ops, gs: ops.mul(gs, factor),
+        updates,
+        complex_as_real=True,
+        sparse_updates=True,  # a scaling keeps the sparsity: SparseAdam's lr stage
+        what="scale",
     )
 
 

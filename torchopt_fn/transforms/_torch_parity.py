@@ -26,8 +26,14 @@ from torchopt_fn._base import (
 )
 from torchopt_fn._combine import chain
 from torchopt_fn._record import record_hyperparams
-from torchopt_fn._scalar import is_schedule
-from torchopt_fn._validate import check_in_range, check_non_negative, check_number, require_params
+from torchopt_fn._validate import (
+    UnsupportedInputError,
+    check_in_range,
+    check_non_negative,
+    check_number,
+    check_positive,
+    require_params,
+)
 from torchopt_fn.transforms._adam import radam_rectifier
 from torchopt_fn.transforms._scaling import scale
 from torchopt_fn.transforms._sign import scale_by_rprop
@@ -40,7 +46,7 @@ from torchopt_fn.tree._math import (
     tree_zeros_like,
     walked_count,
 )
-from torchopt_fn.tree._ops import cast_like, map_leaves, scalar_shape, widest_dtype
+from torchopt_fn.tree._ops import cast_like, columns, map_leaves, scalar_shape, widest_dtype
 
 __all__ = [
     "ScaleByTorchAdagradState",
@@ -49,6 +55,7 @@ __all__ = [
     "ScaleByTorchMomentumState",
     "ScaleByTorchNadamState",
     "ScaleByTorchRadamState",
+    "ScaleByTorchSparseAdamState",
     "scale_by_torch_adagrad",
     "scale_by_torch_amsgrad",
     "scale_by_torch_asgd",
@@ -56,6 +63,7 @@ __all__ = [
     "scale_by_torch_nadam",
     "scale_by_torch_radam",
     "scale_by_torch_rprop",
+    "scale_by_torch_sparse_adam",
 ]
 
 
@@ -752,19 +760,12 @@ def scale_by_torch_asgd(
         new_mu = 1 / torch.clamp(t - _t(t0, dt, dev), min=1)
         return new_eta.to(eta.dtype), new_mu.to(mu.dtype)
 
-    def rate_at(count: Any) -> Any:
-        if not is_schedule(learning_rate):
-            return learning_rate
-        if isinstance(count, list):
-            return [value_at(learning_rate, c) for c in count]
-        return value_at(learning_rate, count)
-
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         require_params(params, "scale_by_torch_asgd")
 
         def step(ops, gs, axs, ps, count, etas, mus):
-            rate = rate_at(count)
+            rate = value_at(learning_rate, count)
             count = next_count(count)
             neg_eta, neg_eta_decay, mu = ops.scalar(ps, scales, etas, mus)
             out = ops.add_(ops.mul(cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
@@ -792,5 +793,142 @@ def scale_by_torch_asgd(
             what="scale_by_torch_asgd",
         )
         return out, ScaleByTorchAsgdState(count=count, eta=eta, mu=mu, ax=ax)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def _sparse_like(g: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` at the indices of the coalesced sparse ``g``."""
+    return torch.sparse_coo_tensor(
+        g.indices(), values, g.shape, is_coalesced=True, check_invariants=False
+    )
+
+
+class ScaleByTorchSparseAdamState(NamedTuple):
+    """State of `scale_by_torch_sparse_adam`: step count and Adam's (dense) moments.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.scale_by_torch_sparse_adam().init({"w": torch.zeros(2)}).mu
+        {'w': tensor([0., 0.])}
+    """
+
+    count: Any
+    mu: Any
+    nu: Any
+
+    torch_keys = torch_names(count="step", mu="exp_avg", nu="exp_avg_sq")
+    torch_ints = frozenset({"count"})  # torch keeps SparseAdam's step a Python int
+
+
+@record_hyperparams
+def scale_by_torch_sparse_adam(
+    learning_rate: Scalar = 1e-3,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    *,
+    per_leaf_count: bool = False,
+) -> GradientTransformation:
+    r"""Adam on the rows a sparse gradient touches, as `torch.optim.SparseAdam` ("lazy Adam").
+
+    For a sparse COO gradient with values $g$ at its (coalesced) indices, only those entries
+    of the moments move, $m \leftarrow m + (1-\beta_1)(g - m)$ and
+    $v \leftarrow v + (1-\beta_2)(g^2 - v)$, and the update, sparse at the same indices, is
+    $-\mathrm{lr}\frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\, m / (\sqrt{v} + \epsilon)$ there (the
+    final update: the step size is computed as torch computes it, in a tensor ``learning_rate``'s
+    own dtype). Every update must be sparse (torch refuses dense gradients: use Adam). The
+    moments are dense, the parameters' shape; being a pure transformation, each step returns
+    new ones (torch adds into its own in place).
+
+    Args:
+        learning_rate: lr, a float or a 0-d tensor.
+        b1: decay of the first moment, in ``[0, 1)``.
+        b2: decay of the second moment, in ``[0, 1)``.
+        eps: added to $\sqrt{v}$, ``> 0``.
+        per_leaf_count: count each leaf's steps, as torch.optim does (see `scale_by_adam`).
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByTorchSparseAdamState`.
+
+    Raises:
+        ValueError: for ``b1``/``b2`` outside ``[0, 1)`` or ``eps <= 0``;
+            `UnsupportedInputError` for a dense update.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale_by_torch_sparse_adam(0.1)
+        >>> g = torch.sparse_coo_tensor([[1]], [2.0], (3,))
+        >>> u, state = tx.update({"w": g}, tx.init({"w": torch.zeros(3)}))
+        >>> u["w"].to_dense(), state.mu["w"]
+        (tensor([ 0.0000, -0.1000,  0.0000]), tensor([0.0000, 0.2000, 0.0000]))
+
+    torch.optim equivalent: `torch.optim.SparseAdam(lr, betas=(b1, b2), eps)` is
+    ``scale_by_torch_sparse_adam(lr, b1, b2, eps)``.
+    """
+    check_positive("learning_rate", learning_rate)
+    check_in_range("b1", b1, 0.0, 1.0)
+    check_in_range("b2", b2, 0.0, 1.0)
+    check_positive("eps", eps)
+
+    def init_fn(params):
+        def check(p: torch.Tensor) -> None:
+            if p.layout != torch.strided:
+                raise ValueError("SparseAdam requires dense parameter tensors")
+            if p.is_complex():
+                raise ValueError("SparseAdam does not support complex parameters")
+
+        tree_map(check, params)
+        return ScaleByTorchSparseAdamState(
+            count=init_count(params, per_leaf=per_leaf_count),
+            mu=tree_zeros_like(params),
+            nu=tree_zeros_like(params),
+        )
+
+    def leaf(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> tuple:
+        """One leaf, in torch's order of operations; the moments change only where g is."""
+        g = g.coalesce()  # the update is not linear: indices must be unique
+        values = g.values()
+        if values.numel() == 0:
+            return g, m, v
+        old_m, old_v = m.sparse_mask(g).values(), v.sparse_mask(g).values()
+        m_step = (values - old_m) * (1 - b1)
+        v_step = (values.pow(2) - old_v) * (1 - b2)
+        m = m + _sparse_like(g, m_step)
+        v = v + _sparse_like(g, v_step)
+        t = t.to(torch.float64)
+        bc1, sqrt_bc2 = 1 - b1**t, torch.sqrt(1 - b2**t)
+        if isinstance(learning_rate, torch.Tensor):  # torch's arithmetic in the lr's dtype
+            bc1, sqrt_bc2 = bc1.to(learning_rate.dtype), sqrt_bc2.to(learning_rate.dtype)
+        step_size = learning_rate * sqrt_bc2 / bc1
+        direction = (m_step + old_m) / ((v_step + old_v).sqrt() + eps)
+        return _sparse_like(g, -step_size.to(values.device) * direction), m, v
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+
+        def step(ops, gs, mus, nus, count):
+            if any(g.layout != torch.sparse_coo for g in gs):
+                raise UnsupportedInputError(
+                    "SparseAdam does not support dense gradients, please consider Adam instead"
+                )
+            count = next_count(count)
+            counts = count if isinstance(count, list) else [count] * len(gs)
+            results = [leaf(*args) for args in zip(gs, mus, nus, counts)]
+            out, mus, nus = columns(results, 3)
+            return out, mus, nus, count
+
+        out, mu, nu, count = map_leaves(
+            step,
+            updates,
+            state.mu,
+            state.nu,
+            walked_count(state.count, per_leaf_count),
+            keep=(None, 0, 1, 2),
+            shapes={2: scalar_shape},
+            sparse_updates=True,
+            what="scale_by_torch_sparse_adam",
+        )
+        return out, ScaleByTorchSparseAdamState(count=count, mu=mu, nu=nu)
 
     return GradientTransformation(init_fn, update_fn)

@@ -31,6 +31,7 @@ from torchopt_fn.tree._flatten import (
 )
 
 __all__ = [
+    "Absent",
     "Ops",
     "Shared",
     "cast_like",
@@ -126,8 +127,10 @@ class Ops:
 
     __slots__ = ("_foreach", "_inplace", "_inputs", "_possible")
 
-    def __init__(self, tensors: Sequence[torch.Tensor], inputs: Sequence[list] = ()):
-        self._possible = use_foreach(tensors)
+    def __init__(
+        self, tensors: Sequence[torch.Tensor], inputs: Sequence[list] = (), multi: bool = True
+    ):
+        self._possible = multi and use_foreach(tensors)
         self._inputs = (tensors, *inputs)
         self._foreach: bool | None = None
         self._inplace: bool | None = None
@@ -358,6 +361,7 @@ def map_leaves(
     keep: Sequence[int | None] = (),
     shapes: Mapping[int, Callable[[torch.Size], Any]] | None = None,
     complex_as_real: bool = False,
+    sparse_updates: bool = False,
     what: str = "update",
 ) -> Any:
     """Apply a list function to the leaves of ``updates`` that are not `None`, and of ``trees``.
@@ -378,13 +382,16 @@ def map_leaves(
             leaf it stands for: the state's, or the update's.
         shapes: for the trees whose leaves are not shaped like their update (per-tensor
             statistics, factored moments), ``{index in trees: expected}``, where
-            ``expected(update_shape)`` gives the leaf's shape (a tuple, or a list of tuples for a
-            list of tensors). The leaves of every other tree must have their update's shape.
+            ``expected(update_shape)`` gives the leaf's shape (a tuple, a list of tuples for a
+            list of tensors, or `None` where the leaf has no such state and the tree holds
+            `Absent`). The leaves of every other tree must have their update's shape.
         complex_as_real: give ``fn`` each complex leaf (of the updates, and of the trees
             shaped like them) as `torch.view_as_real` does, a real tensor with a last axis
             of 2, and return the outputs standing for complex leaves as complex again:
             torch.optim's rule, element-wise maths on the real and imaginary parts. For
             transforms whose maths is element-wise (or reads whole-tensor norms).
+        sparse_updates: accept sparse COO updates (for transforms written for them); ``fn``
+            then runs one op per leaf. Otherwise a sparse update is a `ValueError`.
         what: the name used in error messages.
 
     Returns:
@@ -420,8 +427,9 @@ def map_leaves(
         gs = [leaves[i] for i in idx]
         lists = [o if k in shared else [o[i] for i in idx] for k, o in enumerate(others)]
         types = types - {type(None)}
+    sparse = False
     if not torch.compiler.is_compiling():
-        _check_updates(gs, types, updates, idx, what)
+        sparse = _check_updates(gs, types, updates, idx, what, sparse_updates)
     shapes = shapes or {}
     walked = [xs for k, xs in enumerate(lists) if k not in shared]
     _check_shapes(gs, walked, _renumber(shapes, shared), updates, idx, what)
@@ -435,7 +443,7 @@ def map_leaves(
             for k, xs in enumerate(lists)
         ]
         walked = [xs for k, xs in enumerate(lists) if k not in shared]
-    result = fn(Ops(gs, walked), gs, *lists)
+    result = fn(Ops(gs, walked, multi=not sparse), gs, *lists)
     if result is None or isinstance(result, torch.Tensor):
         return result
     single = isinstance(result, list)
@@ -477,6 +485,15 @@ def scalar_shape(_: Any) -> tuple[()]:
     return ()
 
 
+class Absent(NamedTuple):
+    """State a leaf does not have (Adafactor's factors of a vector, its variance of a matrix).
+
+    A node with no leaves, so that the state stays all tensors (`torch.func.vmap` needs that)
+    and the `Optimizer` adapter stores no key for it, as torch.optim stores none; a ``shapes``
+    entry of `map_leaves` gives `None` where a tree holds one.
+    """
+
+
 class Shared(NamedTuple):
     """A value `map_leaves` hands to ``fn`` whole instead of leaf by leaf.
 
@@ -509,8 +526,16 @@ def _live_paths(updates: Tree, idx: list[int] | None) -> list[str]:
     return paths if idx is None else [paths[i] for i in idx]
 
 
-def _check_updates(gs: list, types: frozenset, updates: Tree, idx: list[int] | None, what: str):
-    """Every live update is a dense tensor (eagerly; nothing else reaches a compiled graph)."""
+def _check_updates(
+    gs: list,
+    types: frozenset,
+    updates: Tree,
+    idx: list[int] | None,
+    what: str,
+    sparse_ok: bool = False,
+) -> bool:
+    """Every live update is a dense tensor, or (``sparse_ok``) a sparse COO one (eagerly;
+    nothing else reaches a compiled graph). Returns whether any is sparse."""
     if not types <= _PLAIN_TENSORS:
         for path, g in zip(_live_paths(updates, idx), gs):
             if not isinstance(g, torch.Tensor):
@@ -518,16 +543,20 @@ def _check_updates(gs: list, types: frozenset, updates: Tree, idx: list[int] | N
                     f"{what}: the update at {path} is a {type(g).__name__}, not a tensor "
                     "(use None for a parameter without an update)."
                 )
-    if frozenset(map(_LAYOUT, gs)) - {torch.strided}:
+    layouts = frozenset(map(_LAYOUT, gs)) - {torch.strided}
+    if layouts and not (sparse_ok and layouts == {torch.sparse_coo}):
         for path, g in zip(_live_paths(updates, idx), gs):
             if g.layout != torch.strided:
                 raise ValueError(
                     f"{what}: the update at {path} is sparse ({g.layout}); densify it "
                     "(`g.to_dense()`) or use torch.optim.SparseAdam."
                 )
+    return bool(layouts)
 
 
 def _shape_of(x: Any) -> Any:
+    if x is None or isinstance(x, Absent):  # state this leaf does not have
+        return None
     if isinstance(x, torch.Tensor):
         return tuple(x.shape)
     if isinstance(x, (list, tuple)):
