@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 from types import ModuleType
 
 import torchopt_fn
@@ -92,12 +93,25 @@ def pages() -> dict[str, str]:
     return out
 
 
+# The maths renderer, served with the site so that formulas render offline: MathJax 3's
+# self-contained SVG build, from the `django-static-mathjax` wheel (docs extra).
+MATHJAX = ("static", "mathjax", "es5", "tex-svg.js")
+
+
+def mathjax_source() -> str:
+    import mathjax  # django-static-mathjax: MathJax's files, no Django needed to read them
+
+    return Path(mathjax.__file__).parent.joinpath(*MATHJAX).read_text(encoding="utf-8")
+
+
 def main() -> None:
     import mkdocs_gen_files
 
     for page, text in pages().items():
         with mkdocs_gen_files.open(f"api/{page}", "w") as f:
             f.write(text)
+    with mkdocs_gen_files.open("javascripts/tex-svg.js", "w") as f:
+        f.write(mathjax_source())
 
 
 # mkdocs-gen-files executes this file with runpy.run_path, whose default run name is "<run_path>";

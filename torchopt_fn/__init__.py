@@ -16,6 +16,7 @@ from torchopt_fn._base import (
     EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
+    MaskOrFn,
     OptState,
     Params,
     ScalarOrSchedule,
@@ -32,6 +33,8 @@ from torchopt_fn._combine import (
     partition,
 )
 from torchopt_fn._compile import compile_step
+from torchopt_fn._record import record_hyperparams
+from torchopt_fn._scalar import Scalar
 from torchopt_fn._stateless import (
     identity,
     set_to_zero,
@@ -54,11 +57,13 @@ __all__ = [
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "MaskOrFn",
     "MaskedNode",
     "MaskedState",
     "OptState",
     "Params",
     "PartitionState",
+    "Scalar",
     "ScalarOrSchedule",
     "Schedule",
     "Updates",
@@ -73,6 +78,7 @@ __all__ = [
     "named_chain",
     "optimizers",
     "partition",
+    "record_hyperparams",
     "schedules",
     "set_to_zero",
     "stateless",

@@ -25,6 +25,7 @@ __all__ = [
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "MaskOrFn",
     "OptState",
     "Params",
     "ScalarOrSchedule",
@@ -41,6 +42,11 @@ OptState: TypeAlias = Any
 Schedule: TypeAlias = Callable[[torch.Tensor | int], torch.Tensor]
 """A pure function of the step count (a 0-d integer tensor or an int) returning a 0-d tensor."""
 ScalarOrSchedule: TypeAlias = Scalar | Schedule
+"""A hyperparameter that may change with the step: a `Scalar` or a `Schedule`."""
+MaskOrFn: TypeAlias = Any | Callable[[Params], Any] | None
+"""Which parameters a stage applies to: a tree of booleans with the params' structure, a
+function of the params returning one (``lambda p: tree_map(lambda x: x.dim() > 1, p)``), or
+`None` for all of them (optax's ``mask``)."""
 
 
 class TransformInitFn(Protocol):

@@ -101,7 +101,23 @@ def record(built: Any, factory: Callable[..., Any], arguments: dict[str, Any]) -
 
 
 def record_hyperparams(factory: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a public factory so what it returns remembers the call that built it."""
+    """Decorate a factory so that what it returns remembers the call that built it.
+
+    Every public factory here is decorated. Decorate your own optimizer's factory too: the
+    `Optimizer` adapter then mirrors its real-number arguments into param groups (under
+    torch's names: ``learning_rate`` as ``lr``, ``b1``/``b2`` as ``betas``) and calls it again
+    with a group's values, so lr schedulers and per-group overrides reach every place the
+    argument is used; and the transformation pickles as the call.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> @tf.record_hyperparams
+        ... def sgd_with_decay(learning_rate: float, weight_decay: float = 0.0):
+        ...     return tf.chain(tf.add_decayed_weights(weight_decay), tf.scale(-learning_rate))
+        >>> opt = tf.Optimizer([torch.zeros(2, requires_grad=True)], sgd_with_decay(0.1, 1e-3))
+        >>> sorted(k for k in opt.param_groups[0] if k != "params")
+        ['lr', 'weight_decay']
+    """
     signature = inspect.signature(factory)
 
     @functools.wraps(factory)

@@ -102,7 +102,22 @@ def ref_adan(gs, p, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=0.0):
     return out
 
 
+def ref_adam(gs, p, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, bias_correction="moments"):
+    """Adam; ``"step"`` is the paper's efficient form (eps before the correction)."""
+    m, v, out = 0 * p, 0 * p, []
+    for t, g in enumerate(gs, 1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        if bias_correction == "moments":
+            out.append(m / (1 - b1**t) / (torch.sqrt(v / (1 - b2**t) + eps_root) + eps))
+        else:
+            scale = math.sqrt(1 - b2**t) / (1 - b1**t) if bias_correction == "step" else 1.0
+            out.append(scale * m / (torch.sqrt(v + eps_root) + eps))
+    return out
+
+
 REFERENCES = {
+    "scale_by_adam": ref_adam,
     "scale_by_amsgrad": ref_amsgrad,
     "scale_by_adamax": ref_adamax,
     "scale_by_radam": ref_radam,
@@ -112,6 +127,9 @@ REFERENCES = {
 }
 
 REFERENCE_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("scale_by_adam", {"b1": 0.8, "eps": 1e-3, "eps_root": 1e-6}),
+    ("scale_by_adam", {"b2": 0.9, "eps": 1e-2, "bias_correction": "step"}),
+    ("scale_by_adam", {"eps": 1e-2, "eps_root": 1e-4, "bias_correction": "none"}),
     ("scale_by_adamax", {}),
     ("scale_by_adamax", {"b1": 0.5, "b2": 0.9, "eps": 1e-2}),
     ("scale_by_adan", {}),

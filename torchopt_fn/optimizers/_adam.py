@@ -6,13 +6,12 @@ updates are already negated. The learning rate may be a float, a 0-d tensor or a
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any
 
 import torch
 
 from torchopt_fn import transforms
-from torchopt_fn._base import GradientTransformation, Params, Scalar, ScalarOrSchedule
+from torchopt_fn._base import GradientTransformation, MaskOrFn, Scalar, ScalarOrSchedule
 from torchopt_fn._combine import chain
 from torchopt_fn._fused import adam_plan, with_fused_adam
 from torchopt_fn._record import record_hyperparams
@@ -37,7 +36,6 @@ def _is_zero(x: Any) -> bool:
     return isinstance(x, (int, float)) and x == 0
 
 
-MaskOrFn: TypeAlias = Any | Callable[[Params], Any] | None
 """A tree of booleans shaped like the params (or a function of the params returning one)."""
 
 

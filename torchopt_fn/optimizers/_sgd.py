@@ -6,13 +6,10 @@ updates are already negated. The learning rate may be a float, a 0-d tensor or a
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeAlias
-
 import torch
 
 from torchopt_fn import transforms
-from torchopt_fn._base import GradientTransformation, Params, Scalar, ScalarOrSchedule
+from torchopt_fn._base import GradientTransformation, Scalar, ScalarOrSchedule
 from torchopt_fn._combine import chain
 from torchopt_fn._fused import attach_plan, sgd_plan
 from torchopt_fn._record import record_hyperparams
@@ -25,7 +22,6 @@ __all__ = [
     "sgd",
 ]
 
-MaskOrFn: TypeAlias = Any | Callable[[Params], Any] | None
 """A tree of booleans shaped like the params (or a function of the params returning one)."""
 
 

@@ -187,6 +187,7 @@ def scale_by_adam(
     nesterov: bool = False,
     nu_dtype: torch.dtype | None = None,
     per_leaf_count: bool = False,
+    bias_correction: str = "moments",
 ) -> GradientTransformation:
     r"""Rescale updates by Adam's bias-corrected moment estimates.
 
@@ -195,6 +196,12 @@ def scale_by_adam(
     $u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)$.
     With ``nesterov`` (NAdam),
     $\hat m_t = \beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)$.
+
+    ``bias_correction="step"`` is the Adam paper's "efficient" form (Algorithm 1's note; TF1's
+    and BERT's AdamW): $u_t = \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}\, m_t /
+    (\sqrt{v_t + \epsilon_{root}} + \epsilon)$, which adds $\epsilon$ before the correction,
+    so it weighs $\sqrt{1-\beta_2^t}$ times less early on; ``"none"`` drops the correction,
+    $u_t = m_t / (\sqrt{v_t + \epsilon_{root}} + \epsilon)$.
 
     Args:
         b1: decay of the first moment, in ``[0, 1)``.
@@ -208,12 +215,14 @@ def scale_by_adam(
         per_leaf_count: count each leaf's steps, as torch.optim counts each parameter's: a
             leaf whose update is `None` skips the step (its count stays, and its bias
             corrections follow its own count). Default: one count, as in optax.
+        bias_correction: ``"moments"`` (optax's and torch's), ``"step"`` or ``"none"``.
 
     Returns:
         A `GradientTransformation` with state `ScaleByAdamState`.
 
     Raises:
-        ValueError: for ``b1``/``b2`` outside ``[0, 1)`` or a negative ``eps``/``eps_root``.
+        ValueError: for ``b1``/``b2`` outside ``[0, 1)``, a negative ``eps``/``eps_root``, or
+            another ``bias_correction`` (or ``nesterov`` with one other than ``"moments"``).
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -230,6 +239,15 @@ def scale_by_adam(
     ``chain(scale_by_adam(), scale_by_learning_rate(lr))``.
     """
     _check_betas(b1, b2, eps, eps_root)
+    if bias_correction not in ("moments", "step", "none"):
+        raise ValueError(
+            f'bias_correction must be "moments", "step" or "none", got {bias_correction!r}.'
+        )
+    if nesterov and bias_correction != "moments":
+        raise ValueError('nesterov needs bias_correction="moments" (NAdam corrects moments).')
+
+    def step_size(t: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.sqrt(bias_factor(b2, t, dtype, device)) / bias_factor(b1, t, dtype, device)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -238,6 +256,11 @@ def scale_by_adam(
             count = next_count(count)
             mus = moment(ops, gs, mus, b1, order=1)
             nus = moment(ops, gs, nus, b2, order=2)
+            if bias_correction != "moments":
+                out = adam_direction(ops, mus, nus, eps, eps_root)
+                if bias_correction == "step":
+                    out = ops.mul_(out, ops.scalar(out, step_size, count))
+                return out, mus, nus, count
             bc1, bc2, sqrt_bc2 = corrections(ops, mus, b1, b2, count)
             if nesterov:
                 mu_hat = nesterov_mu_hat(ops, gs, mus, b1, count)
