@@ -111,7 +111,16 @@ def init_count(params: Params, *, per_leaf: bool = False) -> Any:
     each parameter's steps, and a parameter without a gradient skips its step.
     """
     if per_leaf:
-        return tree_map(lambda p: torch.zeros((), dtype=torch.int64, device=p.device), params)
+        # One zero per device, shared: leaves that step together keep sharing their count,
+        # so their bias corrections are computed once (see `next_count`).
+        zeros: dict[torch.device, torch.Tensor] = {}
+
+        def zero(p: torch.Tensor) -> torch.Tensor:
+            if p.device not in zeros:
+                zeros[p.device] = torch.zeros((), dtype=torch.int64, device=p.device)
+            return zeros[p.device]
+
+        return tree_map(zero, params)
     return torch.zeros((), dtype=torch.int64, device=params_device(params))
 
 

@@ -203,7 +203,10 @@ def run_fused_(
     kernel = torch._fused_adamw_ if plan.kernel == "adamw" else torch._fused_adam_
     assert steps is not None and len(steps) == len(params)
     # The kernel reads float32 counts on the parameters' device: one conversion for all.
-    floats = torch.stack(steps).to(device=params[0].device, dtype=torch.float32).unbind()
+    if all(s is steps[0] for s in steps):  # one shared count
+        floats = [steps[0].to(device=params[0].device, dtype=torch.float32)] * len(steps)
+    else:
+        floats = torch.stack(steps).to(device=params[0].device, dtype=torch.float32).unbind()
     kernel(
         params,
         grads,

@@ -362,6 +362,8 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
         recorded.state_at_construction = True
     if name == "SparseAdam":  # the `Optimizer` adapter lets its sparse gradients through
         recorded.sparse_gradients = True
+    if name in ("SGD", "Muon"):  # torch keeps no step for them: neither does the adapter
+        recorded.torch_step = False
     return recorded
 
 

@@ -77,8 +77,9 @@ class _GroupRuntime:
 
     @property
     def own_step(self) -> bool:
-        """Whether the adapter keeps ``step`` itself (the transformation has no counter)."""
-        return STEP not in self.keys
+        """Whether the adapter keeps ``step`` itself: the transformation has no counter, and
+        its torch counterpart keeps one (torch.optim.SGD and Muon keep none: ``torch_step``)."""
+        return STEP not in self.keys and getattr(self.tx, "torch_step", True)
 
     @property
     def steps_per_param(self) -> bool:
@@ -311,6 +312,8 @@ class Optimizer(torch.optim.Optimizer):
         """
         params = rt.params
         entries = [self.state.get(p) or None for p in params]
+        if not rt.keys and not rt.own_step:
+            return entries, []  # nothing to keep (SGD without momentum), as in torch
         need = [is_live and e is None for e, is_live in zip(entries, live)]
         if rt.check_keys:
             need = [
@@ -338,7 +341,7 @@ class Optimizer(torch.optim.Optimizer):
         return entries, [i for i, n in enumerate(need) if n]
 
     def _read_state(self, rt: _GroupRuntime, entries: list[dict[str, Any] | None]) -> Any:
-        owner = next(e for e in entries if e is not None)
+        owner = next((e for e in entries if e is not None), None)
         leaves = []
         for slot in rt.slots:
             entry = owner if slot.index is None else entries[slot.index]
@@ -551,6 +554,8 @@ class Optimizer(torch.optim.Optimizer):
                 if slot.key not in new and entry:
                     new[slot.key] = as_state(slot.fill, slot.dtype, p.device)
             state[p] = new
+        for group in self.param_groups:
+            _share_equal_scalars(group["params"], state)
         groups = []
         for saved, group in zip(saved_groups, self.param_groups):
             new = {**saved, "params": group["params"]}
@@ -594,7 +599,8 @@ class Optimizer(torch.optim.Optimizer):
                 entry = saved_state[index]
                 if not isinstance(entry, dict):
                     raise ValueError(f"load_state_dict: the state of parameter {i} is not a dict.")
-                keys = set(entry) - ({STEP} if rt.own_step else set())
+                # The adapter's own ``step`` may be there or not (torch's SGD has none).
+                keys = set(entry) - ({STEP} if STEP not in rt.keys else set())
                 fillable = {s.key for s in slots if s.fill is not None and s.index in (None, i)}
                 if keys - expected or expected - keys - fillable:
                     raise ValueError(
@@ -661,6 +667,37 @@ def _step_mode(group: dict[str, Any]) -> Iterator[None]:
             yield
 
 
+def _share_equal_scalars(params: list[torch.Tensor], state: dict[Any, Any]) -> None:
+    """Let a group's parameters share one tensor for a per-parameter scalar (a step count,
+    NAdam's ``mu_product``) whose loaded values are all equal, as they share it when they step
+    together: step-dependent factors are then computed once, not once per parameter.
+
+    ``step`` always (nothing updates it in place); other 0-d values only beside parameters
+    that are not 0-d (a 0-d parameter's moments are 0-d too, and fused kernels update those
+    in place).
+    """
+    entries = [state[p] for p in params if p in state]
+    if len(entries) < 2 or len(entries) != len(params):
+        return
+    scalars_only = all(p.dim() > 0 for p in params)
+    for key, first in entries[0].items():
+        if not (isinstance(first, torch.Tensor) and first.dim() == 0):
+            continue
+        if key != STEP and not scalars_only:
+            continue
+        values = [e.get(key) for e in entries]
+        if all(
+            isinstance(v, torch.Tensor)
+            and v.dtype == first.dtype
+            and v.device == first.device
+            and v.dim() == 0
+            and torch.equal(v, first)
+            for v in values
+        ):
+            for e in entries:
+                e[key] = first
+
+
 def _advance_steps(entries: list, live: list[bool], per_param: bool) -> list[torch.Tensor]:
     """Add one to ``step``: each live parameter's, or the group's (in every dict that has one).
 
@@ -676,7 +713,10 @@ def _advance_steps(entries: list, live: list[bool], per_param: bool) -> list[tor
         return [new] * sum(live)
     targets = [e for e, is_live in zip(entries, live) if is_live]
     olds = [e.get(STEP) for e in targets]
-    if None not in olds and len({o.device for o in olds}) == 1:
+    if olds[0] is not None and all(o is olds[0] for o in olds):
+        news = [olds[0] + 1] * len(olds)  # parameters that step together share one count
+    # `any(... is None)`, not `None in olds`: that compares each tensor with None (slow).
+    elif not any(o is None for o in olds) and len({o.device for o in olds}) == 1:
         news = list((torch.stack(olds) + 1).unbind())  # one addition for all
     else:
         news = [torch.ones((), dtype=torch.int64) if o is None else o + 1 for o in olds]

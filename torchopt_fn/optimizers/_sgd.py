@@ -81,7 +81,9 @@ def sgd(
     tx = chain(stage, transforms.scale_by_learning_rate(learning_rate))
     # momentum=0.0 keeps a (trivial) buffer that the kernel would not update.
     plain = isinstance(momentum, float) and momentum > 0 and accumulator_dtype is None
-    return attach_plan(tx, sgd_plan(learning_rate, momentum, nesterov) if plain else None)
+    tx = attach_plan(tx, sgd_plan(learning_rate, momentum, nesterov) if plain else None)
+    tx.torch_step = False  # torch.optim.SGD keeps no step count: the `Optimizer` adapter neither
+    return tx
 
 
 @record_hyperparams

@@ -46,7 +46,15 @@ from torchopt_fn.tree._math import (
     tree_zeros_like,
     walked_count,
 )
-from torchopt_fn.tree._ops import cast_like, columns, map_leaves, scalar_shape, widest_dtype
+from torchopt_fn.tree._ops import (
+    cast_like,
+    collapse,
+    columns,
+    map_leaves,
+    per_leaf,
+    scalar_shape,
+    widest_dtype,
+)
 
 __all__ = [
     "ScaleByTorchAdagradState",
@@ -76,9 +84,13 @@ def _torch_scalar(params: Any, value: Any, per_leaf: bool) -> Any:
     """Scalar state as torch.optim keeps it: a 0-d tensor in its scalar dtype (float32 under
     the default dtype, whatever the parameters'), one per leaf or one for all."""
 
+    made: dict[torch.device, torch.Tensor] = {}  # one per device, shared (see `next_count`)
+
     def make(p: torch.Tensor | None) -> torch.Tensor:
         device = p.device if p is not None else params_device(params)
-        return torch.as_tensor(value, device=device).to(torch_scalar_dtype()).clone()
+        if device not in made:
+            made[device] = torch.as_tensor(value, device=device).to(torch_scalar_dtype()).clone()
+        return made[device]
 
     return tree_map(make, params) if per_leaf else make(None)
 
@@ -378,7 +390,7 @@ def scale_by_torch_nadam(
         def step(ops, gs, mus, nus, count, products):
             count = next_count(count)
             if isinstance(products, list):
-                products = ops.scalar(mus, advance, count, products)
+                products = per_leaf(ops.scalar(mus, advance, count, products), len(mus))
             else:  # one product for all leaves, in the precision of the widest
                 products = advance(count, products, widest_dtype(mus), products.device)
             mus = moment(ops, gs, mus, b1, order=1)
@@ -771,10 +783,12 @@ def scale_by_torch_asgd(
             out = ops.add_(ops.mul(cast_like(gs, ps), neg_eta), ops.mul(ps, neg_eta_decay))
             new_ps = cast_like(ops.add(ps, out), axs)
             averaged = ops.add(axs, ops.mul_(ops.sub(new_ps, axs), mu))
-            first = [m == 1 for m in mus] if isinstance(mus, list) else mus == 1
+            shared_mu = collapse(mus)
+            first = [m == 1 for m in mus] if isinstance(shared_mu, list) else shared_mu == 1
             axs = ops.where(first, new_ps, averaged)  # torch copies where mu is 1
             if isinstance(count, list):
                 etas, mus = ops.scalar(ps, next_scalars, count, rate, etas, mus)
+                etas, mus = per_leaf(etas, len(ps)), per_leaf(mus, len(ps))
             else:  # one eta and mu for all leaves, in the precision of the widest
                 etas, mus = next_scalars(count, rate, etas, mus, widest_dtype(ps), etas.device)
             return out, axs, count, etas, mus

@@ -87,8 +87,16 @@ def bias_correction(ops: Ops, xs: list, decay: Scalar, count: Count) -> list:
 
 
 def next_count(count: Count) -> Count:
-    """A step count advanced by one step: one 0-d tensor, or (per leaf) a list of them."""
-    return [c + 1 for c in count] if isinstance(count, list) else count + 1
+    """A step count advanced by one step: one 0-d tensor, or (per leaf) a list of them.
+
+    Leaves that share one count tensor (they moved together) share the new one: one addition,
+    and `Ops.scalar` then computes their step-dependent scalars once.
+    """
+    if not isinstance(count, list):
+        return count + 1
+    if count and all(c is count[0] for c in count):
+        return [count[0] + 1] * len(count)
+    return [c + 1 for c in count]
 
 
 def walked_count(count: Any, per_leaf: bool) -> Any:

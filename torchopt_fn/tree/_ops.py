@@ -35,9 +35,11 @@ __all__ = [
     "Ops",
     "Shared",
     "cast_like",
+    "collapse",
     "columns",
     "compute_dtype",
     "map_leaves",
+    "per_leaf",
     "per_leaf_kernels",
     "scalar_shape",
     "use_foreach",
@@ -125,32 +127,24 @@ class Ops:
     use what they return.
     """
 
-    __slots__ = ("_foreach", "_inplace", "_inputs", "_possible")
+    __slots__ = ("_inplace", "_inputs", "foreach")
 
     def __init__(
         self, tensors: Sequence[torch.Tensor], inputs: Sequence[list] = (), multi: bool = True
     ):
-        self._possible = multi and use_foreach(tensors)
+        self.foreach = multi and use_foreach(tensors)
         self._inputs = (tensors, *inputs)
-        self._foreach: bool | None = None
         self._inplace: bool | None = None
-
-    @property
-    def foreach(self) -> bool:
-        """Whether to use multi-tensor kernels: where they may run and autograd is not
-        recording (it differentiates one op per leaf with less saved, as torch.optim's
-        differentiable mode does)."""
-        if self._foreach is None:
-            self._foreach = self._possible and not (
-                torch.is_grad_enabled() and _any_requires_grad(self._inputs)
-            )
-        return self._foreach
 
     @property
     def inplace(self) -> bool:
         """Whether temporaries may be overwritten: eager multi-tensor work autograd won't see."""
         if self._inplace is None:
-            self._inplace = self.foreach and not torch.compiler.is_compiling()
+            self._inplace = (
+                self.foreach
+                and not torch.compiler.is_compiling()
+                and not (torch.is_grad_enabled() and _any_requires_grad(self._inputs))
+            )
         return self._inplace
 
     def _multi(self, xs: list, s: Any = None) -> bool:
@@ -301,8 +295,11 @@ class Ops:
         into a 1-d tensor, is written element-wise, and the result has one value per leaf.
 
         A single value lets the multi-tensor kernels take one scalar for all leaves. Where
-        ``make`` returns a tuple, so does this: of single values, or of per-leaf lists.
+        ``make`` returns a tuple, so does this: of single values, or of per-leaf lists. A
+        per-leaf list holding one tensor for every leaf (counts that moved together) counts as
+        one value: the result is then what a shared value gives; `per_leaf` expands it.
         """
+        args = tuple(collapse(a) for a in args)
         kinds: dict[tuple[torch.dtype, torch.device], list[int]] = {}
         for i, x in enumerate(xs):
             kinds.setdefault((compute_dtype(x.dtype), x.device), []).append(i)
@@ -330,6 +327,18 @@ class Ops:
             for i, row in zip(idx, rows):
                 out[i] = row
         return tuple(columns(out, len(out[0]))) if isinstance(out[0], tuple) else out
+
+
+def collapse(a: Any) -> Any:
+    """A per-leaf list of one and the same tensor, as that tensor; anything else as it is."""
+    if isinstance(a, list) and a and all(x is a[0] for x in a):
+        return a[0]
+    return a
+
+
+def per_leaf(value: Any, n: int) -> list:
+    """`Ops.scalar`'s result as a per-leaf list of ``n`` (a single value repeated)."""
+    return value if isinstance(value, list) else [value] * n
 
 
 def _unstack(made: Any, n: int) -> list[Any]:
