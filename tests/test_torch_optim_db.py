@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import pickle
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -582,16 +583,21 @@ def test_a_duplicated_parameter_warns_as_in_torch():
         ours("SGD", [p, p])
 
 
-def test_deepcopy_and_pickle_keep_the_transformation():
-    params = make_params(torch.float64)
-    opt = ours("NAdam", params, lr=0.01)
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_deepcopy_and_pickle_keep_the_transformation(name):
+    params = make_params(torch.float64, name)
+    opt = ours(name, grouped(params))
     train(opt, params, range(3))
-    for clone in (copy.deepcopy(opt),):
+    clones = [copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))]
+    for clone in clones:
         assert clone.tx is not opt.tx
-        assert clone.param_groups[0]["lr"] == 0.01
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert_same_state_dict(copy.deepcopy(opt).state_dict(), opt.state_dict())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert_same_state_dict(clone.state_dict(), opt.state_dict())
+    expected = train(opt, params, range(3, 6))
+    for clone in clones:
+        own = [p for group in clone.param_groups for p in group["params"]]
+        assert_same_trajectory(train(clone, own, range(3, 6)), expected, torch.float64)
 
 
 # --------------------------------------------------------------------------- differentiable
