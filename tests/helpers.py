@@ -820,6 +820,37 @@ TRANSFORMS: list[TxCase] = [
         lambda: tf.partition({True: tf.scale_by_adam(), False: tf.trace(0.5)}, _first),
     ),
     TxCase("inject_hyperparams", lambda: tf.inject_hyperparams(tf.adam)(learning_rate=0.1)),
+    TxCase("freeze", lambda: tf.chain(tf.scale_by_adam(), tf.freeze(_first))),
+    TxCase("selective_transform", lambda: tf.selective_transform(tf.adam(0.1), freeze_mask=True)),
+    # wrappers
+    TxCase("MultiSteps", lambda: tf.MultiSteps(tf.adam(0.1), 2).gradient_transformation()),
+    TxCase(
+        "MultiSteps_skip_not_finite_sum",
+        lambda: tf.MultiSteps(
+            tf.sgd(0.1, momentum=0.9), 2, False, tf.skip_not_finite
+        ).gradient_transformation(),
+    ),
+    TxCase("apply_every", lambda: tf.chain(tf.trace(0.5), tf.apply_every(2))),
+    TxCase("apply_if_finite", lambda: tf.apply_if_finite(tf.adam(0.1), 2), exact=False),
+    TxCase(
+        "conditionally_transform",
+        lambda: tf.conditionally_transform(tf.scale_by_adam(), lambda step: step % 2 == 0),
+    ),
+    TxCase(
+        "conditionally_mask",
+        lambda: tf.conditionally_mask(tf.trace(0.9), lambda step: step % 2 == 1),
+        needs_params=True,
+    ),
+    TxCase("flatten", lambda: tf.flatten(tf.adamw(0.1, weight_decay=0.1)), needs_params=True),
+    TxCase(
+        "monitor",
+        lambda: tf.chain(
+            tf.monitor({"norm": tf.tree_l2_norm, "ema": tf.measure_with_ema(tf.tree_sum, 0.9)}),
+            tf.snapshot("max", tf.tree_linf_norm),
+            tf.scale(-0.1),
+        ),
+        exact=False,
+    ),
 ]
 """THE transform table: every public transformation (and combinator) at least once."""
 

@@ -312,3 +312,41 @@ def test_ravel_tree_rejects_mixed_dtypes_and_a_wrong_flat_shape():
     _, unravel = tf.ravel_tree({"a": torch.zeros(2)})
     with pytest.raises(ValueError, match=r"expected shape \(2,\)"):
         unravel(torch.zeros(3))
+
+
+# --------------------------------------------------------------------------- optax's tree_utils
+
+
+def test_tree_norm_orders_and_errors():
+    tree = {"a": torch.tensor([3.0, -1.0]), "b": None, "c": torch.tensor(-4.0, dtype=torch.float64)}
+    assert float(tf.tree_norm(tree)) == pytest.approx(26**0.5)
+    assert float(tf.tree_norm(tree, squared=True)) == pytest.approx(26.0)
+    assert float(tf.tree_norm(tree, 1)) == 8.0
+    assert float(tf.tree_norm(tree, float("inf"), squared=True)) == 16.0
+    with pytest.raises(ValueError, match="ord"):
+        tf.tree_norm(tree, 3)
+
+
+def test_tree_max_min_size_skip_empty_and_none_leaves():
+    tree = {"a": torch.tensor([3.0, -1.0]), "e": torch.zeros(0), "n": None}
+    assert (float(tf.tree_max(tree)), float(tf.tree_min(tree)), tf.tree_size(tree)) == (3, -1, 2)
+    with pytest.raises(ValueError, match="no elements"):
+        tf.tree_max({"e": torch.zeros(0)})
+
+
+def test_tree_get_all_with_path_by_name_type_and_filter():
+    state = tf.chain(tf.scale_by_adam(), tf.trace(0.9)).init({"w": torch.zeros(1)})
+    by_type = tf.tree_get_all_with_path(state, tf.ScaleByAdamState)
+    assert [p for p, _ in by_type] == [(0,)] and isinstance(by_type[0][1], tf.ScaleByAdamState)
+    named = tf.tree_get_all_with_path(state, "w")
+    assert [p for p, _ in named] == [(0, "mu", "w"), (0, "nu", "w"), (1, "trace", "w")]
+    kept = tf.tree_get_all_with_path(state, "w", filtering=lambda path, v: "nu" in path)
+    assert [p for p, _ in kept] == [(0, "nu", "w")]
+
+
+def test_tree_random_like_draws_from_the_generator():
+    target = {"w": torch.zeros(2, 3, dtype=torch.float64), "b": torch.zeros(3)}
+    a = tf.tree_random_like(torch.Generator().manual_seed(1), target)
+    b = tf.tree_random_like(torch.Generator().manual_seed(1), target)
+    assert all(torch.equal(a[k], b[k]) and a[k].dtype == target[k].dtype for k in target)
+    assert tf.tree_batch_shape(target, (4,))["w"].shape == (4, 2, 3)

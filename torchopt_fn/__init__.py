@@ -11,7 +11,7 @@ Optimizers are pure gradient transformations over pytrees of tensors::
 
 import torch
 
-from torchopt_fn import interop, optimizers, schedules, transforms, tree, wrappers
+from torchopt_fn import interop, optimizers, projections, schedules, transforms, tree, wrappers
 from torchopt_fn._base import (
     EmptyState,
     GradientTransformation,
@@ -28,9 +28,11 @@ from torchopt_fn._combine import (
     MaskedState,
     PartitionState,
     chain,
+    freeze,
     masked,
     named_chain,
     partition,
+    selective_transform,
 )
 from torchopt_fn._compile import compile_step
 from torchopt_fn._record import record_hyperparams
@@ -42,9 +44,16 @@ from torchopt_fn._stateless import (
     stateless_with_tree_map,
     with_extra_args_support,
 )
-from torchopt_fn._update import apply_updates, apply_updates_, copy_into_
+from torchopt_fn._update import (
+    apply_updates,
+    apply_updates_,
+    copy_into_,
+    incremental_update,
+    periodic_update,
+)
 from torchopt_fn.interop import *
 from torchopt_fn.optimizers import *
+from torchopt_fn.projections import *
 from torchopt_fn.schedules import *
 from torchopt_fn.transforms import *
 from torchopt_fn.tree import *
@@ -72,14 +81,19 @@ __all__ = [
     "chain",
     "compile_step",
     "copy_into_",
+    "freeze",
     "identity",
+    "incremental_update",
     "interop",
     "masked",
     "named_chain",
     "optimizers",
     "partition",
+    "periodic_update",
+    "projections",
     "record_hyperparams",
     "schedules",
+    "selective_transform",
     "set_to_zero",
     "stateless",
     "stateless_with_tree_map",
@@ -89,6 +103,7 @@ __all__ = [
     "wrappers",
     *interop.__all__,
     *optimizers.__all__,
+    *projections.__all__,
     *schedules.__all__,
     *transforms.__all__,
     *tree.__all__,

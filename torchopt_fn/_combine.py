@@ -1,4 +1,5 @@
-"""Combinators: `chain`, `named_chain`, `masked`, `partition`."""
+"""Combinators: `chain`, `named_chain`, `masked`, `partition`; `freeze` and
+`selective_transform` built on them."""
 
 from __future__ import annotations
 
@@ -7,16 +8,25 @@ from typing import Any, NamedTuple
 
 from torchopt_fn._base import GradientTransformation, OptState, Params
 from torchopt_fn._record import record_hyperparams
-from torchopt_fn.tree._flatten import flatten_like, tree_flatten, tree_unflatten
+from torchopt_fn._stateless import set_to_zero
+from torchopt_fn.tree._flatten import (
+    flatten_like,
+    tree_flatten,
+    tree_map,
+    tree_structure,
+    tree_unflatten,
+)
 
 __all__ = [
     "MaskedNode",
     "MaskedState",
     "PartitionState",
     "chain",
+    "freeze",
     "masked",
     "named_chain",
     "partition",
+    "selective_transform",
 ]
 
 
@@ -118,20 +128,39 @@ def _select(tree: Any, mask_leaves: list[bool], spec) -> Any:
 
 
 def _mask_leaves(mask_tree: Any, reference: Any, what: str) -> tuple[list[bool], Any]:
-    _, spec = tree_flatten(reference)
+    leaves, spec = tree_flatten(reference)
+    if isinstance(mask_tree, bool):  # one value for every leaf, as optax allows
+        return [mask_tree] * len(leaves), spec
     flat = flatten_like(spec, reference, mask_tree, what)
     return [bool(m) for m in flat], spec
 
 
+def _select_extra_args(
+    extra_args: dict[str, Any], mask_leaves: list[bool], spec, enabled: bool
+) -> dict[str, Any]:
+    """With ``mask_compatible_extra_args``, mask the extra arguments shaped like the updates."""
+    if not enabled:
+        return extra_args
+    return {
+        k: _select(v, mask_leaves, spec) if tree_structure(v) == spec else v
+        for k, v in extra_args.items()
+    }
+
+
 @record_hyperparams
 def masked(
-    inner: GradientTransformation, mask: Any | Callable[[Params], Any]
+    inner: GradientTransformation,
+    mask: Any | Callable[[Params], Any],
+    *,
+    mask_compatible_extra_args: bool = False,
 ) -> GradientTransformation:
     """Apply ``inner`` only to the leaves where ``mask`` is True; the others pass through.
 
-    ``mask`` is a tree of booleans with the structure of the params, or a function of the
-    params returning one. Masked-out leaves are hidden from ``inner`` as `MaskedNode` (a node
-    without leaves), so its state holds nothing for them.
+    ``mask`` is a tree of booleans with the structure of the params, a function of the
+    params returning one, or one bool for every leaf. Masked-out leaves are hidden from
+    ``inner`` as `MaskedNode` (a node without leaves), so its state holds nothing for them.
+    With ``mask_compatible_extra_args``, extra keyword arguments of ``update`` that have the
+    structure of the updates are masked the same way before ``inner`` sees them.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -149,6 +178,7 @@ def masked(
     def update_fn(updates, state, params=None, **extra_args):
         mask_tree = _resolve_mask(mask, params if params is not None else updates)
         m, spec = _mask_leaves(mask_tree, updates, "masked: mask vs updates")
+        extra_args = _select_extra_args(extra_args, m, spec, mask_compatible_extra_args)
         inner_updates, inner_state = inner.update(
             _select(updates, m, spec), state.inner_state, _select(params, m, spec), **extra_args
         )
@@ -180,11 +210,15 @@ class PartitionState(NamedTuple):
 def partition(
     transforms: Mapping[Hashable, GradientTransformation],
     param_labels: Any | Callable[[Params], Any],
+    *,
+    mask_compatible_extra_args: bool = False,
 ) -> GradientTransformation:
     """Apply a different transformation to each group of parameters (optax's ``partition``).
 
     ``param_labels`` is a tree of labels with the structure of the params (or a function of
-    the params returning one); ``transforms`` maps every label to a transformation.
+    the params returning one); ``transforms`` maps every label to a transformation. With
+    ``mask_compatible_extra_args``, extra keyword arguments of ``update`` that have the
+    structure of the updates are split by label too.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -224,7 +258,7 @@ def partition(
                 _select(updates, m, spec),
                 state.inner_states[k],
                 _select(params, m, spec),
-                **extra_args,
+                **_select_extra_args(extra_args, m, spec, mask_compatible_extra_args),
             )
             for i, (keep, v) in enumerate(zip(m, spec.flatten_up_to(u))):
                 if keep:
@@ -232,3 +266,47 @@ def partition(
         return tree_unflatten(spec, out), PartitionState(new_states)
 
     return GradientTransformation(init_fn, update_fn)
+
+
+@record_hyperparams
+def freeze(mask: bool | Any) -> GradientTransformation:
+    """Zero the updates of the leaves where ``mask`` is True (optax's ``freeze``).
+
+    ``mask`` is a tree of booleans with the structure of the params, or one bool for all.
+    Use it in a `chain` after the optimizer; the optimizer still keeps state for frozen
+    leaves (`selective_transform` keeps none).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.chain(tf.sgd(1.0), tf.freeze({"w": False, "b": True}))
+        >>> params = {"w": torch.ones(1), "b": torch.ones(1)}
+        >>> u, _ = tx.update(params, tx.init(params), params)
+        >>> u["w"], u["b"]
+        (tensor([-1.]), tensor([0.]))
+    """
+    return masked(set_to_zero(), mask)
+
+
+@record_hyperparams
+def selective_transform(
+    optimizer: GradientTransformation, *, freeze_mask: bool | Any
+) -> GradientTransformation:
+    """Run ``optimizer`` only on the leaves where ``freeze_mask`` is False; zero the rest.
+
+    Unlike ``chain(optimizer, freeze(mask))``, the optimizer keeps no state for frozen leaves.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.selective_transform(tf.adam(0.1), freeze_mask={"w": False, "b": True})
+        >>> params = {"w": torch.ones(1), "b": torch.ones(1)}
+        >>> u, _ = tx.update(params, tx.init(params), params)
+        >>> u["w"], u["b"]
+        (tensor([-0.1000]), tensor([0.]))
+    """
+
+    def labels(params: Params) -> Any:
+        if isinstance(freeze_mask, bool):
+            return tree_map(lambda _: "freeze" if freeze_mask else "train", params)
+        return tree_map(lambda m: "freeze" if m else "train", freeze_mask)
+
+    return partition({"train": optimizer, "freeze": set_to_zero()}, labels)

@@ -7,10 +7,17 @@ from typing import Any
 import torch
 
 from torchopt_fn._base import Params, Updates
-from torchopt_fn.tree._flatten import flatten_like, leaf_paths, path_str, tree_flatten
+from torchopt_fn._branch import branch
+from torchopt_fn.tree._flatten import flatten_like, leaf_paths, path_str, tree_flatten, tree_map
 from torchopt_fn.tree._ops import cast_like, map_leaves
 
-__all__ = ["apply_updates", "apply_updates_", "copy_into_"]
+__all__ = [
+    "apply_updates",
+    "apply_updates_",
+    "copy_into_",
+    "incremental_update",
+    "periodic_update",
+]
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:
@@ -103,3 +110,34 @@ def copy_pairs(dst: Any, src: Any, what: str) -> list[tuple[torch.Tensor, torch.
                     f"and the source {tuple(s.shape)}; nothing is broadcast."
                 )
     return pairs
+
+
+def incremental_update(new_tensors: Params, old_tensors: Params, step_size: Any) -> Params:
+    """Polyak averaging: ``step_size * new + (1 - step_size) * old`` leaf by leaf.
+
+    For target networks and EMA weights. `None` leaves of ``new_tensors`` stay `None`.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.incremental_update({"w": torch.ones(1)}, {"w": torch.zeros(1)}, 0.1)
+        {'w': tensor([0.1000])}
+    """
+    return tree_map(
+        lambda new, old: step_size * new + (1.0 - step_size) * old, new_tensors, old_tensors
+    )
+
+
+def periodic_update(
+    new_tensors: Params, old_tensors: Params, steps: Any, update_period: int
+) -> Params:
+    """``new_tensors`` on the steps that are multiples of ``update_period``, else ``old_tensors``.
+
+    ``steps`` may be a tensor: under `torch.compile` and `torch.func.vmap` both are
+    computed and ``torch.where`` picks.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.periodic_update({"w": torch.ones(1)}, {"w": torch.zeros(1)}, torch.tensor(3), 2)
+        {'w': tensor([0.])}
+    """
+    return branch(steps % update_period == 0, lambda: new_tensors, lambda: old_tensors)

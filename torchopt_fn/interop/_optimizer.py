@@ -130,6 +130,8 @@ class Optimizer(torch.optim.Optimizer):
         compile: bool = False,
         differentiable: bool | None = None,
     ):
+        if not isinstance(tx, GradientTransformation) and hasattr(tx, "gradient_transformation"):
+            tx = tx.gradient_transformation()  # `MultiSteps`
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"Optimizer: tx must be a GradientTransformation, got {type(tx)}.")
         self.tx = tx
@@ -458,6 +460,36 @@ class Optimizer(torch.optim.Optimizer):
             return None
         return plan, live_params, grads, state
 
+    # ------------------------------------------------------------------ accumulation
+
+    @property
+    def has_updated(self) -> bool:
+        """Whether the last `step` changed the parameters.
+
+        False after a mini-step that a `MultiSteps` only accumulated (or dropped), and before
+        the first step; True otherwise. With gradient accumulation, step an lr scheduler
+        only when this is True, so that it counts optimizer updates, not mini-batches::
+
+            opt = tf.Optimizer(model.parameters(), tf.MultiSteps(tf.adamw(1e-3), 4))
+            for batch in loader:
+                loss_fn(model, batch).backward()
+                opt.step()
+                opt.zero_grad()
+                if opt.has_updated:
+                    scheduler.step()
+        """
+        stepped = False
+        for group in self.param_groups:
+            entries = [self.state.get(p) or None for p in group["params"]]
+            if not any(e is not None for e in entries):
+                continue
+            stepped = True
+            state = self._read_state(self._runtime(group), entries)
+            for accumulation in _instances(state, "has_updated"):
+                if not bool(accumulation.has_updated()):
+                    return False
+        return stepped
+
     # ------------------------------------------------------------------ train / eval
 
     def train(self, mode: bool = True) -> Optimizer:
@@ -768,3 +800,15 @@ def _check_gradients(params: list[torch.Tensor], g: int, sparse_ok: bool = False
             f"Optimizer: the gradient of parameter {i} of group {g} has shape "
             f"{tuple(grad.shape)}, the parameter {tuple(p.shape)}."
         )
+
+
+def _instances(tree: Any, method: str) -> list[Any]:
+    """The nodes of a state tree that have ``method`` (`MultiStepsState`), outermost first."""
+    found = [tree] if callable(getattr(tree, method, None)) else []
+    if isinstance(tree, (tuple, list)):
+        for x in tree:
+            found += _instances(x, method)
+    elif isinstance(tree, dict):
+        for x in tree.values():
+            found += _instances(x, method)
+    return found

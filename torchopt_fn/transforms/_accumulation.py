@@ -8,14 +8,16 @@ import torch
 
 from torchopt_fn._base import GradientTransformation, Scalar, init_count, params_device, torch_names
 from torchopt_fn._record import record_hyperparams
-from torchopt_fn._validate import check_in_range, check_non_negative
+from torchopt_fn._validate import check_in_range, check_non_negative, check_positive
 from torchopt_fn.tree._math import bias_correction, moment, tree_zeros_like
 from torchopt_fn.tree._ops import cast_like, map_leaves
 
 __all__ = [
+    "ApplyEvery",
     "EmaState",
     "ScaleByOptimisticGradientState",
     "TraceState",
+    "apply_every",
     "ema",
     "momentum",
     "scale_by_optimistic_gradient",
@@ -233,5 +235,58 @@ def scale_by_optimistic_gradient(alpha: Scalar = 1.0, beta: Scalar = 1.0) -> Gra
         return out, ScaleByOptimisticGradientState(
             is_initial_step=torch.zeros_like(first), previous_gradient=previous
         )
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+class ApplyEvery(NamedTuple):
+    """State of `apply_every`: mini-steps modulo k, and the gradients summed so far.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.apply_every(2).init({"w": torch.zeros(1)})
+        ApplyEvery(count=tensor(0), grad_acc={'w': tensor([0.])})
+    """
+
+    count: torch.Tensor
+    grad_acc: Any
+
+
+@record_hyperparams
+def apply_every(k: int = 1) -> GradientTransformation:
+    """Sum the updates of k steps and emit the sum on every k-th step, zeros otherwise.
+
+    Place it last in a chain (optax's ``apply_every``); to average gradients before a
+    stateful optimizer, use `MultiSteps` instead.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.apply_every(2)
+        >>> state = tx.init({"w": torch.zeros(1)})
+        >>> for g in (1.0, 2.0):
+        ...     u, state = tx.update({"w": torch.tensor([g])}, state)
+        ...     print(u["w"])
+        tensor([0.])
+        tensor([3.])
+    """
+    check_positive("k", k)
+
+    def init_fn(params):
+        return ApplyEvery(init_count(params), tree_zeros_like(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        c = state.count % k
+        keep_acc = c != 0
+        emit = c == k - 1
+
+        def step(ops, gs, accs):
+            new = [torch.where(keep_acc, a, 0) + g for g, a in zip(gs, cast_like(accs, gs))]
+            return [torch.where(emit, a, 0) for a in new], new
+
+        out, grad_acc = map_leaves(
+            step, updates, state.grad_acc, keep=(None, 0), what="apply_every"
+        )
+        return out, ApplyEvery((state.count + 1) % k, grad_acc)
 
     return GradientTransformation(init_fn, update_fn)

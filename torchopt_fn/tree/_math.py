@@ -14,7 +14,7 @@ import torch
 
 from torchopt_fn._scalar import Scalar
 from torchopt_fn.tree._flatten import tree_leaves, tree_map
-from torchopt_fn.tree._ops import Ops, Shared, cast_like, map_leaves
+from torchopt_fn.tree._ops import Ops, Shared, cast_like, map_leaves, widest_dtype
 
 __all__ = [
     "bias_correction",
@@ -406,7 +406,7 @@ def tree_l1_norm(tree: Tree) -> torch.Tensor:
 def _max_abs(ops: Ops, xs: list) -> torch.Tensor:
     if not xs:
         return torch.zeros(())
-    if ops.foreach:
+    if ops.foreach and all(x.numel() for x in xs):  # the inf-norm of nothing is an error there
         maxima = list(torch._foreach_norm(xs, float("inf")))
     else:
         maxima = [x.abs().amax() if x.numel() else x.new_zeros(()) for x in xs]
@@ -448,3 +448,132 @@ def tree_float_dtype(tree: Tree) -> torch.dtype:
         if is_float_leaf(leaf):
             dtype = torch.promote_types(dtype, leaf.dtype)
     return dtype
+
+
+# --------------------------------------------------------------------------- optax's tree_utils
+
+
+def tree_norm(
+    tree: Tree, ord: int | float | str | None = None, squared: bool = False
+) -> torch.Tensor:
+    """The norm of all leaves as one vector: ``ord`` None or 2, 1, or ``inf`` (optax's).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tree = {"a": torch.tensor([3.0]), "b": torch.tensor([-4.0])}
+        >>> tf.tree_norm(tree), tf.tree_norm(tree, 1), tf.tree_norm(tree, "inf")
+        (tensor(5.), tensor(7.), tensor(4.))
+    """
+    if ord in (None, 2, "fro"):
+        return tree_l2_norm(tree, squared=squared)
+    if ord == 1:
+        norm = tree_l1_norm(tree)
+    elif ord in (float("inf"), "inf"):
+        norm = tree_linf_norm(tree)
+    else:
+        raise ValueError(f"tree_norm: ord must be None, 1, 2 or inf, got {ord!r}.")
+    return norm.square() if squared else norm
+
+
+def _extreme(tree: Tree, what: str, pick: Callable[..., torch.Tensor]) -> torch.Tensor:
+    def fn(ops: Ops, xs: list) -> torch.Tensor:
+        xs = [x for x in xs if x.numel()]
+        if not xs:
+            raise ValueError(f"{what}: the tree has no elements.")
+        dtype = widest_dtype(xs)
+        return pick(torch.stack([pick(x).to(dtype) for x in xs]))
+
+    return map_leaves(fn, tree, what=what)
+
+
+def tree_max(tree: Tree) -> torch.Tensor:
+    """The largest element over all leaves.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_max({"a": torch.tensor([1.0, 5.0]), "b": torch.tensor(-2.0)})
+        tensor(5.)
+    """
+    return _extreme(tree, "tree_max", torch.amax)
+
+
+def tree_min(tree: Tree) -> torch.Tensor:
+    """The smallest element over all leaves.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_min({"a": torch.tensor([1.0, 5.0]), "b": torch.tensor(-2.0)})
+        tensor(-2.)
+    """
+    return _extreme(tree, "tree_min", torch.amin)
+
+
+def tree_size(tree: Tree) -> int:
+    """The number of elements over all leaves (`None` leaves count none).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_size({"a": torch.zeros(2, 3), "b": torch.zeros(()), "c": None})
+        7
+    """
+    return sum(x.numel() for x in tree_leaves(tree) if x is not None)
+
+
+def tree_conj(tree: Tree) -> Tree:
+    """The complex conjugate of every leaf (real leaves unchanged).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_conj({"z": torch.tensor([1 + 2j])})
+        {'z': tensor([1.-2.j])}
+    """
+    return tree_map(lambda x: x.conj().resolve_conj() if x.is_complex() else x, tree)
+
+
+def tree_real(tree: Tree) -> Tree:
+    """The real part of every leaf.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_real({"z": torch.tensor([1 + 2j])})
+        {'z': tensor([1.])}
+    """
+    return tree_map(lambda x: x.real if x.is_complex() else x, tree)
+
+
+def tree_batch_shape(tree: Tree, shape: tuple[int, ...] = ()) -> Tree:
+    """Meta tensors with ``shape`` prepended to every leaf's shape (what `vmap` would batch).
+
+    optax returns ``jax.ShapeDtypeStruct``; torch's shape-and-dtype-only tensor is a tensor
+    on the ``meta`` device.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_batch_shape({"w": torch.zeros(3)}, (8,))["w"].shape
+        torch.Size([8, 3])
+    """
+    return tree_map(lambda x: torch.empty((*shape, *x.shape), dtype=x.dtype, device="meta"), tree)
+
+
+def tree_random_like(
+    generator: torch.Generator | None,
+    target_tree: Tree,
+    sampler: Callable[..., torch.Tensor] = torch.randn,
+    dtype: torch.dtype | None = None,
+) -> Tree:
+    """Random tensors shaped like ``target_tree``'s leaves, drawn from ``generator``.
+
+    ``sampler(shape, generator=, dtype=, device=)`` is `torch.randn` by default (`torch.rand`
+    works too). Leaves are drawn in tree order, so a seeded generator gives the same tree.
+    (optax splits a JAX key per leaf; a `torch.Generator` is a stream.)
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> g = torch.Generator().manual_seed(0)
+        >>> tf.tree_random_like(g, {"w": torch.zeros(2)}, torch.rand)["w"].shape
+        torch.Size([2])
+    """
+    return tree_map(
+        lambda x: sampler(x.shape, generator=generator, dtype=dtype or x.dtype, device=x.device),
+        target_tree,
+    )

@@ -604,3 +604,13 @@ def _check_shapes(
                     f"and state there must have shape {want}, but one has {have}; nothing is "
                     "broadcast (was the state initialised for other parameters?)."
                 )
+
+
+def check_like(updates: Tree, params: Tree | None, what: str) -> None:
+    """Check ``updates`` against ``params`` as `map_leaves` does (structure, types, shapes).
+
+    For wrappers whose skipped steps compute nothing from the updates (they return zeros),
+    so a malformed update is refused on every step, not only on those that run the maths.
+    """
+    if params is not None:
+        map_leaves(lambda ops, gs, ps: None, updates, params, what=what)

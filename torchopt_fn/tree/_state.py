@@ -1,21 +1,23 @@
-"""Reading and replacing state entries by name (`tree_get`, `tree_set`)."""
+"""Reading and replacing state entries by name (`tree_get`, `tree_get_all_with_path`,
+`tree_set`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["tree_get", "tree_set"]
+__all__ = ["tree_get", "tree_get_all_with_path", "tree_set"]
 
 Tree = Any
 
 
-def _children_with_names(node: Any) -> list[tuple[Any, Any]] | None:
+def _children_with_names(node: Any, indices: bool = False) -> list[tuple[Any, Any]] | None:
     if isinstance(node, tuple) and hasattr(node, "_fields"):
         return list(zip(node._fields, node))
     if isinstance(node, dict):
         return list(node.items())
     if isinstance(node, (list, tuple)):
-        return [(None, c) for c in node]
+        return [(i if indices else None, c) for i, c in enumerate(node)]
     return None
 
 
@@ -92,3 +94,36 @@ def tree_set(tree: Tree, **values: Any) -> Tree:
     if missing:
         raise KeyError(f"tree_set: keys {sorted(missing)} do not occur in the tree.")
     return out
+
+
+def tree_get_all_with_path(
+    tree: Tree,
+    key: str | type,
+    filtering: Callable[[tuple[Any, ...], Any], bool] | None = None,
+) -> list[tuple[tuple[Any, ...], Any]]:
+    """Every value under ``key`` in ``tree``, with its path (optax's ``tree_get_all_with_path``).
+
+    ``key`` is a NamedTuple field or dict key, or a type: then every node of that type
+    (``tf.ScaleByAdamState``) is returned. A path is the tuple of field names, dict keys and
+    list indices from the root. ``filtering(path, value)`` keeps only what it accepts.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> state = tf.chain(tf.scale_by_adam(), tf.scale_by_adam()).init({"w": torch.zeros(1)})
+        >>> [path for path, _ in tf.tree_get_all_with_path(state, "count")]
+        [(0, 'count'), (1, 'count')]
+    """
+    found: list[tuple[tuple[Any, ...], Any]] = []
+
+    def visit(node: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(key, type) and isinstance(node, key):
+            found.append((path, node))
+            return
+        for name, child in _children_with_names(node, indices=True) or ():
+            if not isinstance(key, type) and name == key:
+                found.append(((*path, name), child))
+            else:
+                visit(child, (*path, name))
+
+    visit(tree, ())
+    return [(p, v) for p, v in found if filtering is None or filtering(p, v)]

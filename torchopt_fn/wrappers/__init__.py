@@ -1,6 +1,19 @@
-"""Wrappers that change how any transformation is applied."""
+"""Wrappers that change how any transformation is applied: hyperparameters in the state,
+accumulation, skipping, conditions, Lookahead, monitoring, a flat layout."""
 
-from torchopt_fn.wrappers import _inject
+from torchopt_fn.wrappers import _accumulate, _conditional, _inject, _layout, _lookahead, _monitor
+from torchopt_fn.wrappers._accumulate import *
+from torchopt_fn.wrappers._conditional import *
 from torchopt_fn.wrappers._inject import *
+from torchopt_fn.wrappers._layout import *
+from torchopt_fn.wrappers._lookahead import *
+from torchopt_fn.wrappers._monitor import *
 
-__all__ = [*_inject.__all__]
+__all__ = [
+    *_accumulate.__all__,
+    *_conditional.__all__,
+    *_inject.__all__,
+    *_layout.__all__,
+    *_lookahead.__all__,
+    *_monitor.__all__,
+]

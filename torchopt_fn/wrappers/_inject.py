@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -14,7 +15,11 @@ from torchopt_fn._record import bind_arguments, record
 from torchopt_fn._scalar import is_schedule
 from torchopt_fn._validate import checks_disabled
 
-__all__ = ["InjectHyperparamsState", "inject_hyperparams"]
+__all__ = [
+    "InjectHyperparamsState",
+    "inject_hyperparams",
+    "inject_stateful_hyperparams",
+]
 
 
 class InjectHyperparamsState(NamedTuple):
@@ -153,3 +158,26 @@ class _InjectedFactory:
             return new_updates, InjectHyperparamsState(state.count + 1, hyperparams, inner_state)
 
         return GradientTransformation(init_fn, update_fn)
+
+
+def inject_stateful_hyperparams(
+    inner_factory: Callable[..., GradientTransformation],
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: torch.dtype | None = None,
+) -> Callable[..., GradientTransformation]:
+    """Deprecated in optax 0.2.8 for `inject_hyperparams`, which it now is.
+
+    Examples:
+        >>> import warnings, torchopt_fn as tf
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     factory = tf.inject_stateful_hyperparams(tf.sgd)
+        >>> factory(learning_rate=0.1).init({}).hyperparams
+        {'learning_rate': tensor(0.1000, dtype=torch.float64)}
+    """
+    warnings.warn(
+        "inject_stateful_hyperparams is deprecated, use inject_hyperparams instead",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return inject_hyperparams(inner_factory, static_args, hyperparam_dtype)

@@ -1,0 +1,201 @@
+"""Generate ``optax_wrapper_goldens.json``: trajectories of optax's wrappers in float64.
+
+Same problem, starting point and protocol as ``make_optax_goldens.py`` (12 steps of
+``tx.update(g, state, params)`` then ``apply_updates``), with these changes:
+
+* each case is a Python expression over a namespace ``ox`` (``optax`` here,
+  ``torchopt_fn`` in the test), ``F32``/``F64`` (the float dtypes) and ``partial``, so the
+  JSON holds the single definition both sides build;
+* the gradient at step ``t`` is the analytic one times ``1 + 0.25 * (t % 3)`` (mini-batches
+  differ, so accumulating is not repeating);
+* ``bad_steps`` lists the steps whose gradient has ``inf`` at ``w[0, 0]`` (``nan_steps``:
+  NaN), for the wrappers that skip non-finite updates;
+* ``projections``: each of optax's projections applied to ``projection_input``;
+* ``projections``: each of optax's projections applied to ``projection_input``;
+* with ``lookahead``, the params are ``LookaheadParams.init_synced(params)``, the gradient
+  is taken at the fast params, and both fast and slow params are recorded.
+
+How to rerun: as ``make_optax_goldens.py`` says, with this script's name.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+jax.config.update("jax_enable_x64", True)
+
+from make_optax_goldens import STEPS, grad, initial_params, to_lists  # noqa: E402
+
+OUT_PATH = Path(__file__).with_name("optax_wrapper_goldens.json")
+
+CASES: list[dict[str, Any]] = [
+    {
+        "id": "multisteps_mean",
+        "expr": "ox.MultiSteps(ox.adam(0.05), every_k_schedule=3, "
+        "accumulator_dtype=F64).gradient_transformation()",
+    },
+    {
+        "id": "multisteps_sum",
+        "expr": "ox.MultiSteps(ox.sgd(0.02, momentum=0.9), 2, "
+        "use_grad_mean=False, accumulator_dtype=F64).gradient_transformation()",
+    },
+    {
+        "id": "multisteps_float32_accumulator",
+        "expr": "ox.MultiSteps(ox.adam(0.05), 3, accumulator_dtype=F32).gradient_transformation()",
+    },
+    {
+        "id": "multisteps_schedule",
+        "expr": "ox.MultiSteps(ox.sgd(0.05, momentum=0.9), "
+        "every_k_schedule=lambda step: 1 + step % 3, accumulator_dtype=F64)"
+        ".gradient_transformation()",
+    },
+    {
+        "id": "multisteps_skip_not_finite",
+        "bad_steps": [2, 5],
+        "nan_steps": [7],
+        "expr": "ox.MultiSteps(ox.sgd(0.05, momentum=0.5), 2, "
+        "should_skip_update_fn=ox.skip_not_finite, "
+        "accumulator_dtype=F64).gradient_transformation()",
+    },
+    {
+        "id": "multisteps_skip_large_updates",
+        "expr": "ox.MultiSteps(ox.sgd(0.05), 2, "
+        "should_skip_update_fn=partial(ox.skip_large_updates, max_squared_norm=4.4), "
+        "accumulator_dtype=F64).gradient_transformation()",
+    },
+    {"id": "apply_every", "expr": "ox.chain(ox.sgd(0.02, momentum=0.5), ox.apply_every(3))"},
+    {
+        "id": "apply_if_finite",
+        "bad_steps": [3, 4, 8],
+        "nan_steps": [9],
+        "expr": "ox.apply_if_finite(ox.adamw(0.05, weight_decay=0.1), max_consecutive_errors=2)",
+    },
+    {
+        "id": "conditionally_transform",
+        "expr": "ox.chain(ox.conditionally_transform("
+        "ox.trace(0.9), lambda step: step % 3 != 1), ox.scale(-0.05))",
+    },
+    {
+        "id": "conditionally_mask",
+        "expr": "ox.conditionally_mask(ox.sgd(0.05, momentum=0.9), lambda step: step % 4 < 2)",
+    },
+    {
+        "id": "lookahead",
+        "lookahead": True,
+        "expr": "ox.lookahead(ox.adam(0.05), sync_period=3, slow_step_size=0.5)",
+    },
+    {
+        "id": "lookahead_reset_state",
+        "lookahead": True,
+        "expr": "ox.lookahead(ox.sgd(0.05, momentum=0.9), sync_period=4, slow_step_size=0.3, "
+        "reset_state=True)",
+    },
+    {"id": "flatten_adam", "expr": "ox.flatten(ox.adam(0.05))"},
+    {
+        "id": "flatten_clip_adamw",
+        "expr": "ox.flatten(ox.chain(ox.clip_by_global_norm(0.5), "
+        "ox.adamw(0.05, weight_decay=0.1)))",
+    },
+    {"id": "freeze", "expr": "ox.chain(ox.adam(0.05), ox.freeze({'w': False, 'b': True}))"},
+    {
+        "id": "selective_transform",
+        "expr": "ox.selective_transform(ox.adam(0.05), freeze_mask={'w': True, 'b': False})",
+    },
+    {"id": "masked_bool", "expr": "ox.masked(ox.adam(0.05), True)"},
+]
+
+
+def step_grad(params: Any, step: int, case: dict[str, Any]) -> Any:
+    # Mini-batch-like: the gradient's scale changes from step to step, so accumulating
+    # mini-steps is not the same as repeating one.
+    g = jax.tree.map(lambda x: x * (1 + 0.25 * (step % 3)), grad(params))
+    for key, value in (("bad_steps", jnp.inf), ("nan_steps", jnp.nan)):
+        if step in case.get(key, ()):
+            g = {**g, "w": g["w"].at[0, 0].set(value)}
+    return g
+
+
+def run(case: dict[str, Any]) -> dict[str, Any]:
+    tx = eval(
+        case["expr"], {"ox": optax, "F32": jnp.float32, "F64": jnp.float64, "partial": partial}
+    )
+    params = initial_params()
+    if case.get("lookahead"):
+        params = optax.LookaheadParams.init_synced(params)
+    state = tx.init(params)
+    out: dict[str, list] = {}
+    for step in range(STEPS):
+        at = params.fast if case.get("lookahead") else params
+        updates, state = tx.update(step_grad(at, step, case), state, params)
+        params = optax.apply_updates(params, updates)
+        parts = (
+            {"fast": params.fast, "slow": params.slow} if case.get("lookahead") else {"": params}
+        )
+        for prefix, tree in parts.items():
+            for k, v in to_lists(tree).items():
+                out.setdefault(f"{prefix}.{k}" if prefix else k, []).append(v)
+    return {**case, "trajectory": out}
+
+
+PROJECTION_INPUT = {
+    "w": [[0.3, -1.2, 0.05], [2.0, -0.4, 0.7]],
+    "b": [0.1, -0.05, 0.6],
+}
+PROJECTIONS = [
+    "projection_non_negative(x)",
+    "projection_box(x, lo, hi)",
+    "projection_simplex(x)",
+    "projection_simplex(x, 2.5)",
+    "projection_l1_sphere(x, 2.0)",
+    "projection_l1_ball(x, 1.5)",
+    "projection_l1_ball(x, 100.0)",
+    "projection_l2_sphere(x, 2.0)",
+    "projection_l2_ball(x, 1.0)",
+    "projection_l2_ball(x, 100.0)",
+    "projection_linf_ball(x, 0.5)",
+    "projection_vector(x, a)",
+    "projection_hyperplane(x, a, 0.3)",
+    "projection_halfspace(x, a, 0.3)",
+    "projection_halfspace(x, a, 100.0)",
+]
+
+
+def run_projections() -> list[dict[str, Any]]:
+    """Each projection of ``x`` (``a = x ** 2 + 0.1``, box ``-0.5 * a <= x <= a``), float64.
+
+    optax 0.2.8's ``projection_box`` takes its bounds as trees only (with a number it fails
+    on any tree but a single array), so ``projection_hypercube`` has no golden here.
+    """
+    x = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in PROJECTION_INPUT.items()}
+    a = jax.tree.map(lambda v: v**2 + 0.1, x)
+    lo, hi = jax.tree.map(lambda v: -0.5 * v, a), a
+    out = []
+    for expr in PROJECTIONS:
+        result = eval(
+            "optax.projections." + expr, {"optax": optax, "x": x, "a": a, "lo": lo, "hi": hi}
+        )
+        out.append({"expr": expr, "result": to_lists(result)})
+    return out
+
+
+def main() -> None:
+    goldens = {
+        "optax_version": optax.__version__,
+        "steps": STEPS,
+        "cases": [run(c) for c in CASES],
+        "projection_input": PROJECTION_INPUT,
+        "projections": run_projections(),
+    }
+    OUT_PATH.write_text(json.dumps(goldens, indent=1) + "\n")
+    print(f"wrote {len(CASES)} cases to {OUT_PATH}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""`flatten`: run a transformation on one flat buffer per dtype and device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from torchopt_fn._base import GradientTransformation, Params
+from torchopt_fn._record import record_hyperparams, recorded_nodes
+from torchopt_fn.tree._flatten import tree_flatten, tree_unflatten
+from torchopt_fn.tree._ops import check_like
+
+__all__ = ["flatten"]
+
+# Transformations whose maths reads each tensor whole (its norm, its shape, its rows and
+# columns) or that select leaves: on one flat buffer they would compute something else.
+PER_TENSOR = frozenset(
+    {
+        "adafactor",
+        "clip_by_block_rms",
+        "fromage",
+        "lamb",
+        "lars",
+        "masked",
+        "muon",
+        "novograd",
+        "partition",
+        "scale_by_factored_rms",
+        "scale_by_novograd",
+        "scale_by_param_block_norm",
+        "scale_by_param_block_rms",
+        "scale_by_sm3",
+        "scale_by_torch_adafactor",
+        "scale_by_torch_muon",
+        "scale_by_trust_ratio",
+        "selective_transform",
+        "sm3",
+        "freeze",
+        "adaptive_grad_clip",
+    }
+)
+
+
+class _Layout:
+    """Where each live leaf goes: one group per (dtype, device), leaves in tree order."""
+
+    def __init__(self, leaves: list[Any]):
+        self.groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for i, x in enumerate(leaves):
+            self.groups.setdefault((x.dtype, x.device), []).append(i)
+        self.shapes = [x.shape for x in leaves]
+
+    def pack(self, leaves: list[Any]) -> Any:
+        """One flat tensor per group (a bare tensor for one group); `None` counts as zeros."""
+        flats = []
+        for (dtype, device), idx in self.groups.items():
+            parts = [
+                torch.zeros(self.shapes[i].numel(), dtype=dtype, device=device)
+                if leaves[i] is None
+                else leaves[i].reshape(-1)
+                for i in idx
+            ]
+            flats.append(torch.cat(parts))
+        return flats[0] if len(flats) == 1 else tuple(flats)
+
+    def unpack(self, flats: Any, like: list[Any]) -> list[Any]:
+        flats = (flats,) if isinstance(flats, torch.Tensor) else flats
+        out: list[Any] = [None] * len(self.shapes)
+        for flat, idx in zip(flats, self.groups.values()):
+            sizes = [self.shapes[i].numel() for i in idx]
+            for i, chunk in zip(idx, flat.split(sizes)):
+                out[i] = None if like[i] is None else chunk.view(self.shapes[i])
+        return out
+
+
+def _tensor_leaves(tree: Any, what: str) -> tuple[list[Any], Any]:
+    leaves, spec = tree_flatten(tree)
+    for x in leaves:
+        if x is not None and not isinstance(x, torch.Tensor):
+            raise TypeError(f"flatten: every {what} leaf must be a tensor or None, got {type(x)}.")
+    return leaves, spec
+
+
+@record_hyperparams
+def flatten(inner: GradientTransformation) -> GradientTransformation:
+    """Run ``inner`` on the leaves concatenated into one flat buffer per dtype and device.
+
+    For element-wise optimizers (`sgd`, `adam`, `adamw`, `lion`, `rmsprop`, ...) and global
+    norms the maths is the same, and the state is one buffer per dtype and device instead of
+    one tensor per leaf: far fewer tensors to trace when compiling. A single dtype and
+    device (the usual case) gives ``inner`` one tensor, as optax does; several give it a
+    tuple. Transformations that read tensors whole (per-tensor norms and trust ratios,
+    factored moments, matrices, masks) are refused. A `None` update enters the buffer as
+    zeros (a buffer cannot skip part of itself) and comes out as `None`.
+
+    Raises:
+        ValueError: if ``inner`` contains a per-tensor transformation.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.flatten(tf.adam(0.1))
+        >>> params = {"w": torch.zeros(2, 2), "b": torch.zeros(2)}
+        >>> state = tx.init(params)
+        >>> state[0].mu.shape
+        torch.Size([6])
+        >>> u, state = tx.update({"w": torch.ones(2, 2), "b": -torch.ones(2)}, state, params)
+        >>> u["b"]
+        tensor([0.1000, 0.1000])
+    """
+    refused = sorted({n.factory.__name__ for n in recorded_nodes(inner)} & PER_TENSOR)
+    if refused:
+        raise ValueError(
+            f"flatten: {refused} read each tensor whole (norms, shapes, masks), so on one flat "
+            "buffer they would compute something else; flatten only element-wise parts, e.g. "
+            "chain(clip_by_block_rms(...), flatten(adam(...)))."
+        )
+
+    def init_fn(params: Params):
+        leaves, _ = _tensor_leaves(params, "params")
+        live = [x for x in leaves if x is not None]
+        return inner.init(_Layout(live).pack(live))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        leaves, spec = _tensor_leaves(updates, "update")
+        check_like(updates, params, "flatten")
+        if params is not None:
+            param_leaves = spec.flatten_up_to(params)
+            layout = _Layout(param_leaves)
+            flat_params = layout.pack(param_leaves)
+        else:
+            if any(x is None for x in leaves):
+                raise ValueError("flatten: None updates need params (to know their shapes).")
+            layout = _Layout(leaves)
+            flat_params = None
+        flat_updates, state = inner.update(layout.pack(leaves), state, flat_params, **extra_args)
+        return tree_unflatten(spec, layout.unpack(flat_updates, leaves)), state
+
+    return GradientTransformation(init_fn, update_fn)
