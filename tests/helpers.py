@@ -554,6 +554,17 @@ OPTIMIZERS: list[OptCase] = [
         reduces=True,
         invalid=({"max_learning_rate": -1.0}, {"variant": "nope"}),
     ),
+    OptCase(  # a fixed step; with its line search it needs value_fn (test_linesearch.py)
+        "lbfgs_fixed_step",
+        tf.lbfgs,
+        {"learning_rate": 0.5, "linesearch": None, "memory_size": 5},
+        quad_steps=60,
+        quad_tol=1e-10,
+        rosen_overrides={"learning_rate": 0.1},
+        rosen_steps=300,
+        reduces=True,
+        invalid=({"memory_size": 0},),
+    ),
 ]
 """THE optimizer table: every named optimizer at least once, plus option variants."""
 
@@ -820,6 +831,9 @@ TRANSFORMS: list[TxCase] = [
         lambda: tf.partition({True: tf.scale_by_adam(), False: tf.trace(0.5)}, _first),
     ),
     TxCase("inject_hyperparams", lambda: tf.inject_hyperparams(tf.adam)(learning_rate=0.1)),
+    TxCase(
+        "scale_by_lbfgs", lambda: tf.scale_by_lbfgs(memory_size=3), needs_params=True, exact=False
+    ),  # fmt: skip
     TxCase("freeze", lambda: tf.chain(tf.scale_by_adam(), tf.freeze(_first))),
     TxCase("selective_transform", lambda: tf.selective_transform(tf.adam(0.1), freeze_mask=True)),
     # wrappers

@@ -67,6 +67,9 @@ def test_table_covers_every_public_transformation():
     # lookahead optimizes LookaheadParams (test_wrappers); a deprecated alias; types.
     special += ("skip_not_finite", "skip_large_updates", "measure_with_ema", "snapshot")
     special += ("lookahead",)
+    # Line searches need value=, grad= and value_fn= (tests/test_linesearch.py).
+    special += ("scale_by_backtracking_linesearch", "scale_by_zoom_linesearch")
+    special += ("value_and_grad_from_state",)
     special += ("inject_stateful_hyperparams", "LookaheadParams", "ShouldSkipUpdateFunction")
     missing = [m for m in missing if m not in aliases + special]
     assert not missing, f"add these to helpers.TRANSFORMS: {missing}"

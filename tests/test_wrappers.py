@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 import torchopt_fn as tf
 from tests.helpers import GOLDEN, assert_trees_close

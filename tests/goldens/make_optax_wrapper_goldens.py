@@ -12,6 +12,10 @@ Same problem, starting point and protocol as ``make_optax_goldens.py`` (12 steps
   NaN), for the wrappers that skip non-finite updates;
 * ``projections``: each of optax's projections applied to ``projection_input``;
 * ``projections``: each of optax's projections applied to ``projection_input``;
+* ``linesearch_cases``: L-BFGS and line searches on exact gradients (on the goldens'
+  problem, or a 4-D Rosenbrock), ``update`` given ``value``, ``grad`` and ``value_fn``
+  (``protocol``: from ``value_and_grad_from_state``, ``fresh``, or ``plain`` without them);
+  each step also records the line search's iterations and the objective;
 * with ``lookahead``, the params are ``LookaheadParams.init_synced(params)``, the gradient
   is taken at the fast params, and both fast and slow params are recorded.
 
@@ -31,7 +35,7 @@ import optax
 
 jax.config.update("jax_enable_x64", True)
 
-from make_optax_goldens import STEPS, grad, initial_params, to_lists  # noqa: E402
+from make_optax_goldens import STEPS, grad, initial_params, loss, to_lists  # noqa: E402
 
 OUT_PATH = Path(__file__).with_name("optax_wrapper_goldens.json")
 
@@ -185,6 +189,90 @@ def run_projections() -> list[dict[str, Any]]:
     return out
 
 
+LINESEARCH_CASES: list[dict[str, Any]] = [
+    {"id": "lbfgs_default", "expr": "ox.lbfgs()", "protocol": "from_state"},
+    {
+        "id": "lbfgs_rosenbrock",
+        "expr": "ox.lbfgs()",
+        "protocol": "from_state",
+        "problem": "rosenbrock",
+        "steps": 25,
+    },
+    {
+        "id": "lbfgs_memory3_keep",
+        "protocol": "from_state",
+        "problem": "rosenbrock",
+        "steps": 25,
+        "expr": "ox.lbfgs(memory_size=3, linesearch=ox.scale_by_zoom_linesearch("
+        "15, initial_guess_strategy='keep'))",
+    },
+    {
+        "id": "lbfgs_no_scale_init",
+        "expr": "ox.lbfgs(scale_init_precond=False)",
+        "protocol": "from_state",
+    },
+    {
+        "id": "lbfgs_fixed_step",
+        "expr": "ox.lbfgs(learning_rate=0.1, linesearch=None)",
+        "protocol": "plain",
+    },
+    {
+        "id": "zoom_sgd_max_lr",
+        "protocol": "from_state",
+        "problem": "rosenbrock",
+        "expr": "ox.chain(ox.sgd(1.0), ox.scale_by_zoom_linesearch(20, max_learning_rate=0.5))",
+    },
+    {
+        "id": "zoom_sgd_tol",
+        "protocol": "from_state",
+        "expr": "ox.chain(ox.sgd(1.0), ox.scale_by_zoom_linesearch(10, tol=1e-3, "
+        "approx_dec_rtol=None, curv_rtol=0.5))",
+    },
+    {
+        "id": "backtracking_sgd",
+        "protocol": "fresh",
+        "expr": "ox.chain(ox.sgd(1.0), ox.scale_by_backtracking_linesearch(15))",
+    },
+    {
+        "id": "backtracking_store_grad",
+        "protocol": "from_state",
+        "problem": "rosenbrock",
+        "expr": "ox.chain(ox.sgd(1.0), ox.scale_by_backtracking_linesearch(20, store_grad=True, "
+        "decrease_factor=0.5, increase_factor=2.0, max_learning_rate=10.0))",
+    },
+]
+
+
+def rosenbrock(params: Any) -> jax.Array:
+    x = params["x"]
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
+
+
+def run_linesearch(case: dict[str, Any]) -> dict[str, Any]:
+    """Line-search cases: exact gradients of the objective, ``value``/``grad``/``value_fn``."""
+    tx = eval(case["expr"], {"ox": optax})
+    if case.get("problem") == "rosenbrock":
+        fn, params = rosenbrock, {"x": jnp.array([-1.2, 1.0, -0.5, 0.8], dtype=jnp.float64)}
+    else:
+        fn, params = loss, initial_params()
+    state = tx.init(params)
+    out: dict[str, list] = {"num_linesearch_steps": [], "value": []}
+    for _ in range(case.get("steps", STEPS)):
+        if case["protocol"] == "from_state":
+            value, g = optax.value_and_grad_from_state(fn)(params, state=state)
+        else:
+            value, g = jax.value_and_grad(fn)(params)
+        extra = {} if case["protocol"] == "plain" else {"value": value, "grad": g, "value_fn": fn}
+        updates, state = tx.update(g, state, params, **extra)
+        params = optax.apply_updates(params, updates)
+        for k, v in to_lists(params).items():
+            out.setdefault(k, []).append(v)
+        steps = optax.tree.get(state, "num_linesearch_steps")
+        out["num_linesearch_steps"].append(None if steps is None else int(steps))
+        out["value"].append(float(fn(params)))
+    return {**case, "trajectory": out}
+
+
 def main() -> None:
     goldens = {
         "optax_version": optax.__version__,
@@ -192,6 +280,7 @@ def main() -> None:
         "cases": [run(c) for c in CASES],
         "projection_input": PROJECTION_INPUT,
         "projections": run_projections(),
+        "linesearch_cases": [run_linesearch(c) for c in LINESEARCH_CASES],
     }
     OUT_PATH.write_text(json.dumps(goldens, indent=1) + "\n")
     print(f"wrote {len(CASES)} cases to {OUT_PATH}")

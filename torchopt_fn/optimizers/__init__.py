@@ -5,10 +5,11 @@ Every optimizer returns a `GradientTransformation` whose updates are already neg
 optax 0.2.8 bugs are not copied, see `rprop` and `adadelta`.
 """
 
-from torchopt_fn.optimizers import _adam, _factored, _layerwise, _rms, _sgd, _sign
+from torchopt_fn.optimizers import _adam, _factored, _layerwise, _lbfgs, _rms, _sgd, _sign
 from torchopt_fn.optimizers._adam import *
 from torchopt_fn.optimizers._factored import *
 from torchopt_fn.optimizers._layerwise import *
+from torchopt_fn.optimizers._lbfgs import *
 from torchopt_fn.optimizers._rms import *
 from torchopt_fn.optimizers._sgd import *
 from torchopt_fn.optimizers._sign import *
@@ -20,4 +21,5 @@ __all__ = [
     *_rms.__all__,
     *_layerwise.__all__,
     *_factored.__all__,
+    *_lbfgs.__all__,
 ]

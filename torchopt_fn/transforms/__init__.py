@@ -17,6 +17,8 @@ list:
 | `_constraining` | non-negative parameters, NaN-free updates |
 | `_torch_parity` | torch.optim's maths where optax's differs |
 | `_torch_matrix` | torch.optim's matrix-shaped methods: Adafactor, Muon |
+| `_lbfgs` | L-BFGS's inverse-Hessian preconditioner |
+| `_linesearch` | backtracking and zoom line searches |
 """
 
 from torchopt_fn.transforms import (
@@ -27,6 +29,8 @@ from torchopt_fn.transforms import (
     _constraining,
     _factored,
     _layerwise,
+    _lbfgs,
+    _linesearch,
     _rms,
     _scaling,
     _sign,
@@ -40,6 +44,8 @@ from torchopt_fn.transforms._clipping import *
 from torchopt_fn.transforms._constraining import *
 from torchopt_fn.transforms._factored import *
 from torchopt_fn.transforms._layerwise import *
+from torchopt_fn.transforms._lbfgs import *
+from torchopt_fn.transforms._linesearch import *
 from torchopt_fn.transforms._rms import *
 from torchopt_fn.transforms._scaling import *
 from torchopt_fn.transforms._sign import *
@@ -57,6 +63,8 @@ __all__ = [
     *_adding.__all__,
     *_clipping.__all__,
     *_constraining.__all__,
+    *_lbfgs.__all__,
+    *_linesearch.__all__,
     *_torch_parity.__all__,
     *_torch_matrix.__all__,
 ]
