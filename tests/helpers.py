@@ -833,7 +833,7 @@ TRANSFORMS: list[TxCase] = [
     TxCase("inject_hyperparams", lambda: tf.inject_hyperparams(tf.adam)(learning_rate=0.1)),
     TxCase(
         "scale_by_lbfgs", lambda: tf.scale_by_lbfgs(memory_size=3), needs_params=True, exact=False
-    ),  # fmt: skip
+    ),
     TxCase("freeze", lambda: tf.chain(tf.scale_by_adam(), tf.freeze(_first))),
     TxCase("selective_transform", lambda: tf.selective_transform(tf.adam(0.1), freeze_mask=True)),
     # wrappers

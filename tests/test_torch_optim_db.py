@@ -148,7 +148,7 @@ def test_trajectory_equals_torch(case, dtype):
 
 ERROR_CASES = [
     (name, e)
-    for name in SUPPORTED
+    for name in [*SUPPORTED, "LBFGS"]
     for e in INFOS[name].optim_error_inputs_func("cpu", torch.float64)
 ]
 
@@ -771,3 +771,101 @@ def test_optax_named_aliases_treat_complex_parameters_as_torch_does(case):
     expected = train_complex(reference, ref_params, range(STEPS), skip=False)
     got = train_complex(tf.Optimizer(our_params, make_tx()), our_params, range(STEPS), skip=False)
     assert_same_trajectory(got, expected, torch.float64)
+
+
+# --------------------------------------------------------------------------- LBFGS
+# torch's L-BFGS is closure-driven (several evaluations per step), so it has its own driver.
+
+LBFGS_CASES = [
+    (inp.desc, inp.kwargs, dtype)
+    for dtype in (torch.float64, torch.float32)
+    for inp in INFOS["LBFGS"].optim_inputs_func("cpu", dtype)
+]
+
+
+def _lbfgs_params(dtype: torch.dtype, complex_too: bool = False) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in [(4, 3), (3,)]]
+    if complex_too:
+        params.append(torch.randn(2, generator=g, dtype=torch.complex128).requires_grad_())
+    return params
+
+
+def _lbfgs_loss(params: list[torch.Tensor], t: int) -> torch.Tensor:
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(t), dtype=params[0].dtype)
+    out = torch.tanh(x @ params[0] + params[1]).sum(1)
+    loss = ((out - 0.5) ** 2).mean()
+    if len(params) > 2:  # a complex parameter: |z - (1 + 1j)|^2
+        loss = loss + (params[2] - (1 + 1j)).abs().pow(2).sum().to(loss.dtype)
+    return loss
+
+
+def _lbfgs_run(opt: torch.optim.Optimizer, params: list[torch.Tensor], steps: range) -> list:
+    trajectory = []
+    for t in steps:
+
+        def closure(t: int = t) -> torch.Tensor:
+            opt.zero_grad()
+            loss = _lbfgs_loss(params, t)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        trajectory.append([p.detach().clone() for p in params])
+    return trajectory
+
+
+def _lbfgs_pair(kwargs: dict[str, Any], dtype: torch.dtype, complex_too: bool = False):
+    a, b = _lbfgs_params(dtype, complex_too), _lbfgs_params(dtype, complex_too)
+    return (ours("LBFGS", a, **kwargs), a), (theirs("LBFGS", b, **kwargs), b)
+
+
+@pytest.mark.parametrize("case", LBFGS_CASES, ids=[f"{d}-{str(t)[6:]}" for d, _, t in LBFGS_CASES])
+def test_lbfgs_step_with_closure_equals_torch_bit_for_bit(case):
+    _, kwargs, dtype = case
+    (opt, params), (ref, ref_params) = _lbfgs_pair({"max_iter": 6, **kwargs}, dtype)
+    ours_run, torch_run = _lbfgs_run(opt, params, range(5)), _lbfgs_run(ref, ref_params, range(5))
+    for a, b in zip(ours_run, torch_run):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    assert opt.state[params[0]]["func_evals"] == ref.state[ref_params[0]]["func_evals"]
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_lbfgs_on_complex_parameters_follows_torch(line_search_fn):
+    kwargs = {"line_search_fn": line_search_fn, "max_iter": 5}
+    (opt, params), (ref, ref_params) = _lbfgs_pair(kwargs, torch.float64, complex_too=True)
+    for a, b in zip(_lbfgs_run(opt, params, range(4)), _lbfgs_run(ref, ref_params, range(4))):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_lbfgs_checkpoints_move_both_ways_mid_run(line_search_fn):
+    kwargs = {"line_search_fn": line_search_fn, "history_size": 3, "max_iter": 4}
+    (opt, params), (ref, ref_params) = _lbfgs_pair(kwargs, torch.float64)
+    _lbfgs_run(opt, params, range(3))
+    _lbfgs_run(ref, ref_params, range(3))
+    ours_sd, torch_sd = _roundtrip(opt.state_dict()), _roundtrip(ref.state_dict())
+    assert_same_state_dict(ours_sd, torch_sd)
+    at_checkpoint = [p.detach().clone() for p in params]
+    expected = _lbfgs_run(ref, ref_params, range(3, 6))
+    for make, checkpoint in ((ours, torch_sd), (theirs, ours_sd)):
+        moved = [p.clone().requires_grad_() for p in at_checkpoint]
+        other = make("LBFGS", moved, **kwargs)
+        other.load_state_dict(checkpoint)
+        for a, b in zip(_lbfgs_run(other, moved, range(3, 6)), expected):
+            for x, y in zip(a, b):
+                assert torch.equal(x, y)
+
+
+def test_lbfgs_needs_a_closure_and_one_group():
+    params = _lbfgs_params(torch.float64)
+    opt = ours("LBFGS", params)
+    with pytest.raises(TypeError, match="closure"):
+        opt.step()
+    with pytest.raises(ValueError, match="parameter groups"):
+        ours("LBFGS", [{"params": params[:1]}, {"params": params[1:]}])
+    with pytest.raises(TypeError, match="closure-driven"):
+        tx = tf.from_torch("LBFGS")
+        tx.update({"w": torch.ones(1)}, tx.init({"w": torch.ones(1)}))

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from torchopt_fn._base import GradientTransformation
+from torchopt_fn._base import GradientTransformation, empty_init
 from torchopt_fn._combine import chain
 from torchopt_fn._fused import FusedPlan, adam_plan, attach_plan, sgd_plan, with_fused_adam
 from torchopt_fn._record import record
@@ -102,6 +102,18 @@ def _rmsprop(o: Options) -> list[GradientTransformation]:
     return _with_l2(o, *core)
 
 
+def _closure_driven() -> GradientTransformation:
+    """LBFGS's place in a chain: its algorithm is the `Optimizer` adapter's (`_torch_lbfgs`)."""
+
+    def update_fn(updates, state, params=None, **extra_args):
+        raise TypeError(
+            "from_torch('LBFGS') is torch's closure-driven L-BFGS: run it through "
+            "Optimizer(params, tx).step(closure). For a functional L-BFGS use tf.lbfgs()."
+        )
+
+    return GradientTransformation(empty_init, update_fn)
+
+
 Builder = Callable[[Options], list[GradientTransformation]]
 
 # Per optimizer: its chain, and the torch options it reads (all of them in torch 2.13, besides
@@ -186,6 +198,10 @@ _BUILDERS: dict[str, tuple[Builder, str]] = {
         ],
         "lr betas eps maximize",
     ),
+    "LBFGS": (
+        lambda o: [_closure_driven()],
+        "lr max_iter max_eval tolerance_grad tolerance_change history_size line_search_fn",
+    ),
     "ASGD": (
         lambda o: [
             *_maximize(o),
@@ -259,6 +275,8 @@ def _options(name: str, cls: type, kwargs: Options) -> Options:
         raise type(e)(f"from_torch: invalid options for torch.optim.{name}: {e}") from e
     if isinstance(options["lr"], torch.Tensor):
         options["lr"] = options["lr"].reshape(())
+    if name == "LBFGS" and options["max_eval"] is None:
+        options["max_eval"] = options["max_iter"] * 5 // 4  # torch's rule, in its groups too
     return options
 
 
@@ -285,6 +303,7 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     | Adafactor | `scale_by_torch_adafactor(lr, beta2_decay, *eps, d, weight_decay)` |
     | Muon | `scale_by_torch_muon(lr, weight_decay, momentum, nesterov, ...)` (matrices only) |
     | SparseAdam | `scale_by_torch_sparse_adam(lr, *betas, eps)` (sparse gradients only) |
+    | LBFGS | torch's closure-driven algorithm, run by `Optimizer.step(closure)` (no chain) |
 
     "L2" is `add_decayed_weights(weight_decay)` on the gradient (torch's coupled weight
     decay); "decay" is the same transform after the scaling, so that the learning rate
@@ -321,7 +340,8 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     Args:
         optimizer: a torch.optim class (`torch.optim.SGD`, `Adam`, `AdamW`, `NAdam`, `RAdam`,
             `Adamax`, `Adagrad`, `Adadelta`, `RMSprop`, `Rprop`, `ASGD`, `Adafactor`, `Muon`,
-            `SparseAdam`) or its name (case-insensitive, ``"torch.optim."`` prefix allowed).
+            `SparseAdam`, `LBFGS`) or its name (case-insensitive, ``"torch.optim."`` prefix
+            allowed).
         **kwargs: the optimizer's keyword arguments, as torch names them.
 
     Returns:
@@ -331,7 +351,7 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
     Raises:
         TypeError: ``optimizer`` is not a torch.optim class or name, or an option is unknown to
             it (or has a type torch rejects).
-        ValueError: an unsupported optimizer (e.g. LBFGS), a value torch's constructor rejects
+        ValueError: an unsupported optimizer, a value torch's constructor rejects
             (negative lr, ``betas`` outside ``[0, 1)``, Nesterov without momentum, ...), or a
             sparse gradient in ``update``.
         RuntimeError: a combination of flags torch refuses (``fused`` with ``foreach``).
@@ -362,8 +382,10 @@ def from_torch(optimizer: type | str, **kwargs: Any) -> GradientTransformation:
         recorded.state_at_construction = True
     if name == "SparseAdam":  # the `Optimizer` adapter lets its sparse gradients through
         recorded.sparse_gradients = True
-    if name in ("SGD", "Muon"):  # torch keeps no step for them: neither does the adapter
+    if name in ("SGD", "Muon", "LBFGS"):  # torch keeps no step for them: nor does the adapter
         recorded.torch_step = False
+    if name == "LBFGS":  # the adapter runs torch's algorithm (see `_torch_lbfgs`)
+        recorded.closure_driven = True
     return recorded
 
 

@@ -38,6 +38,7 @@ from torchopt_fn._record import rebuild
 from torchopt_fn._update import apply_updates_
 from torchopt_fn.interop._hyperparams import hyperparams, is_number, mirrored
 from torchopt_fn.interop._layout import STEP, Slot, as_state, meta, state_layout
+from torchopt_fn.interop._torch_lbfgs import check_lbfgs_state, lbfgs_step, loaded_lbfgs_state
 from torchopt_fn.tree._flatten import ParamList, tree_leaves, tree_unflatten
 from torchopt_fn.tree._ops import per_leaf_kernels
 
@@ -143,6 +144,8 @@ class Optimizer(torch.optim.Optimizer):
         if defaults.get("differentiable") and compile:
             raise ValueError("Optimizer: differentiable=True runs eagerly; drop compile=True.")
         super().__init__(params, defaults)
+        if _closure_driven(tx) and len(self.param_groups) != 1:
+            raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
 
     # ------------------------------------------------------------------ pickling
 
@@ -386,6 +389,8 @@ class Optimizer(torch.optim.Optimizer):
             TypeError: for an integer parameter.
             ValueError: for a sparse gradient, or one of another shape than its parameter.
         """
+        if _closure_driven(self.tx):
+            return self._closure_step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -402,6 +407,17 @@ class Optimizer(torch.optim.Optimizer):
             with _step_mode(group):
                 commit()
         return loss
+
+    def _closure_step(self, closure: Callable[[], Any] | None) -> Any:
+        """torch.optim.LBFGS's step: closure-driven, several iterations, one flat vector."""
+        if closure is None:
+            raise TypeError("LBFGS: step() needs a closure that re-evaluates the model.")
+        if len(self.param_groups) != 1:
+            raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+        group = self.param_groups[0]
+        params = group["params"]
+        state = self.state.setdefault(params[0], {})
+        return lbfgs_step(closure, params, state, group)
 
     def _compute(
         self, rt: _GroupRuntime, live: list[bool], entries: list, fresh: list[int]
@@ -573,13 +589,16 @@ class Optimizer(torch.optim.Optimizer):
         target: dict[Any, tuple[torch.Tensor, list[Slot]]] = {}
         for saved, group, rt in zip(saved_groups, self.param_groups, runtimes):
             for i, (index, p) in enumerate(zip(saved["params"], group["params"])):
-                target[index] = (p, [s for s in rt.slots if s.key and s.index in (None, i)])
+                target[index] = (p, [s for s in rt.slots if s.key and s.index in (None, i)], rt)
         state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
         for index, entry in state_dict["state"].items():
             if index not in target:
                 state[index] = entry  # kept as torch keeps it
                 continue
-            p, slots = target[index]
+            p, slots, rt = target[index]
+            if _closure_driven(rt.tx):
+                state[p] = loaded_lbfgs_state(entry, p.device)
+                continue
             dtypes = {STEP: torch.int64, **{s.key: s.dtype for s in slots}}
             new = {key: as_state(v, dtypes.get(key), p.device) for key, v in entry.items()}
             for slot in slots:  # what torch does not keep (SGD's count), filled in
@@ -587,7 +606,8 @@ class Optimizer(torch.optim.Optimizer):
                     new[slot.key] = as_state(slot.fill, slot.dtype, p.device)
             state[p] = new
         for group in self.param_groups:
-            _share_equal_scalars(group["params"], state)
+            if not _closure_driven(self.tx):
+                _share_equal_scalars(group["params"], state)
         groups = []
         for saved, group in zip(saved_groups, self.param_groups):
             new = {**saved, "params": group["params"]}
@@ -631,6 +651,9 @@ class Optimizer(torch.optim.Optimizer):
                 entry = saved_state[index]
                 if not isinstance(entry, dict):
                     raise ValueError(f"load_state_dict: the state of parameter {i} is not a dict.")
+                if _closure_driven(tx):
+                    check_lbfgs_state(entry, f"parameter {i} of group {g}")
+                    continue
                 # The adapter's own ``step`` may be there or not (torch's SGD has none).
                 keys = set(entry) - ({STEP} if STEP not in rt.keys else set())
                 fillable = {s.key for s in slots if s.fill is not None and s.index in (None, i)}
@@ -800,6 +823,11 @@ def _check_gradients(params: list[torch.Tensor], g: int, sparse_ok: bool = False
             f"Optimizer: the gradient of parameter {i} of group {g} has shape "
             f"{tuple(grad.shape)}, the parameter {tuple(p.shape)}."
         )
+
+
+def _closure_driven(tx: GradientTransformation) -> bool:
+    """``from_torch("LBFGS")``: the adapter runs torch's closure-driven algorithm itself."""
+    return getattr(tx, "closure_driven", False)
 
 
 def _instances(tree: Any, method: str) -> list[Any]:
