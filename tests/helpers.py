@@ -713,6 +713,7 @@ TRANSFORMS: list[TxCase] = [
     ),
     TxCase("scale_by_schedule", lambda: tf.scale_by_schedule(tf.linear_schedule(1.0, 0.5, 5))),
     TxCase("scale_by_polyak", lambda: tf.scale_by_polyak(), needs_value=True, exact=False),
+    TxCase("normalize_by_update_norm", lambda: tf.normalize_by_update_norm(0.5), exact=False),
     # accumulation
     TxCase("trace", lambda: tf.trace(0.9)),
     TxCase("trace_nesterov", lambda: tf.momentum(0.9, nesterov=True)),

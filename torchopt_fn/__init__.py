@@ -11,7 +11,16 @@ Optimizers are pure gradient transformations over pytrees of tensors::
 
 import torch
 
-from torchopt_fn import interop, optimizers, projections, schedules, transforms, tree, wrappers
+from torchopt_fn import (
+    interop,
+    optimizers,
+    projections,
+    schedules,
+    second_order,
+    transforms,
+    tree,
+    wrappers,
+)
 from torchopt_fn._base import (
     EmptyState,
     GradientTransformation,
@@ -21,20 +30,27 @@ from torchopt_fn._base import (
     Params,
     ScalarOrSchedule,
     Schedule,
+    TransformInitFn,
+    TransformUpdateExtraArgsFn,
+    TransformUpdateFn,
     Updates,
+    init_empty_state,
 )
 from torchopt_fn._combine import (
     MaskedNode,
     MaskedState,
+    MultiTransformState,
     PartitionState,
     chain,
     freeze,
     masked,
+    multi_transform,
     named_chain,
     partition,
     selective_transform,
 )
 from torchopt_fn._compile import compile_step
+from torchopt_fn._numerics import safe_norm, safe_root_mean_squares, scale_gradient
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._scalar import Scalar
 from torchopt_fn._stateless import (
@@ -55,6 +71,7 @@ from torchopt_fn.interop import *
 from torchopt_fn.optimizers import *
 from torchopt_fn.projections import *
 from torchopt_fn.schedules import *
+from torchopt_fn.second_order import *
 from torchopt_fn.transforms import *
 from torchopt_fn.tree import *
 from torchopt_fn.wrappers import *
@@ -63,6 +80,15 @@ __version__ = "0.1.0"
 
 
 __all__ = [
+    "scale_gradient",
+    "safe_root_mean_squares",
+    "safe_norm",
+    "multi_transform",
+    "MultiTransformState",
+    "init_empty_state",
+    "TransformUpdateFn",
+    "TransformUpdateExtraArgsFn",
+    "TransformInitFn",
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
@@ -93,6 +119,7 @@ __all__ = [
     "projections",
     "record_hyperparams",
     "schedules",
+    "second_order",
     "selective_transform",
     "set_to_zero",
     "stateless",
@@ -105,6 +132,7 @@ __all__ = [
     *optimizers.__all__,
     *projections.__all__,
     *schedules.__all__,
+    *second_order.__all__,
     *transforms.__all__,
     *tree.__all__,
     *wrappers.__all__,

@@ -30,7 +30,11 @@ __all__ = [
     "Params",
     "ScalarOrSchedule",
     "Schedule",
+    "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
+    "TransformUpdateFn",
     "Updates",
+    "init_empty_state",
 ]
 
 Params: TypeAlias = Any
@@ -50,13 +54,37 @@ function of the params returning one (``lambda p: tree_map(lambda x: x.dim() > 1
 
 
 class TransformInitFn(Protocol):
+    """``init(params) -> state``: the first half of a `GradientTransformation`.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> init: tf.TransformInitFn = tf.trace(0.9).init
+        >>> init({"w": torch.zeros(1)}).trace
+        {'w': tensor([0.])}
+    """
+
     def __call__(self, params: Params) -> OptState: ...
 
 
 class TransformUpdateFn(Protocol):
+    """``update(updates, state, params=None, **extra_args) -> (updates, state)``.
+
+    Every ``update`` here accepts extra keyword arguments (optax's ``TransformUpdateExtraArgsFn``).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.scale(2.0)
+        >>> update: tf.TransformUpdateFn = tx.update
+        >>> update({"w": torch.ones(1)}, tx.init(None))[0]
+        {'w': tensor([2.])}
+    """
+
     def __call__(
         self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, OptState]: ...
+
+
+TransformUpdateExtraArgsFn = TransformUpdateFn
 
 
 class GradientTransformation(NamedTuple):
@@ -91,7 +119,13 @@ class EmptyState(NamedTuple):
 
 
 def empty_init(params: Params) -> EmptyState:
-    """The ``init`` of a stateless transformation."""
+    """The ``init`` of a stateless transformation.
+
+    Examples:
+        >>> import torchopt_fn as tf
+        >>> tf.init_empty_state({"w": None})
+        EmptyState()
+    """
     del params
     return EmptyState()
 
@@ -158,3 +192,7 @@ def torch_names(**names: str) -> Mapping[str, str]:
             torch_keys = torch_names(count="step", mu="exp_avg", nu="exp_avg_sq")
     """
     return MappingProxyType(names)
+
+
+init_empty_state = empty_init
+"""optax's public name of the ``init`` of a stateless transformation."""

@@ -6,12 +6,16 @@ under `torch.func.grad`), and only the chosen branch runs. Under `torch.compile`
 `torch.func.vmap` the condition cannot be read: both branches run and ``torch.where`` picks
 leaf by leaf, one graph with no break, the same numbers (``lax.cond`` under ``vmap`` does the
 same). The branches must return trees of the same structure, shapes and dtypes.
+
+`while_loop` does the same for loops (optax's ``lax.while_loop``): eagerly it stops when its
+condition fails; traced, it runs its maximal number of trips and ``torch.where`` freezes the
+state once the condition has failed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -19,7 +23,7 @@ from torchopt_fn.tree._flatten import tree_map
 
 T = TypeVar("T")
 
-__all__ = ["branch", "concrete"]
+__all__ = ["branch", "concrete", "while_loop"]
 
 
 def concrete(pred: torch.Tensor | bool) -> bool | None:
@@ -41,3 +45,28 @@ def branch(pred: torch.Tensor | bool, if_true: Callable[[], T], if_false: Callab
         return if_true() if known else if_false()
     a, b = if_true(), if_false()
     return tree_map(lambda x, y: torch.where(pred, x, y), a, b)
+
+
+def while_loop(
+    cond: Callable[[Any], torch.Tensor], body: Callable[[Any], Any], state: Any, trips: int
+) -> Any:
+    """``while cond(state): state = body(state)``, at most ``trips`` times, eager or traced.
+
+    The condition is read while it can be (it may stop being readable midway: under vmap,
+    once the state depends on the batched inputs); from then on the remaining trips run
+    with ``torch.where`` freezing the members whose search is over.
+    """
+    done = 0
+    while done < trips:
+        known = concrete(cond(state))
+        if known is None:
+            break
+        if not known:
+            return state
+        state = body(state)
+        done += 1
+    for _ in range(trips - done):
+        active = cond(state)
+        new = body(state)
+        state = tree_map(lambda n, o, a=active: torch.where(a, n, o), new, state)
+    return state

@@ -20,10 +20,12 @@ from torchopt_fn.tree._flatten import (
 __all__ = [
     "MaskedNode",
     "MaskedState",
+    "MultiTransformState",
     "PartitionState",
     "chain",
     "freeze",
     "masked",
+    "multi_transform",
     "named_chain",
     "partition",
     "selective_transform",
@@ -310,3 +312,9 @@ def selective_transform(
         return tree_map(lambda m: "freeze" if m else "train", freeze_mask)
 
     return partition({"train": optimizer, "freeze": set_to_zero()}, labels)
+
+
+multi_transform = partition
+"""optax's former name of `partition`."""
+MultiTransformState = PartitionState
+"""optax's former name of `PartitionState`."""

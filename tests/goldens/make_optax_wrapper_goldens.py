@@ -12,6 +12,8 @@ Same problem, starting point and protocol as ``make_optax_goldens.py`` (12 steps
   NaN), for the wrappers that skip non-finite updates;
 * ``projections``: each of optax's projections applied to ``projection_input``;
 * ``projections``: each of optax's projections applied to ``projection_input``;
+* ``functions``: optax's per-example clips, ``power_iteration`` and
+  ``matrix_inverse_pth_root`` on ``function_input``;
 * ``linesearch_cases``: L-BFGS and line searches on exact gradients (on the goldens'
   problem, or a 4-D Rosenbrock), ``update`` given ``value``, ``grad`` and ``value_fn``
   (``protocol``: from ``value_and_grad_from_state``, ``fresh``, or ``plain`` without them);
@@ -31,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 jax.config.update("jax_enable_x64", True)
@@ -113,6 +116,14 @@ CASES: list[dict[str, Any]] = [
         "expr": "ox.selective_transform(ox.adam(0.05), freeze_mask={'w': True, 'b': False})",
     },
     {"id": "masked_bool", "expr": "ox.masked(ox.adam(0.05), True)"},
+    {
+        "id": "normalize_by_update_norm",
+        "expr": "ox.chain(ox.normalize_by_update_norm(0.5), ox.scale(-0.1))",
+    },
+    {
+        "id": "multi_transform",
+        "expr": "ox.multi_transform({'a': ox.adam(0.05), 'b': ox.sgd(0.05)}, {'w': 'a', 'b': 'b'})",
+    },
 ]
 
 
@@ -273,6 +284,36 @@ def run_linesearch(case: dict[str, Any]) -> dict[str, Any]:
     return {**case, "trajectory": out}
 
 
+FUNCTION_INPUT = {
+    "grads": {
+        "w": [[[3.0, 4.0], [0.1, 0.2]], [[0.3, 0.1], [0.0, 0.2]], [[1.0, -2.0], [2.0, 1.0]]],
+        "b": [[0.5], [-0.1], [2.0]],
+    },
+    "spd": [[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]],
+    "v0": [1.0, -0.5, 0.25],
+}
+FUNCTIONS = [
+    "per_example_global_norm_clip(grads, 1.0)",
+    "per_example_layer_norm_clip(grads, 1.5)",
+    "per_example_layer_norm_clip(grads, 1.5, uniform=False)",
+    "power_iteration(spd, v0=v0, num_iters=50, error_tolerance=1e-12)",
+    "matrix_inverse_pth_root(spd, 2, ridge_epsilon=1e-6)",
+    "matrix_inverse_pth_root(spd, 4, ridge_epsilon=1e-3)",
+]
+
+
+def run_functions() -> list[dict[str, Any]]:
+    """optax's functions on ``function_input`` (float64), results as nested lists."""
+    grads = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in FUNCTION_INPUT["grads"].items()}
+    spd = jnp.asarray(FUNCTION_INPUT["spd"], dtype=jnp.float64)
+    v0 = jnp.asarray(FUNCTION_INPUT["v0"], dtype=jnp.float64)
+    out = []
+    for expr in FUNCTIONS:
+        result = eval("optax." + expr, {"optax": optax, "grads": grads, "spd": spd, "v0": v0})
+        out.append({"expr": expr, "result": jax.tree.map(lambda x: np.asarray(x).tolist(), result)})
+    return out
+
+
 def main() -> None:
     goldens = {
         "optax_version": optax.__version__,
@@ -281,6 +322,8 @@ def main() -> None:
         "projection_input": PROJECTION_INPUT,
         "projections": run_projections(),
         "linesearch_cases": [run_linesearch(c) for c in LINESEARCH_CASES],
+        "function_input": FUNCTION_INPUT,
+        "functions": run_functions(),
     }
     OUT_PATH.write_text(json.dumps(goldens, indent=1) + "\n")
     print(f"wrote {len(CASES)} cases to {OUT_PATH}")

@@ -24,6 +24,7 @@ from torchopt_fn.tree._flatten import leaf_paths, tree_leaves
 from torchopt_fn.tree._ops import cast_like, compute_dtype, map_leaves
 
 __all__ = [
+    "AddDecayedWeightsState",
     "AddNoiseState",
     "add_decayed_weights",
     "add_decoupled_weight_decay",
@@ -273,3 +274,7 @@ def add_noise(
         return out, AddNoiseState(count=count, rng_key=state.rng_key)
 
     return GradientTransformation(init_fn, update_fn)
+
+
+AddDecayedWeightsState = EmptyState
+"""optax's name for the state of `add_decayed_weights` (stateless)."""

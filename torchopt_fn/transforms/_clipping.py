@@ -8,20 +8,30 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt_fn._base import GradientTransformation, Scalar, empty_init
+from torchopt_fn._base import EmptyState, GradientTransformation, Scalar, empty_init
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_non_negative, check_positive, require_params
-from torchopt_fn.tree._flatten import tree_leaves
+from torchopt_fn.tree._flatten import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from torchopt_fn.tree._math import norms_squared_sum
 from torchopt_fn.tree._ops import map_leaves
 
 __all__ = [
+    "AdaptiveGradClipState",
     "ClipByGlobalNormState",
+    "ClipState",
     "adaptive_grad_clip",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "unitwise_clip",
+    "unitwise_norm",
 ]
+
+# optax's names for the states of its stateless clippings.
+ClipState = EmptyState
+AdaptiveGradClipState = EmptyState
 
 
 @record_hyperparams
@@ -166,8 +176,22 @@ def clip_by_block_rms(threshold: Scalar) -> GradientTransformation:
     return GradientTransformation(empty_init, update_fn)
 
 
-def _unitwise_norm(x: torch.Tensor, axis: int | Sequence[int] | None) -> torch.Tensor:
-    """The L2 norm of every unit of ``x``, broadcast to ``x``'s shape (optax's conventions)."""
+def unitwise_norm(x: torch.Tensor, axis: int | Sequence[int] | None = None) -> torch.Tensor:
+    """The L2 norm of every unit of ``x``, broadcast to ``x``'s shape (optax's conventions).
+
+    Units: ``axis`` if given; else the whole tensor for scalars and vectors, axis 0 for 2-D
+    and 3-D tensors, axes ``(0, 1, 2)`` for 4-D and ``(0, 1, 2, 3)`` for 5-D (JAX layouts;
+    see `adaptive_grad_clip` for torch's).
+
+    Raises:
+        ValueError: for more than 5 axes without ``axis``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.unitwise_norm(torch.tensor([[3.0, 0.0], [4.0, 1.0]]))
+        tensor([[5., 1.],
+                [5., 1.]])
+    """
     sq = (x * x.conj()).real if x.is_complex() else x * x
     if axis is not None:
         dims: Any = axis if isinstance(axis, int) else tuple(axis)
@@ -182,7 +206,7 @@ def _unitwise_norm(x: torch.Tensor, axis: int | Sequence[int] | None) -> torch.T
         norm_sq = sq.sum(dim=(0, 1, 2, 3), keepdim=True)
     else:
         raise ValueError(
-            f"adaptive_grad_clip: expected a leaf with 1 to 5 axes, got shape {tuple(x.shape)}; "
+            f"unitwise_norm: expected a leaf with 1 to 5 axes, got shape {tuple(x.shape)}; "
             "pass axis= to choose the reduction axes."
         )
     return torch.sqrt(norm_sq).expand(x.shape)
@@ -234,11 +258,9 @@ def adaptive_grad_clip(
     check_non_negative("eps", eps)
 
     def clip_leaf(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        g_norm = _unitwise_norm(g, axis)
-        max_norm = clipping * torch.clamp(_unitwise_norm(p, axis), min=eps).to(g_norm.dtype)
-        # The 1e-6 floor only prevents 0/0 where the update is kept anyway.
-        clipped = g * (max_norm / torch.clamp(g_norm, min=1e-6))
-        return torch.where(g_norm < max_norm, g, clipped)
+        g_norm = unitwise_norm(g, axis)
+        max_norm = clipping * torch.clamp(unitwise_norm(p, axis), min=eps).to(g_norm.dtype)
+        return unitwise_clip(g_norm, max_norm, g)
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -252,3 +274,95 @@ def adaptive_grad_clip(
         return out, state
 
     return GradientTransformation(empty_init, update_fn)
+
+
+def unitwise_clip(
+    g_norm: torch.Tensor, max_norm: torch.Tensor, grad: torch.Tensor, div_eps: float = 1e-6
+) -> torch.Tensor:
+    """``grad`` where its unit norm ``g_norm`` is below ``max_norm``, else scaled down to it.
+
+    The ``div_eps`` floor only prevents 0/0 where the gradient is kept anyway.
+
+    Raises:
+        ValueError: if the three shapes differ.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> g = torch.tensor([3.0, 4.0])
+        >>> tf.unitwise_clip(tf.unitwise_norm(g), torch.full((2,), 1.0), g)
+        tensor([0.6000, 0.8000])
+    """
+    if not g_norm.shape == max_norm.shape == grad.shape:
+        raise ValueError(
+            f"unitwise_clip: shapes differ: g_norm {tuple(g_norm.shape)}, max_norm "
+            f"{tuple(max_norm.shape)}, grad {tuple(grad.shape)}."
+        )
+    clipped = grad * (max_norm / torch.clamp(g_norm, min=div_eps))
+    return torch.where(g_norm < max_norm, grad, clipped)
+
+
+def _per_example(grads: Any, what: str) -> list[torch.Tensor]:
+    leaves = [g for g in tree_leaves(grads) if g is not None]
+    if not leaves or any(g.dim() == 0 for g in leaves) or len({g.shape[0] for g in leaves}) != 1:
+        raise ValueError(
+            f"{what}: expects gradients with one batch axis first (per-example gradients, "
+            "e.g. from torch.func.vmap(torch.func.grad(loss))), the same size in every leaf."
+        )
+    return leaves
+
+
+def per_example_global_norm_clip(grads: Any, l2_norm_clip: Scalar) -> tuple[Any, torch.Tensor]:
+    """Clip each example's gradient to global norm ``l2_norm_clip``, then sum over examples.
+
+    For differentially private SGD. ``grads`` has a leading batch axis in every leaf.
+
+    Returns:
+        The summed clipped gradients (no batch axis) and how many examples were clipped.
+
+    Raises:
+        ValueError: if the leaves lack a common leading batch axis.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> grads = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}
+        >>> tf.per_example_global_norm_clip(grads, 1.0)
+        ({'w': tensor([0.9000, 1.2000])}, tensor(1))
+    """
+    leaves = _per_example(grads, "per_example_global_norm_clip")
+    squares = [g.reshape(g.shape[0], -1).abs().square().sum(1) for g in leaves]
+    norms = torch.sqrt(torch.stack(squares).sum(0))
+    multipliers = torch.nan_to_num(torch.clamp(l2_norm_clip / norms, max=1.0), nan=1.0)
+    clipped = tree_map(lambda g: torch.tensordot(multipliers.to(g.dtype), g, dims=1), grads)
+    return clipped, (multipliers < 1.0).sum()
+
+
+def per_example_layer_norm_clip(
+    grads: Any, global_l2_norm_clip: Scalar, uniform: bool = True
+) -> tuple[Any, Any]:
+    """Clip each example's gradient leaf by leaf, with per-leaf budgets summing to the global one.
+
+    With ``uniform``, every leaf gets ``global / sqrt(number of leaves)``; otherwise budgets
+    are proportional to the square root of each leaf's size. Then as
+    `per_example_global_norm_clip`, leaf by leaf.
+
+    Returns:
+        A tree of summed clipped gradients, and a tree of how many examples each leaf clipped.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> grads = {"a": torch.tensor([[3.0, 4.0]]), "b": torch.tensor([[0.1]])}
+        >>> summed, counts = tf.per_example_layer_norm_clip(grads, 2.0 ** 0.5)
+        >>> summed["a"], counts["a"], counts["b"]
+        (tensor([0.6000, 0.8000]), tensor(1), tensor(0))
+    """
+    leaves = _per_example(grads, "per_example_layer_norm_clip")
+    if uniform:
+        budget = lambda g: global_l2_norm_clip * (1.0 / len(leaves)) ** 0.5  # noqa: E731
+    else:
+        total = sum(g[0].numel() for g in leaves)
+        budget = lambda g: global_l2_norm_clip * (g[0].numel() / total) ** 0.5  # noqa: E731
+    flat, spec = tree_flatten(grads)
+    pairs = [
+        (None, None) if g is None else per_example_global_norm_clip(g, budget(g)) for g in flat
+    ]
+    return tree_unflatten(spec, [c for c, _ in pairs]), tree_unflatten(spec, [n for _, n in pairs])

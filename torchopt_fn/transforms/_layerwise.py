@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from torchopt_fn._base import GradientTransformation, Scalar, empty_init, init_count
+from torchopt_fn._base import EmptyState, GradientTransformation, Scalar, empty_init, init_count
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import (
     check_in_range,
@@ -21,6 +21,7 @@ from torchopt_fn.tree._ops import cast_like, map_leaves
 
 __all__ = [
     "ScaleByNovogradState",
+    "ScaleByTrustRatioState",
     "centralize",
     "scale_by_novograd",
     "scale_by_param_block_norm",
@@ -307,3 +308,7 @@ def centralize() -> GradientTransformation:
         return out, state
 
     return GradientTransformation(empty_init, update_fn)
+
+
+ScaleByTrustRatioState = EmptyState
+"""optax's name for the state of `scale_by_trust_ratio` (stateless)."""

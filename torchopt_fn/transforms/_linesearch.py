@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn._base import GradientTransformation, Params
-from torchopt_fn._branch import branch, concrete
+from torchopt_fn._branch import branch, while_loop
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import require_params
 from torchopt_fn.tree._flatten import tree_leaves, tree_map
@@ -94,29 +94,6 @@ def _require(value: Any, grad: Any, value_fn: Any, what: str) -> None:
             f"{what}: update needs the extra arguments value=, grad= and value_fn= "
             f"(missing: {', '.join(missing)}); see value_and_grad_from_state."
         )
-
-
-def _while(cond: Callable[[Any], torch.Tensor], body: Callable[[Any], Any], state: Any, trips: int):
-    """``while cond(state): state = body(state)``; see the module docstring for traced code.
-
-    The condition is read while it can be (it may stop being readable midway: under vmap,
-    once the state depends on the batched inputs); from then on the remaining trips run
-    with ``torch.where`` freezing the members whose search is over.
-    """
-    done = 0
-    while done < trips:
-        known = concrete(cond(state))
-        if known is None:
-            break
-        if not known:
-            return state
-        state = body(state)
-        done += 1
-    for _ in range(trips - done):
-        active = cond(state)
-        new = body(state)
-        state = tree_map(lambda n, o, a=active: torch.where(a, n, o), new, state)
-    return state
 
 
 def value_and_grad_from_state(value_fn: ValueFn) -> Callable[..., tuple[torch.Tensor, Tree]]:
@@ -298,7 +275,7 @@ def scale_by_backtracking_linesearch(
             return _Backtrack(t, new_value, decrease_error(t, new_value), s.iter_num + 1)
 
         start = torch.clamp(increase_factor * state.learning_rate, max=max_learning_rate)
-        search = _while(
+        search = while_loop(
             cond,
             body,
             _Backtrack(
@@ -629,7 +606,7 @@ def scale_by_zoom_linesearch(
             slope_init, inf, inf, inf, false, false, false, zero, value_init, slope_init,
             zero, value_init, slope_init, zero, value_init, zero, value_init, grad_in,
         )  # fmt: skip
-        final = _while(lambda s: ~(s.done | s.failed), step, start, max_linesearch_steps)
+        final = while_loop(lambda s: ~(s.done | s.failed), step, start, max_linesearch_steps)
         new_updates = tree_map(lambda u: (final.stepsize * u).to(u.dtype), updates)
         info = ZoomLinesearchInfo(final.count, final.decrease_error, final.curvature_error)
         return new_updates, ScaleByZoomLinesearchState(

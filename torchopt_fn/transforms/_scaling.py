@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 
 from torchopt_fn._base import (
+    EmptyState,
     GradientTransformation,
     Scalar,
     ScalarOrSchedule,
@@ -17,11 +18,13 @@ from torchopt_fn._base import (
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._scalar import is_schedule, step_scalar
 from torchopt_fn._validate import check_non_negative, check_number
-from torchopt_fn.tree._math import norms_squared_sum
+from torchopt_fn.tree._math import norms_squared_sum, tree_l2_norm
 from torchopt_fn.tree._ops import map_leaves
 
 __all__ = [
     "ScaleByScheduleState",
+    "ScaleState",
+    "normalize_by_update_norm",
     "scale",
     "scale_by_learning_rate",
     "scale_by_polyak",
@@ -217,5 +220,34 @@ def scale_by_polyak(
             return ops.mul(gs, ops.scalar(gs, lambda dt, dev: size.to(dev, dt)))
 
         return map_leaves(step, updates, what="scale_by_polyak"), state
+
+    return GradientTransformation(empty_init, update_fn)
+
+
+ScaleState = EmptyState
+"""optax's name for the state of `scale` (stateless)."""
+
+
+@record_hyperparams
+def normalize_by_update_norm(
+    scale_factor: Scalar = 1.0, eps: Scalar = 1e-6
+) -> GradientTransformation:
+    r"""Scale the updates to global norm ``scale_factor``: $u \cdot s / (\|u\|_2 + \epsilon)$.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.normalize_by_update_norm(eps=0.0)
+        >>> tx.update({"w": torch.tensor([3.0, 4.0])}, tx.init(None))[0]["w"]
+        tensor([0.6000, 0.8000])
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        g_norm = (tree_l2_norm(updates) + eps) / scale_factor
+        return map_leaves(
+            lambda ops, gs: [g / g_norm.to(g.real.dtype) for g in gs],
+            updates,
+            what="normalize_by_update_norm",
+        ), state
 
     return GradientTransformation(empty_init, update_fn)

@@ -13,11 +13,15 @@ from torchopt_fn.tree._math import (
     tree_add,
     tree_add_scale,
     tree_all_finite,
+    tree_allclose,
     tree_batch_shape,
     tree_bias_correction,
     tree_cast,
+    tree_cast_like,
+    tree_clip,
     tree_conj,
     tree_div,
+    tree_dtype,
     tree_full_like,
     tree_l1_norm,
     tree_l2_norm,
@@ -43,16 +47,29 @@ from torchopt_fn.tree._math import (
 from torchopt_fn.tree._ravel import ravel_tree
 from torchopt_fn.tree._state import tree_get, tree_get_all_with_path, tree_set
 
+# optax's root names for some of the tree maths.
+bias_correction = tree_bias_correction
+update_moment = tree_update_moment
+update_infinity_moment = tree_update_infinity_moment
+update_moment_per_elem_norm = tree_update_moment_per_elem_norm
+global_norm = tree_l2_norm
+
 __all__ = [
+    "bias_correction",
+    "global_norm",
     "ravel_tree",
     "tree_add",
     "tree_add_scale",
     "tree_all_finite",
+    "tree_allclose",
     "tree_batch_shape",
     "tree_bias_correction",
     "tree_cast",
+    "tree_cast_like",
+    "tree_clip",
     "tree_conj",
     "tree_div",
+    "tree_dtype",
     "tree_full_like",
     "tree_get",
     "tree_get_all_with_path",
@@ -79,4 +96,7 @@ __all__ = [
     "tree_vdot",
     "tree_where",
     "tree_zeros_like",
+    "update_infinity_moment",
+    "update_moment",
+    "update_moment_per_elem_norm",
 ]

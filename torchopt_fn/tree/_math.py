@@ -577,3 +577,78 @@ def tree_random_like(
         lambda x: sampler(x.shape, generator=generator, dtype=dtype or x.dtype, device=x.device),
         target_tree,
     )
+
+
+def tree_clip(tree: Tree, min_value: Scalar | None = None, max_value: Scalar | None = None) -> Tree:
+    """Clamp every element to ``[min_value, max_value]`` (either may be `None`).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_clip({"a": torch.tensor([-2.0, 0.5, 3.0])}, -1.0, 1.0)
+        {'a': tensor([-1.0000,  0.5000,  1.0000])}
+    """
+    return tree_map(lambda x: torch.clamp(x, min_value, max_value), tree)
+
+
+def tree_cast_like(tree: Tree, other_tree: Tree) -> Tree:
+    """Cast every leaf to the dtype of the matching leaf of ``other_tree``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_cast_like({"a": torch.ones(1)}, {"a": torch.zeros(1, dtype=torch.float64)})
+        {'a': tensor([1.], dtype=torch.float64)}
+    """
+    return tree_map(
+        lambda x, o: x.to(o.dtype) if isinstance(o, torch.Tensor) else x, tree, other_tree
+    )
+
+
+def tree_dtype(tree: Tree, mixed_dtype_handler: str | None = None) -> torch.dtype:
+    """The dtype of the tree's leaves (optax's ``tree_dtype``).
+
+    With leaves of several dtypes: an error by default; ``"promote"`` gives the promoted
+    dtype, ``"highest"`` / ``"lowest"`` the widest / narrowest floating one.
+
+    Raises:
+        ValueError: for mixed dtypes without a handler, an unknown handler, or no leaves.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tree = {"a": torch.ones(1), "b": torch.ones(1, dtype=torch.float64)}
+        >>> tf.tree_dtype(tree, "promote")
+        torch.float64
+    """
+    dtypes = list(dict.fromkeys(x.dtype for x in tree_leaves(tree) if x is not None))
+    if not dtypes:
+        raise ValueError("tree_dtype: the tree has no leaves.")
+    if len(dtypes) == 1:
+        return dtypes[0]
+    if mixed_dtype_handler is None:
+        raise ValueError(
+            f"tree_dtype: the leaves have dtypes {dtypes}; pass mixed_dtype_handler= "
+            "'promote', 'highest' or 'lowest'."
+        )
+    if mixed_dtype_handler == "promote":
+        out = dtypes[0]
+        for d in dtypes[1:]:
+            out = torch.promote_types(out, d)
+        return out
+    if mixed_dtype_handler in ("highest", "lowest"):
+        size = lambda d: torch.finfo(d).bits if d.is_floating_point else 0  # noqa: E731
+        pick = max if mixed_dtype_handler == "highest" else min
+        return pick(dtypes, key=size)
+    raise ValueError(f"tree_dtype: unknown mixed_dtype_handler {mixed_dtype_handler!r}.")
+
+
+def tree_allclose(
+    a: Tree, b: Tree, rtol: float = 1e-5, atol: float = 1e-8, equal_nan: bool = False
+) -> bool:
+    """Whether every pair of leaves is close (`torch.allclose`); `None` leaves must match.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tf.tree_allclose({"a": torch.ones(2)}, {"a": torch.ones(2) + 1e-9})
+        True
+    """
+    flags = tree_leaves(tree_map(lambda x, y: torch.allclose(x, y, rtol, atol, equal_nan), a, b))
+    return all(bool(f) for f in flags if f is not None)

@@ -20,6 +20,7 @@ from torchopt_fn.tree._ops import check_like
 
 __all__ = [
     "ApplyIfFiniteState",
+    "ConditionFn",
     "ConditionallyMaskState",
     "ConditionallyTransformState",
     "apply_if_finite",

@@ -17,6 +17,7 @@ from torchopt_fn._validate import checks_disabled
 
 __all__ = [
     "InjectHyperparamsState",
+    "InjectStatefulHyperparamsState",
     "inject_hyperparams",
     "inject_stateful_hyperparams",
 ]
@@ -181,3 +182,7 @@ def inject_stateful_hyperparams(
         stacklevel=2,
     )
     return inject_hyperparams(inner_factory, static_args, hyperparam_dtype)
+
+
+InjectStatefulHyperparamsState = InjectHyperparamsState
+"""optax's name for the state of `inject_stateful_hyperparams` (here the same)."""
