@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import pkgutil
 from pathlib import Path
 from types import ModuleType
@@ -95,6 +96,55 @@ def pages() -> dict[str, str]:
     return out
 
 
+# --------------------------------------------------------------------------- optax coverage
+
+DOCS = Path(__file__).parent
+OPTAX_NAMES = DOCS.parent / "tests" / "goldens" / "optax_names.json"  # every public name, by module
+COVERAGE = DOCS / "optax_coverage.json"  # the names not here: why (not applicable) or what is due
+
+
+def optax_status(module: str, name: str) -> tuple[str, str]:
+    """``("have", our name)``, ``("not applicable", why)`` or ``("missing", what)``."""
+    notes = json.loads(COVERAGE.read_text())
+    ours = [name, f"tree_{name}"] if module == "optax.tree" else [name]
+    for candidate in ours:
+        if hasattr(torchopt_fn, candidate):
+            return "have", candidate
+    if name in notes["not_applicable"]:
+        return "not applicable", notes["not_applicable"][name]
+    if name in notes["missing"]:
+        return "missing", notes["missing"][name]
+    return "unclassified", ""
+
+
+def coverage_page() -> str:
+    """The optax coverage table: every optax 0.2.8 public name outside contrib and losses."""
+    names = json.loads(OPTAX_NAMES.read_text())
+    rows, counts = [], {"have": 0, "not applicable": 0, "missing": 0, "unclassified": 0}
+    for module, module_names in names.items():
+        for name in module_names:
+            status, note = optax_status(module, name)
+            counts[status] += 1
+            here = f"`tf.{note}`" if status == "have" else ""
+            why = "" if status == "have" else note
+            rows.append(f"| `{module}.{name}` | {status} | {here} | {why} |")
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    return "\n".join(
+        [
+            "# optax coverage",
+            "",
+            "Every public name of optax 0.2.8 outside `optax.contrib` and `optax.losses` (the",
+            "root namespace and its submodules; the root also re-exports some losses), and where",
+            f"it is here. {summary}. Names in `optax.tree` map to `tree_*` names here.",
+            "",
+            "| optax | status | here | note |",
+            "| --- | --- | --- | --- |",
+            *rows,
+            "",
+        ]
+    )
+
+
 # The maths renderer, served with the site so that formulas render offline: MathJax 3's
 # self-contained SVG build, from the `django-static-mathjax` wheel (docs extra).
 MATHJAX = ("static", "mathjax", "es5", "tex-svg.js")
@@ -114,6 +164,8 @@ def main() -> None:
             f.write(text)
     with mkdocs_gen_files.open("javascripts/tex-svg.js", "w") as f:
         f.write(mathjax_source())
+    with mkdocs_gen_files.open("optax_coverage.md", "w") as f:
+        f.write(coverage_page())
 
 
 # mkdocs-gen-files executes this file with runpy.run_path, whose default run name is "<run_path>";

@@ -11,6 +11,7 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -104,3 +105,22 @@ def test_readme_catalogue_lists_every_public_function():
     functions = [n for n, obj in documented_objects().items() if inspect.isfunction(obj)]
     missing = [n for n in functions if f"`{n}`" not in catalogue]
     assert not missing, f"add these to the README's catalogue: {missing}"
+
+
+def test_optax_coverage_classifies_every_name_and_claims_only_what_exists():
+    gen = load_gen_api()
+    names = json.loads(gen.OPTAX_NAMES.read_text())
+    notes = json.loads(gen.COVERAGE.read_text())
+    statuses = {
+        (module, name): gen.optax_status(module, name)
+        for module, module_names in names.items()
+        for name in module_names
+    }
+    unclassified = [f"{m}.{n}" for (m, n), (s, _) in statuses.items() if s == "unclassified"]
+    assert not unclassified, f"add these to docs/optax_coverage.json: {unclassified}"
+    # A name we now have must leave the notes (not applicable or missing).
+    have = {n for (_, n), (s, _) in statuses.items() if s == "have"}
+    stale = sorted(have & (set(notes["missing"]) | set(notes["not_applicable"])))
+    assert not stale, f"implemented, remove from docs/optax_coverage.json: {stale}"
+    page = gen.coverage_page()
+    assert page.count("\n| `optax") == len(statuses)

@@ -148,5 +148,7 @@ def test_optax_bug_is_not_copied(case: dict[str, Any]):
 
 def test_every_named_optimizer_but_noisy_sgd_has_goldens():
     covered = {c["name"] for c in OPTIMIZER_CASES}
-    # lbfgs needs value=, grad=, value_fn=: its goldens are in test_linesearch.py.
-    assert set(tf.optimizers.__all__) - covered == {"noisy_sgd", "lbfgs"}
+    # lbfgs needs value=, grad=, value_fn=: its goldens are in test_linesearch.py; the
+    # optimistic Adams' are in test_wrappers.py (optax_wrapper_goldens.json).
+    later = {"lbfgs", "optimistic_adam", "optimistic_adam_v2"}
+    assert set(tf.optimizers.__all__) - covered == {"noisy_sgd", *later}

@@ -120,6 +120,8 @@ CASES: list[dict[str, Any]] = [
         "id": "normalize_by_update_norm",
         "expr": "ox.chain(ox.normalize_by_update_norm(0.5), ox.scale(-0.1))",
     },
+    {"id": "optimistic_adam_v2", "expr": "ox.optimistic_adam_v2(0.05, alpha=0.8, beta=0.5)"},
+    {"id": "optimistic_adam", "expr": "ox.optimistic_adam(0.05, optimism=0.02, nesterov=False)"},
     {
         "id": "multi_transform",
         "expr": "ox.multi_transform({'a': ox.adam(0.05), 'b': ox.sgd(0.05)}, {'w': 'a', 'b': 'b'})",

@@ -6,6 +6,7 @@ updates are already negated. The learning rate may be a float, a 0-d tensor or a
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -27,6 +28,8 @@ __all__ = [
     "amsgrad",
     "nadam",
     "nadamw",
+    "optimistic_adam",
+    "optimistic_adam_v2",
     "radam",
     "yogi",
 ]
@@ -34,9 +37,6 @@ __all__ = [
 
 def _is_zero(x: Any) -> bool:
     return isinstance(x, (int, float)) and x == 0
-
-
-"""A tree of booleans shaped like the params (or a function of the params returning one)."""
 
 
 @record_hyperparams
@@ -697,4 +697,85 @@ def adan(
         transforms.scale_by_adan(b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root),
         transforms.add_decayed_weights(weight_decay, mask),
         transforms.scale_by_learning_rate(learning_rate),
+    )
+
+
+@record_hyperparams
+def optimistic_adam_v2(
+    learning_rate: ScalarOrSchedule,
+    *,
+    alpha: Scalar = 1.0,
+    beta: Scalar = 1.0,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: torch.dtype | None = None,
+    nesterov: bool = True,
+) -> GradientTransformation:
+    r"""Optimistic Adam, for min-max games (GANs): Adam's direction made optimistic.
+
+    $d_t$ = Adam's (Nesterov by default) direction, $u_t = -\eta_t((lpha+eta) d_t -
+    eta d_{t-1})$: `scale_by_adam`, then `scale_by_optimistic_gradient`, then the lr.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.optimistic_adam_v2(0.1)
+        >>> params = {"w": torch.tensor([1.0])}
+        >>> u, _ = tx.update({"w": torch.tensor([2.0])}, tx.init(params), params)
+        >>> u["w"]  # the first step: alpha times Adam's Nesterov direction
+        tensor([-0.1474])
+
+    References:
+        Daskalakis et al., Training GANs with Optimism, ICLR 2018.
+    """
+    return chain(
+        transforms.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        transforms.scale_by_optimistic_gradient(alpha=alpha, beta=beta),
+        transforms.scale_by_learning_rate(learning_rate),
+    )
+
+
+@record_hyperparams
+def optimistic_adam(
+    learning_rate: Scalar,
+    optimism: Scalar | None = None,
+    b1: Scalar = 0.9,
+    b2: Scalar = 0.999,
+    eps: Scalar = 1e-8,
+    eps_root: Scalar = 0.0,
+    mu_dtype: torch.dtype | None = None,
+    *,
+    nesterov: bool = True,
+) -> GradientTransformation:
+    r"""Deprecated in optax 0.2.8 for `optimistic_adam_v2`: $lpha = $ ``learning_rate``,
+    $eta = $ ``optimism`` (default: the learning rate), and a unit learning rate.
+
+    Raises:
+        ValueError: for a schedule as the learning rate (use `optimistic_adam_v2`).
+
+    Examples:
+        >>> import warnings, torch, torchopt_fn as tf
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     tx = tf.optimistic_adam(0.1)
+        >>> params = {"w": torch.tensor([1.0])}
+        >>> tx.update({"w": torch.tensor([2.0])}, tx.init(params), params)[0]["w"]
+        tensor([-0.1474])
+    """
+    warnings.warn(
+        "`optimistic_adam` is deprecated, please use `optimistic_adam_v2` instead.",
+        DeprecationWarning,
+        stacklevel=3,  # the caller of the recorded factory
+    )
+    if callable(learning_rate):
+        raise ValueError(
+            "optimistic_adam: learning rate schedules are not supported; use optimistic_adam_v2."
+        )
+    return chain(
+        transforms.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        transforms.scale_by_optimistic_gradient(
+            alpha=learning_rate, beta=learning_rate if optimism is None else optimism
+        ),
+        transforms.scale_by_learning_rate(1.0),  # flips the sign
     )
