@@ -342,3 +342,27 @@ def test_conditions_may_read_extra_arguments():
     assert u["w"].tolist() == [0.0]
     u, state = tx.update({"w": torch.ones(1)}, state, params, loss=torch.tensor(0.5))
     assert u["w"].tolist() == [-1.0] and int(state.step) == 2
+
+
+@pytest.mark.parametrize("donate", [True, False])
+def test_compile_step_of_flatten_compiles_the_flat_update_only(donate):
+    g = torch.Generator().manual_seed(0)
+    params = {f"p{i}": torch.randn(3, 2, generator=g, dtype=F64) for i in range(12)}
+    params["half"] = torch.randn(4, generator=g).to(torch.float32)  # a second buffer
+    tx = tf.flatten(tf.adamw(0.1, weight_decay=0.1))
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    torch._dynamo.reset()
+    step = tf.compile_step(tx, donate=donate, backend=counter)
+    eager_params, eager_state = dict(params), tx.init(params)
+    ours = {k: v.clone() for k, v in params.items()}
+    state = tx.init(ours)
+    for t in range(4):
+        grads = tf.tree_map(lambda p, t=t: torch.sin(p * (t + 1)), eager_params)
+        grads["p3"] = None  # no gradient: the parameter keeps its value
+        updates, eager_state = tx.update(grads, eager_state, eager_params)
+        eager_params = tf.apply_updates(eager_params, updates)
+        ours, state = step(ours, tf.tree_map(lambda x: x.clone(), grads), state)
+        assert_trees_close((ours, state), (eager_params, eager_state), rtol=1e-12)
+    assert torch.equal(ours["p3"], params["p3"])
+    # One graph per flat buffer layout (float64 and float32: one update, two leaves).
+    assert counter.frame_count == 1

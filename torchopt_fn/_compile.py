@@ -10,7 +10,13 @@ import torch
 
 from torchopt_fn._base import GradientTransformation, OptState, Params, Updates
 from torchopt_fn._update import apply_updates, copy_pairs
-from torchopt_fn.tree._flatten import leaf_paths, path_str, tree_leaves
+from torchopt_fn.tree._flatten import (
+    leaf_paths,
+    path_str,
+    tree_flatten,
+    tree_leaves,
+    tree_unflatten,
+)
 
 __all__ = ["compile_step"]
 
@@ -63,6 +69,11 @@ def compile_step(
         >>> params["w"]
         tensor([0.9900, 0.9900, 0.9900])
     """
+    from torchopt_fn.wrappers._layout import flattened_inner  # (wrappers import this module)
+
+    inner = flattened_inner(tx)
+    if inner is not None:
+        return _flat_step(inner, donate, compile_kwargs)
     compile_kwargs = {**compile_kwargs, "fullgraph": True}
     if compile_kwargs.get("backend", "inductor") == "inductor" and "mode" not in compile_kwargs:
         # Inductor re-checks every input's size and stride on each call, which Dynamo's guards
@@ -122,6 +133,48 @@ def compile_step(
         if scalar_dsts:
             with torch.no_grad():
                 torch._foreach_copy_(scalar_dsts, scalar_srcs)
+        return params, state
+
+    return step
+
+
+def _flat_step(
+    inner: GradientTransformation, donate: bool, compile_kwargs: dict[str, Any]
+) -> Callable[[Params, Updates, OptState], tuple[Params, OptState]]:
+    """`compile_step` of ``flatten(inner)``: the graph holds the flat update only.
+
+    Packing the leaves into one buffer per dtype and device (``torch.cat``) and copying the
+    results back (``_foreach_copy_``) run eagerly around it, one kernel each: traced, they
+    would be hundreds of small ops to compile. With ``donate``, the flat buffers are kept
+    and reused (two parameter-sized buffers). The numbers are `flatten`'s.
+    """
+    from torchopt_fn.wrappers._layout import Layout
+
+    flat_step = compile_step(inner, donate=donate, **compile_kwargs)
+    buffers: dict[tuple, Any] = {}  # per layout: the flat params and grads, reused
+
+    def step(params: Params, grads: Updates, state: OptState, **extra_args: Any):
+        leaves, spec = tree_flatten(params)
+        grad_leaves = spec.flatten_up_to(grads)
+        layout = Layout(leaves)
+        key = (spec, tuple((x.dtype, x.device, x.shape) for x in leaves))
+        if key not in buffers or not donate:
+            flat_p, flat_g = layout.pack(leaves), layout.pack(grad_leaves)
+            buffers[key] = (flat_p, flat_g, layout.unpack(flat_p, leaves))
+        else:  # donated: the flat params are ours to overwrite
+            flat_p, flat_g, _ = buffers[key]
+            layout.pack(leaves, out=flat_p)
+            layout.pack(grad_leaves, out=flat_g)
+        flat_params, state = flat_step(flat_p, flat_g, state, **extra_args)
+        # A parameter without a gradient keeps its value (its slice of the buffer moved).
+        if not donate:
+            new = layout.unpack(flat_params, grad_leaves)
+            return tree_unflatten(spec, [p if n is None else n for n, p in zip(new, leaves)]), state
+        views = buffers[key][2]  # of the flat params, which the donated step wrote
+        live = [(p, v) for p, v, g in zip(leaves, views, grad_leaves) if g is not None]
+        if live:
+            with torch.no_grad():
+                torch._foreach_copy_([p for p, _ in live], [n for _, n in live])
         return params, state
 
     return step

@@ -7,11 +7,19 @@ from typing import Any
 import torch
 
 from torchopt_fn._base import GradientTransformation, Params
-from torchopt_fn._record import record_hyperparams, recorded_nodes
+from torchopt_fn._record import record_hyperparams, recorded_arguments, recorded_nodes
 from torchopt_fn.tree._flatten import tree_flatten, tree_unflatten
 from torchopt_fn.tree._ops import check_like
 
 __all__ = ["flatten"]
+
+
+def flattened_inner(tx: GradientTransformation) -> GradientTransformation | None:
+    """The inner transformation of a `flatten` (for `compile_step`'s fast path), or None."""
+    if getattr(tx, "factory", None) is flatten:
+        return recorded_arguments(tx)["inner"]
+    return None
+
 
 # Transformations whose maths reads each tensor whole (its norm, its shape, its rows and
 # columns) or that select leaves: on one flat buffer they would compute something else.
@@ -42,7 +50,7 @@ PER_TENSOR = frozenset(
 )
 
 
-class _Layout:
+class Layout:
     """Where each live leaf goes: one group per (dtype, device), leaves in tree order."""
 
     def __init__(self, leaves: list[Any]):
@@ -51,17 +59,22 @@ class _Layout:
             self.groups.setdefault((x.dtype, x.device), []).append(i)
         self.shapes = [x.shape for x in leaves]
 
-    def pack(self, leaves: list[Any]) -> Any:
-        """One flat tensor per group (a bare tensor for one group); `None` counts as zeros."""
+    def pack(self, leaves: list[Any], out: Any = None) -> Any:
+        """One flat tensor per group (a bare tensor for one group); `None` counts as zeros.
+
+        With ``out`` (an earlier result), the leaves are written into it: on CPU a fresh
+        buffer of many megabytes costs more in page faults than the copy itself.
+        """
+        outs = (out,) if isinstance(out, torch.Tensor) else out
         flats = []
-        for (dtype, device), idx in self.groups.items():
+        for g, ((dtype, device), idx) in enumerate(self.groups.items()):
             parts = [
                 torch.zeros(self.shapes[i].numel(), dtype=dtype, device=device)
                 if leaves[i] is None
                 else leaves[i].reshape(-1)
                 for i in idx
             ]
-            flats.append(torch.cat(parts))
+            flats.append(torch.cat(parts) if outs is None else torch.cat(parts, out=outs[g]))
         return flats[0] if len(flats) == 1 else tuple(flats)
 
     def unpack(self, flats: Any, like: list[Any]) -> list[Any]:
@@ -119,19 +132,19 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     def init_fn(params: Params):
         leaves, _ = _tensor_leaves(params, "params")
         live = [x for x in leaves if x is not None]
-        return inner.init(_Layout(live).pack(live))
+        return inner.init(Layout(live).pack(live))
 
     def update_fn(updates, state, params=None, **extra_args):
         leaves, spec = _tensor_leaves(updates, "update")
         check_like(updates, params, "flatten")
         if params is not None:
             param_leaves = spec.flatten_up_to(params)
-            layout = _Layout(param_leaves)
+            layout = Layout(param_leaves)
             flat_params = layout.pack(param_leaves)
         else:
             if any(x is None for x in leaves):
                 raise ValueError("flatten: None updates need params (to know their shapes).")
-            layout = _Layout(leaves)
+            layout = Layout(leaves)
             flat_params = None
         flat_updates, state = inner.update(layout.pack(leaves), state, flat_params, **extra_args)
         return tree_unflatten(spec, layout.unpack(flat_updates, leaves)), state
