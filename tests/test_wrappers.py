@@ -366,3 +366,38 @@ def test_compile_step_of_flatten_compiles_the_flat_update_only(donate):
     assert torch.equal(ours["p3"], params["p3"])
     # One graph per flat buffer layout (float64 and float32: one update, two leaves).
     assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize(
+    "tx", [tf.flatten(tf.adam(0.1)), tf.chain(tf.clip(1.0), tf.lookahead(tf.sgd(0.1), 2, 0.5))]
+)
+def test_the_optimizer_refuses_what_does_not_split_per_parameter(tx):
+    with pytest.raises(ValueError, match=r"Optimizer: (flatten|lookahead)"):
+        tf.Optimizer([torch.zeros(2, requires_grad=True)], tx)
+
+
+def test_flatten_updates_raveled_module_parameters_in_place_like_torch_adamw():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    model = model.to(F64)
+    reference = copy.deepcopy(model)
+    flat, flat_grad = tf.ravel_parameters_(model.parameters(), grads=True)
+    tx = tf.flatten(tf.adamw(0.05, weight_decay=0.1))
+    torch._dynamo.reset()
+    step = tf.compile_step(tx, backend="aot_eager")
+    params = list(model.parameters())
+    state = tx.init(params)
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.05, weight_decay=0.1)
+    for x in _mlp_batches(1, 4):
+        model.zero_grad(set_to_none=False)  # the gradients stay views of flat_grad
+        model(x).square().mean().backward()
+        _, state = step(params, [p.grad for p in params], state)
+        ref_opt.zero_grad()
+        reference(x).square().mean().backward()
+        ref_opt.step()
+    assert params[0].data_ptr() == flat.data_ptr()  # updated where it lies
+    assert params[0].grad.data_ptr() == flat_grad.data_ptr()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="one dtype"):
+        tf.ravel_parameters_([torch.zeros(1), torch.zeros(1, dtype=F64)])

@@ -152,12 +152,25 @@ def _flat_step(
 
     flat_step = compile_step(inner, donate=donate, **compile_kwargs)
     buffers: dict[tuple, Any] = {}  # per layout: the flat params and grads, reused
+    grad_buffers: dict[tuple, Any] = {}  # for params that are flat already
 
     def step(params: Params, grads: Updates, state: OptState, **extra_args: Any):
         leaves, spec = tree_flatten(params)
         grad_leaves = spec.flatten_up_to(grads)
         layout = Layout(leaves)
         key = (spec, tuple((x.dtype, x.device, x.shape) for x in leaves))
+        if donate and all(g is not None for g in grad_leaves):
+            # Params that already are one flat buffer (`ravel_parameters_`) are updated where
+            # they lie: no copy in or out.
+            span = layout.span(leaves)
+            if span is not None:
+                flat_g = layout.span(grad_leaves)
+                if flat_g is None:
+                    if key not in grad_buffers:
+                        grad_buffers[key] = layout.pack(grad_leaves)
+                    flat_g = layout.pack(grad_leaves, out=grad_buffers[key])
+                _, state = flat_step(span, flat_g, state, **extra_args)
+                return params, state
         if key not in buffers or not donate:
             flat_p, flat_g = layout.pack(leaves), layout.pack(grad_leaves)
             buffers[key] = (flat_p, flat_g, layout.unpack(flat_p, leaves))

@@ -34,7 +34,7 @@ import torch
 
 from torchopt_fn._base import GradientTransformation, torch_scalar_dtype
 from torchopt_fn._fused import DenseLayout, FusedPlan, dense_layout, fused_plan, run_fused_
-from torchopt_fn._record import rebuild
+from torchopt_fn._record import rebuild, recorded_nodes
 from torchopt_fn._update import apply_updates_
 from torchopt_fn.interop._hyperparams import hyperparams, is_number, mirrored
 from torchopt_fn.interop._layout import STEP, Slot, as_state, meta, state_layout
@@ -135,6 +135,10 @@ class Optimizer(torch.optim.Optimizer):
             tx = tx.gradient_transformation()  # `MultiSteps`
         if not isinstance(tx, GradientTransformation):
             raise TypeError(f"Optimizer: tx must be a GradientTransformation, got {type(tx)}.")
+        for node in recorded_nodes(tx):
+            reason = _NOT_PER_PARAMETER.get(node.factory.__name__)
+            if reason:
+                raise ValueError(f"Optimizer: {node.factory.__name__} {reason}")
         self.tx = tx
         self.compile = compile
         self._runtimes: dict[int, _GroupRuntime] = {}
@@ -823,6 +827,20 @@ def _check_gradients(params: list[torch.Tensor], g: int, sparse_ok: bool = False
             f"Optimizer: the gradient of parameter {i} of group {g} has shape "
             f"{tuple(grad.shape)}, the parameter {tuple(p.shape)}."
         )
+
+
+# Transformations whose state or params do not split into torch's per-parameter dicts.
+_NOT_PER_PARAMETER = {
+    "flatten": (
+        "keeps one state buffer for all parameters, which torch's per-parameter state cannot "
+        "hold; use the transformation inside it (the adapter already runs multi-tensor or "
+        "fused kernels), or compile_step(flatten(tx)) in a functional loop."
+    ),
+    "lookahead": (
+        "optimizes LookaheadParams (fast and slow weights), not a module's parameters; use it "
+        "in a functional loop."
+    ),
+}
 
 
 def _closure_driven(tx: GradientTransformation) -> bool:

@@ -44,7 +44,7 @@ from torchopt_fn.tree._math import (
     tree_where,
     tree_zeros_like,
 )
-from torchopt_fn.tree._ravel import ravel_tree
+from torchopt_fn.tree._ravel import ravel_parameters_, ravel_tree
 from torchopt_fn.tree._state import tree_get, tree_get_all_with_path, tree_set
 
 # optax's root names for some of the tree maths.
@@ -57,6 +57,7 @@ global_norm = tree_l2_norm
 __all__ = [
     "bias_correction",
     "global_norm",
+    "ravel_parameters_",
     "ravel_tree",
     "tree_add",
     "tree_add_scale",

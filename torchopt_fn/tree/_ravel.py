@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from torchopt_fn.tree._flatten import _loop_flatten, tree_flatten, tree_unflatten
 
-__all__ = ["ravel_tree"]
+__all__ = ["ravel_parameters_", "ravel_tree"]
 
 Tree = Any
 
@@ -60,3 +60,47 @@ def ravel_tree(tree: Tree) -> tuple[torch.Tensor, Callable[[torch.Tensor], Tree]
         return tree_unflatten(spec, [None if x is None else next(views) for x in leaves])
 
     return flat, unravel
+
+
+def ravel_parameters_(
+    params: Iterable[torch.Tensor], *, grads: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Move tensors (a module's parameters) into one flat buffer, in place.
+
+    Each tensor's data becomes a view of the buffer, in order, so that
+    ``compile_step(flatten(tx))`` updates them where they lie, with no copy (and autograd,
+    optimizers and ``state_dict`` see the same tensors as before). With ``grads``, each
+    ``.grad`` becomes a view of a second flat buffer (zeros, or the current gradient), into
+    which backward accumulates in place as long as the gradients are zeroed rather than set to
+    `None` (``model.zero_grad(set_to_none=False)``).
+
+    Returns:
+        The flat parameters, and the flat gradients (or None).
+
+    Raises:
+        ValueError: if the tensors do not share one dtype and device.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> model = torch.nn.Linear(2, 1)
+        >>> flat, _ = tf.ravel_parameters_(model.parameters())
+        >>> flat.shape, model.weight.data_ptr() == flat.data_ptr()
+        (torch.Size([3]), True)
+    """
+    params = list(params)
+    if len({(p.dtype, p.device) for p in params}) > 1:
+        raise ValueError("ravel_parameters_: the tensors must share one dtype and device.")
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        flat_grad = torch.zeros_like(flat) if grads else None
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.data = flat[offset : offset + n].view_as(p)
+            if flat_grad is not None:
+                view = flat_grad[offset : offset + n].view_as(p)
+                if p.grad is not None:
+                    view.copy_(p.grad)
+                p.grad = view
+            offset += n
+    return flat, flat_grad

@@ -77,6 +77,21 @@ class Layout:
             flats.append(torch.cat(parts) if outs is None else torch.cat(parts, out=outs[g]))
         return flats[0] if len(flats) == 1 else tuple(flats)
 
+    def span(self, leaves: list[Any]) -> torch.Tensor | None:
+        """The flat tensor the leaves already are, if they are: one dtype and device, each
+        contiguous, laid end to end in one storage in tree order (as `ravel_tree`'s views, or
+        `ravel_parameters_`'s). Otherwise None: they must be packed."""
+        if len(self.groups) != 1 or any(x is None or not x.is_contiguous() for x in leaves):
+            return None
+        first = leaves[0]
+        storage, start = first.untyped_storage(), first.storage_offset()
+        offset = start
+        for x in leaves:
+            if x.untyped_storage().data_ptr() != storage.data_ptr() or x.storage_offset() != offset:
+                return None
+            offset += x.numel()
+        return first.new_empty(0).set_(storage, start, (offset - start,))
+
     def unpack(self, flats: Any, like: list[Any]) -> list[Any]:
         flats = (flats,) if isinstance(flats, torch.Tensor) else flats
         out: list[Any] = [None] * len(self.shapes)
