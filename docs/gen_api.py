@@ -93,6 +93,15 @@ def pages() -> dict[str, str]:
                 lines += [f"## {_section_title(module)}", ""]
             lines += [f"::: torchopt_fn.{name}\n" for name in names]
         out[page] = "\n".join(lines)
+    out["contrib.md"] = "\n".join(
+        [
+            "# Research optimizers (`tf.contrib`)",
+            "",
+            _section_title("torchopt_fn.contrib") + ".",
+            "",
+            *[f"::: torchopt_fn.contrib.{name}\n" for name in torchopt_fn.contrib.__all__],
+        ]
+    )
     return out
 
 

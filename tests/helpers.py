@@ -856,6 +856,14 @@ TRANSFORMS: list[TxCase] = [
         "scale_by_lbfgs", lambda: tf.scale_by_lbfgs(memory_size=3), needs_params=True, exact=False
     ),
     TxCase("freeze", lambda: tf.chain(tf.scale_by_adam(), tf.freeze(_first))),
+    # contrib
+    TxCase("contrib.scale_by_adopt", lambda: tf.contrib.scale_by_adopt(), exact=False),
+    TxCase("contrib.scale_by_ademamix", lambda: tf.contrib.scale_by_ademamix(), exact=False),
+    TxCase(
+        "contrib.scale_by_simplified_ademamix",
+        lambda: tf.contrib.scale_by_simplified_ademamix(alpha=1.0),
+        exact=False,
+    ),
     TxCase("selective_transform", lambda: tf.selective_transform(tf.adam(0.1), freeze_mask=True)),
     # wrappers
     TxCase("MultiSteps", lambda: tf.MultiSteps(tf.adam(0.1), 2).gradient_transformation()),

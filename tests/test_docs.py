@@ -124,3 +124,14 @@ def test_optax_coverage_classifies_every_name_and_claims_only_what_exists():
     assert not stale, f"implemented, remove from docs/optax_coverage.json: {stale}"
     page = gen.coverage_page()
     assert page.count("\n| `optax") == len(statuses)
+
+
+def test_every_contrib_name_has_examples_and_its_doctests_pass():
+    for name in tf.contrib.__all__:
+        obj = getattr(tf.contrib, name)
+        assert "Examples:" in (obj.__doc__ or ""), name
+        finder = doctest.DocTestFinder(recurse=False)
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        for test in finder.find(obj, name, globs={}):
+            runner.run(test)
+        assert runner.failures == 0, name

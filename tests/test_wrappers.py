@@ -56,8 +56,14 @@ def test_wrapper_matches_optax(case: dict[str, Any]):
         for prefix, tree in parts.items():
             for k, v in tree.items():
                 expected = torch.tensor(case["trajectory"][prefix + k][step], dtype=F64)
+                # A float32 quirk of optax's (its "note") leaves float32 rounding.
+                tol = 1e-6 if "note" in case else None
                 torch.testing.assert_close(
-                    v.reshape(-1), expected, rtol=1e-12, atol=1e-14, msg=f"step {step} {k}"
+                    v.reshape(-1),
+                    expected,
+                    rtol=tol or 1e-12,
+                    atol=tol or 1e-14,
+                    msg=f"step {step} {k}",
                 )
 
 

@@ -12,6 +12,7 @@ Optimizers are pure gradient transformations over pytrees of tensors::
 import torch
 
 from torchopt_fn import (
+    contrib,
     interop,
     optimizers,
     projections,
@@ -106,6 +107,7 @@ __all__ = [
     "apply_updates_",
     "chain",
     "compile_step",
+    "contrib",
     "copy_into_",
     "freeze",
     "identity",

@@ -122,6 +122,31 @@ CASES: list[dict[str, Any]] = [
     },
     {"id": "optimistic_adam_v2", "expr": "ox.optimistic_adam_v2(0.05, alpha=0.8, beta=0.5)"},
     {"id": "optimistic_adam", "expr": "ox.optimistic_adam(0.05, optimism=0.02, nesterov=False)"},
+    {"id": "contrib_adopt", "expr": "ox.contrib.adopt(0.05)"},
+    {
+        "id": "contrib_adopt_nesterov_noclip",
+        "expr": "ox.contrib.adopt(0.05, b2=0.99, nesterov=True, use_clipping=False)",
+    },
+    {
+        "id": "contrib_adopt_clip_fn",
+        "expr": "ox.contrib.adopt(0.05, clip_value_fn=lambda c: 0.5 + c ** 0.5)",
+    },
+    {"id": "contrib_ademamix", "expr": "ox.contrib.ademamix(0.05, weight_decay=0.1)"},
+    {
+        "id": "contrib_ademamix_schedules",
+        "note": "optax evaluates the schedules at its int32 "
+        "count, in float32 (int32 / int is float32 in JAX even with x64); here in float64",
+        "expr": "ox.contrib.ademamix(0.05, b3=ox.linear_schedule("
+        "0.9, 0.999, 8), alpha=ox.linear_schedule(0.0, 5.0, 8))",
+    },
+    {
+        "id": "contrib_scale_by_ademamix",
+        "expr": "ox.chain(ox.contrib.scale_by_ademamix(), ox.scale(-0.02))",
+    },
+    {
+        "id": "contrib_simplified_ademamix",
+        "expr": "ox.contrib.simplified_ademamix(0.01, alpha=2.0, weight_decay=0.1)",
+    },
     {
         "id": "multi_transform",
         "expr": "ox.multi_transform({'a': ox.adam(0.05), 'b': ox.sgd(0.05)}, {'w': 'a', 'b': 'b'})",
