@@ -860,6 +860,12 @@ TRANSFORMS: list[TxCase] = [
     TxCase("contrib.scale_by_adopt", lambda: tf.contrib.scale_by_adopt(), exact=False),
     TxCase("contrib.scale_by_ademamix", lambda: tf.contrib.scale_by_ademamix(), exact=False),
     TxCase(
+        "contrib.schedule_free_adamw",
+        lambda: tf.contrib.schedule_free_adamw(0.1, weight_decay=0.1),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
         "contrib.scale_by_simplified_ademamix",
         lambda: tf.contrib.scale_by_simplified_ademamix(alpha=1.0),
         exact=False,

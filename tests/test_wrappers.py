@@ -407,3 +407,32 @@ def test_flatten_updates_raveled_module_parameters_in_place_like_torch_adamw():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="one dtype"):
         tf.ravel_parameters_([torch.zeros(1), torch.zeros(1, dtype=F64)])
+
+
+def test_schedule_free_in_the_optimizer_swaps_to_the_average_for_eval():
+    model, functional = _model(), _model()
+    tx = tf.contrib.schedule_free_adamw(0.05, weight_decay=0.1)
+    opt = tf.Optimizer(model.parameters(), tx)
+    params = {k: v.detach().clone() for k, v in functional.named_parameters()}
+    state = tx.init(params)
+    for x in _mlp_batches(1, 4):
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        grads = torch.func.grad(
+            lambda p, x=x: torch.func.functional_call(functional, p, (x,)).square().mean()
+        )(params)
+        updates, state = tx.update(grads, state, params)
+        params = tf.apply_updates(params, updates)
+    trained = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for k, v in trained.items():
+        torch.testing.assert_close(v, params[k], rtol=1e-12, atol=1e-14)
+    opt.eval()
+    expected = tf.contrib.schedule_free_eval_params(state, params)
+    for k, v in model.named_parameters():
+        torch.testing.assert_close(v.detach(), expected[k], rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        opt.step()
+    opt.train()
+    for k, v in model.named_parameters():
+        torch.testing.assert_close(v.detach(), trained[k], rtol=1e-12, atol=1e-14)

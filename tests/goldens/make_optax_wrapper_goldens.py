@@ -147,6 +147,21 @@ CASES: list[dict[str, Any]] = [
         "id": "contrib_simplified_ademamix",
         "expr": "ox.contrib.simplified_ademamix(0.01, alpha=2.0, weight_decay=0.1)",
     },
+    {"id": "contrib_schedule_free_sgd", "expr": "ox.contrib.schedule_free_sgd(0.1, b1=0.8)"},
+    {
+        "id": "contrib_schedule_free_adamw",
+        "expr": "ox.contrib.schedule_free_adamw(0.05, weight_decay=0.1)",
+    },
+    {
+        "id": "contrib_schedule_free_warmup",
+        "note": "the warmup schedule at optax's int32 count is float32 there",
+        "expr": "ox.contrib.schedule_free_adamw(0.05, warmup_steps=4)",
+    },
+    {
+        "id": "contrib_schedule_free_adam_base",
+        "expr": "ox.contrib.schedule_free(ox.adam(0.02), "
+        "learning_rate=0.02, b1=0.95, weight_lr_power=1.0)",
+    },
     {
         "id": "multi_transform",
         "expr": "ox.multi_transform({'a': ox.adam(0.05), 'b': ox.sgd(0.05)}, {'w': 'a', 'b': 'b'})",

@@ -142,6 +142,7 @@ class Optimizer(torch.optim.Optimizer):
         self.tx = tx
         self.compile = compile
         self._runtimes: dict[int, _GroupRuntime] = {}
+        self._training = True
         defaults, self._ambiguous = hyperparams(tx)
         if differentiable is not None:  # else the transformation's (torch's flag), if any
             defaults["differentiable"] = differentiable
@@ -157,9 +158,16 @@ class Optimizer(torch.optim.Optimizer):
         # The transformation pickles as the factory calls that built it; the runtimes (maybe
         # compiled functions) are rebuilt on the next step.
         state = super().__getstate__()
-        return {**state, "tx": self.tx, "compile": self.compile, "_ambiguous": self._ambiguous}
+        return {
+            **state,
+            "tx": self.tx,
+            "compile": self.compile,
+            "_ambiguous": self._ambiguous,
+            "_training": self._training,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self._training = state.pop("_training", True)
         self.tx = state.pop("tx")
         self.compile = state.pop("compile")
         self._ambiguous = state.pop("_ambiguous")
@@ -395,6 +403,11 @@ class Optimizer(torch.optim.Optimizer):
         """
         if _closure_driven(self.tx):
             return self._closure_step(closure)
+        if not self._training:
+            raise RuntimeError(
+                "Optimizer: step() in eval mode; call optimizer.train() first (Schedule-Free "
+                "evaluates at other parameters than it trains at)."
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -513,19 +526,43 @@ class Optimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------------ train / eval
 
     def train(self, mode: bool = True) -> Optimizer:
-        """Forwarded to a transformation with a ``train`` mode (schedule-free style methods).
+        """Training mode (``mode=True``) or evaluation mode, as the ``schedulefree`` package has.
 
-        HF Trainer and Accelerate call ``optimizer.train()`` / ``.eval()`` when they exist; for
-        transformations without modes this does nothing.
+        With Schedule-Free (`tf.contrib.schedule_free` and its aliases) training runs at the
+        interpolated point $y$ and evaluation at the average $x$: ``eval()`` writes $x$ into
+        the parameters, ``train()`` writes $y$ back (a step in eval mode is refused). HF
+        Trainer and Accelerate call these when they exist. A transformation's own ``train``
+        hook, if any, is called too; for other transformations this does nothing.
         """
+        if mode != self._training:
+            for group in self.param_groups:
+                self._swap_schedule_free(group, to_eval=not mode)
+            self._training = mode
         hook = getattr(self.tx, "train", None)
         if callable(hook):
             hook(mode)
         return self
 
     def eval(self) -> Optimizer:
-        """Forwarded to the transformation (see `train`)."""
+        """Evaluation mode (see `train`)."""
         return self.train(False)
+
+    @torch.no_grad()
+    def _swap_schedule_free(self, group: dict[str, Any], to_eval: bool) -> None:
+        params = group["params"]
+        entries = [self.state.get(p) or None for p in params]
+        if not any(e is not None for e in entries):
+            return
+        state = self._read_state(self._runtime(group), entries)
+        for sf in _instances(state, "_schedule_free"):
+            b1 = sf.b1
+            for p, z in zip(params, sf.z):
+                if z is None:  # a parameter that never had a gradient: no state
+                    continue
+                if to_eval:  # x = (y - (1 - b1) z) / b1
+                    p.copy_(((p - (1.0 - b1) * z) / b1).to(p.dtype))
+                else:  # y = b1 x + (1 - b1) z
+                    p.copy_((b1 * p + (1.0 - b1) * z).to(p.dtype))
 
     # ------------------------------------------------------------------ checkpoints
 
