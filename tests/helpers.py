@@ -859,6 +859,8 @@ TRANSFORMS: list[TxCase] = [
     # contrib
     TxCase("contrib.scale_by_adopt", lambda: tf.contrib.scale_by_adopt(), exact=False),
     TxCase("contrib.scale_by_ademamix", lambda: tf.contrib.scale_by_ademamix(), exact=False),
+    TxCase("contrib.madgrad", lambda: tf.contrib.madgrad(0.05), needs_params=True, exact=False),
+    TxCase("contrib.cocob", lambda: tf.contrib.cocob(), needs_params=True, exact=False),
     TxCase(
         "contrib.schedule_free_adamw",
         lambda: tf.contrib.schedule_free_adamw(0.1, weight_decay=0.1),

@@ -163,6 +163,19 @@ CASES: list[dict[str, Any]] = [
         "learning_rate=0.02, b1=0.95, weight_lr_power=1.0)",
     },
     {
+        "id": "contrib_madgrad",
+        "note": "optax computes lambda = (lr + eps) * sqrt(count + 1) in "
+        "float32 (jnp.sqrt of an int32 is float32, and a Python float stays weak)",
+        "expr": "ox.contrib.madgrad(0.02, weight_decay=0.01)",
+    },
+    {
+        "id": "contrib_madgrad_schedule",
+        "note": "the schedule at optax's int32 count is float32",
+        "expr": "ox.contrib.madgrad(ox.linear_schedule(0.05, 0.01, 10), momentum=0.5)",
+    },
+    {"id": "contrib_cocob", "expr": "ox.contrib.cocob()"},
+    {"id": "contrib_cocob_lr", "expr": "ox.contrib.cocob(0.5, alpha=10.0, weight_decay=0.1)"},
+    {
         "id": "multi_transform",
         "expr": "ox.multi_transform({'a': ox.adam(0.05), 'b': ox.sgd(0.05)}, {'w': 'a', 'b': 'b'})",
     },
