@@ -861,6 +861,8 @@ TRANSFORMS: list[TxCase] = [
     TxCase("contrib.scale_by_ademamix", lambda: tf.contrib.scale_by_ademamix(), exact=False),
     TxCase("contrib.madgrad", lambda: tf.contrib.madgrad(0.05), needs_params=True, exact=False),
     TxCase("contrib.cocob", lambda: tf.contrib.cocob(), needs_params=True, exact=False),
+    TxCase("contrib.dog", lambda: tf.contrib.dog(), needs_params=True, exact=False),
+    TxCase("contrib.dowg", lambda: tf.contrib.dowg(), needs_params=True, exact=False),
     TxCase(
         "contrib.schedule_free_adamw",
         lambda: tf.contrib.schedule_free_adamw(0.1, weight_decay=0.1),

@@ -175,6 +175,17 @@ CASES: list[dict[str, Any]] = [
     },
     {"id": "contrib_cocob", "expr": "ox.contrib.cocob()"},
     {"id": "contrib_cocob_lr", "expr": "ox.contrib.cocob(0.5, alpha=10.0, weight_decay=0.1)"},
+    {"id": "contrib_dog", "expr": "ox.contrib.dog()"},
+    {
+        "id": "contrib_dog_lr_init",
+        "expr": "ox.contrib.dog(0.5, init_step=('learning_rate', 0.01), weight_decay=0.1)",
+    },
+    {"id": "contrib_dog_distance", "expr": "ox.contrib.dog(init_step=('distance', 0.05))"},
+    {"id": "contrib_dowg", "expr": "ox.contrib.dowg()"},
+    {
+        "id": "contrib_dowg_init",
+        "expr": "ox.contrib.dowg(0.5, init_estim_sq_dist=0.01, weight_decay=0.1)",
+    },
     {
         "id": "multi_transform",
         "expr": "ox.multi_transform({'a': ox.adam(0.05), 'b': ox.sgd(0.05)}, {'w': 'a', 'b': 'b'})",
