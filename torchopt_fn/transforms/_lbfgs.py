@@ -45,8 +45,9 @@ class ScaleByLBFGSState(NamedTuple):
     weights_memory: torch.Tensor
 
 
-def _vdot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """Re(sum_i <a_i, b_i>) over lists of leaves (a conjugated)."""
+def real_vdot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Re(sum_i <a_i, b_i>) over lists of leaves, ``a`` conjugated (optax's
+    ``real(tree.vdot)``); the line searches use it too."""
     parts = [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
     total = torch.stack(parts).sum()
     return total.real if total.is_complex() else total
@@ -82,12 +83,12 @@ def _precondition(
     rhos = rhos.index_select(0, order)
     vec, alphas = g, []
     for j in reversed(range(m)):
-        alpha = rhos[j] * _vdot([x[j] for x in dps], vec)
+        alpha = rhos[j] * real_vdot([x[j] for x in dps], vec)
         vec = _add_scale(vec, -alpha, [x[j] for x in dus])
         alphas.append(alpha)
     vec = [(identity_scale * x).to(x.dtype) for x in vec]
     for j, alpha in zip(range(m), reversed(alphas)):
-        beta = rhos[j] * _vdot([x[j] for x in dus], vec)
+        beta = rhos[j] * real_vdot([x[j] for x in dus], vec)
         vec = _add_scale(vec, alpha - beta, [x[j] for x in dps])
     return vec
 
@@ -178,7 +179,7 @@ def scale_by_lbfgs(
 
         diff_params = [x - y for x, y in zip(p, old_p)]
         diff_updates = [x - y for x, y in zip(g, old_g)]
-        curvature = _vdot(diff_updates, diff_params)
+        curvature = real_vdot(diff_updates, diff_params)
         # Safe divisions: where's unused branch must not be inf (its gradient would be NaN).
         weight = torch.where(curvature == 0.0, 0.0, 1.0 / _nonzero(curvature))
         diff_params = [torch.where(started, x, torch.zeros_like(x)) for x in diff_params]
@@ -193,10 +194,10 @@ def scale_by_lbfgs(
         )
 
         if scale_init_precond:
-            numerator = _vdot(diff_updates, diff_params)
-            denominator = _vdot(diff_updates, diff_updates)
+            numerator = real_vdot(diff_updates, diff_params)
+            denominator = real_vdot(diff_updates, diff_updates)
             identity_scale = torch.where(denominator > 0.0, numerator / _nonzero(denominator), 1.0)
-            update_norm = torch.sqrt(_vdot([x.detach() for x in g], [x.detach() for x in g]))
+            update_norm = torch.sqrt(real_vdot([x.detach() for x in g], [x.detach() for x in g]))
             capped_inv_norm = torch.clamp(1.0 / update_norm, max=1.0)
             identity_scale = torch.where(started, identity_scale, capped_inv_norm)
         else:

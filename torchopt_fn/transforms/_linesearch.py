@@ -28,6 +28,7 @@ from torchopt_fn._base import GradientTransformation, Params
 from torchopt_fn._branch import branch, while_loop
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import require_params
+from torchopt_fn.transforms._lbfgs import real_vdot
 from torchopt_fn.tree._flatten import tree_leaves, tree_map
 from torchopt_fn.tree._state import tree_get
 
@@ -58,14 +59,9 @@ def _real_dtype(params: Params) -> tuple[torch.dtype, torch.device]:
 
 
 def _vdot(a: Tree, b: Tree) -> torch.Tensor:
-    """Re(sum <a, b>) over two trees, ``a`` conjugated (optax's ``real(tree.vdot)``)."""
-    parts = [
-        torch.vdot(x.reshape(-1), y.reshape(-1))
-        for x, y in zip(tree_leaves(a), tree_leaves(b))
-        if x is not None
-    ]
-    total = torch.stack(parts).sum()
-    return total.real if total.is_complex() else total
+    """`real_vdot` over the live leaves of two trees."""
+    pairs = [(x, y) for x, y in zip(tree_leaves(a), tree_leaves(b)) if x is not None]
+    return real_vdot([x for x, _ in pairs], [y for _, y in pairs])
 
 
 def _step(params: Tree, t: torch.Tensor, updates: Tree) -> Tree:
