@@ -862,6 +862,7 @@ TRANSFORMS: list[TxCase] = [
     TxCase("contrib.madgrad", lambda: tf.contrib.madgrad(0.05), needs_params=True, exact=False),
     TxCase("contrib.cocob", lambda: tf.contrib.cocob(), needs_params=True, exact=False),
     TxCase("contrib.dog", lambda: tf.contrib.dog(), needs_params=True, exact=False),
+    TxCase("contrib.prodigy", lambda: tf.contrib.prodigy(), needs_params=True, exact=False),
     TxCase("contrib.dowg", lambda: tf.contrib.dowg(), needs_params=True, exact=False),
     TxCase(
         "contrib.schedule_free_adamw",

@@ -8,6 +8,8 @@ Same problem, starting point and protocol as ``make_optax_goldens.py`` (12 steps
   JSON holds the single definition both sides build;
 * the gradient at step ``t`` is the analytic one times ``1 + 0.25 * (t % 3)`` (mini-batches
   differ, so accumulating is not repeating);
+* ``rtol``: where summation order matters more than ulps (Prodigy's estimate divides a
+  sum that cancels, <g, x0 - x>, so XLA's and torch's reduction orders differ at ~1e-10);
 * ``bad_steps`` lists the steps whose gradient has ``inf`` at ``w[0, 0]`` (``nan_steps``:
   NaN), for the wrappers that skip non-finite updates;
 * ``projections``: each of optax's projections applied to ``projection_input``;
@@ -185,6 +187,13 @@ CASES: list[dict[str, Any]] = [
     {
         "id": "contrib_dowg_init",
         "expr": "ox.contrib.dowg(0.5, init_estim_sq_dist=0.01, weight_decay=0.1)",
+    },
+    {"id": "contrib_prodigy", "rtol": 1e-8, "expr": "ox.contrib.prodigy()"},
+    {
+        "id": "contrib_prodigy_options",
+        "rtol": 1e-8,
+        "expr": "ox.contrib.prodigy(0.5, betas=(0.8, 0.99), "
+        "beta3=0.95, estim_lr0=1e-3, weight_decay=0.1, safeguard_warmup=True)",
     },
     {
         "id": "multi_transform",
