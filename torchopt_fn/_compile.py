@@ -151,23 +151,26 @@ def _flat_step(
     from torchopt_fn.wrappers._layout import Layout
 
     flat_step = compile_step(inner, donate=donate, **compile_kwargs)
+    layouts: dict[tuple, Layout] = {}  # per params structure, shapes, dtypes and devices
     buffers: dict[tuple, Any] = {}  # per layout: the flat params and grads, reused
     grad_buffers: dict[tuple, Any] = {}  # for params that are flat already
 
     def step(params: Params, grads: Updates, state: OptState, **extra_args: Any):
         leaves, spec = tree_flatten(params)
         grad_leaves = spec.flatten_up_to(grads)
-        layout = Layout(leaves)
         key = (spec, tuple((x.dtype, x.device, x.shape) for x in leaves))
+        layout = layouts.get(key)
+        if layout is None:
+            layout = layouts[key] = Layout(leaves)
         if donate and all(g is not None for g in grad_leaves):
             # Params that already are one flat buffer (`ravel_parameters_`) are updated where
             # they lie: no copy in or out.
             span = layout.span(leaves)
             if span is not None:
                 flat_g = layout.span(grad_leaves)
-                if flat_g is None:
-                    if key not in grad_buffers:
-                        grad_buffers[key] = layout.pack(grad_leaves)
+                if flat_g is None and key not in grad_buffers:
+                    flat_g = grad_buffers[key] = layout.pack(grad_leaves)
+                elif flat_g is None:
                     flat_g = layout.pack(grad_leaves, out=grad_buffers[key])
                 _, state = flat_step(span, flat_g, state, **extra_args)
                 return params, state
