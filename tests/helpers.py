@@ -15,6 +15,7 @@ problem is shared with the optax goldens or simple enough, autograd otherwise).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -723,6 +724,47 @@ def _matrices(params: Params) -> Params:
     return tf.tree_map(lambda p: p.dim() == 2, params)
 
 
+def _sophia_objective(params: Params) -> torch.Tensor:
+    """A smooth objective of any params tree whose Hessian couples every leaf."""
+    leaves = [x for x in tf.tree_leaves(params) if x is not None]
+    return sum((x**4).sum() / 4 for x in leaves) + 0.1 * sum(x.sum() for x in leaves) ** 2
+
+
+def _with_obj_fn(tx: tf.GradientTransformation) -> tf.GradientTransformation:
+    """``tx`` given ``obj_fn=_sophia_objective`` on every update (the table passes none)."""
+    return tf.GradientTransformation(
+        tx.init, lambda u, s, p=None, **k: tx.update(u, s, p, obj_fn=_sophia_objective, **k)
+    )
+
+
+def _sin_grad_fn(params: Params, i: int) -> Params:
+    return tf.tree_map(torch.sin, params)
+
+
+def _sam_opaque() -> tf.GradientTransformation:
+    """Opaque SAM, its gradient function given on every update."""
+    tx = tf.contrib.sam(
+        tf.adam(0.1), tf.chain(tf.contrib.normalize(), tf.sgd(0.05)), 3, opaque_mode=True
+    )
+    return tf.GradientTransformation(tx.init, functools.partial(tx.update, grad_fn=_sin_grad_fn))
+
+
+def _per_example() -> tf.GradientTransformation:
+    """Three per-example gradients from one (DP needs a leading batch axis); one is clipped."""
+    return tf.stateless(lambda u, p: tf.tree_map(lambda g: torch.stack([g, -2 * g, 0.1 * g]), u))
+
+
+def _galore_dims(params: Params) -> Params:
+    """GaLore's matrix axes: a conv kernel as (out, in*kh*kw), a matrix as itself."""
+
+    def dims(p: torch.Tensor) -> Any:
+        if p.dim() == 4:
+            return tf.contrib.GaLoreDimensionNumbers(0, (1, 2, 3))
+        return tf.contrib.GaLoreDimensionNumbers() if p.dim() == 2 else None
+
+    return tf.tree_map(dims, params)
+
+
 TRANSFORMS: list[TxCase] = [
     # scaling
     TxCase("scale", lambda: tf.scale(-0.3)),
@@ -873,6 +915,219 @@ TRANSFORMS: list[TxCase] = [
     TxCase(
         "contrib.scale_by_simplified_ademamix",
         lambda: tf.contrib.scale_by_simplified_ademamix(alpha=1.0),
+        exact=False,
+    ),
+    TxCase(
+        "contrib.muon",
+        lambda: tf.contrib.muon(0.02, weight_decay=0.1),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.scale_by_muon",
+        lambda: tf.masked(
+            tf.contrib.scale_by_muon(adaptive=True, preconditioning="aol"), _matrices
+        ),
+        exact=False,
+        touches_first_leaf=False,
+    ),
+    TxCase(
+        "contrib.sophia",
+        lambda: _with_obj_fn(tf.contrib.sophia(0.1, update_interval=2)),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.sophia_injected_diag",
+        lambda: tf.contrib.sophia(
+            0.1, hessian_diagonal_fn=tf.stateless_with_tree_map(lambda g, p: g * g)
+        ),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.hutchinson_estimator_diag_hessian",
+        lambda: _with_obj_fn(tf.contrib.hutchinson_estimator_diag_hessian(3)),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase("contrib.normalize", lambda: tf.contrib.normalize(), exact=False),
+    TxCase(
+        "contrib.sam",
+        lambda: tf.contrib.sam(
+            tf.sgd(0.1, momentum=0.9), tf.chain(tf.contrib.normalize(), tf.adam(0.05))
+        ),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.sam_period3_no_reset",
+        lambda: tf.contrib.sam(
+            tf.adam(0.1), tf.chain(tf.contrib.normalize(), tf.adam(0.05)), 3, reset_state=False
+        ),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase("contrib.sam_opaque", lambda: _sam_opaque(), needs_params=True, exact=False),
+    TxCase(
+        "contrib.mechanize",
+        lambda: tf.contrib.mechanize(tf.adam(0.1)),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.momo",
+        lambda: tf.contrib.momo(weight_decay=0.1, adapt_lower_bound=True),
+        needs_params=True,
+        needs_value=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.momo_adam",
+        lambda: tf.contrib.momo_adam(weight_decay=0.1, adapt_lower_bound=True),
+        needs_params=True,
+        needs_value=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.dadapt_adamw",
+        lambda: tf.contrib.dadapt_adamw(weight_decay=0.1),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase("contrib.acprop", lambda: tf.contrib.acprop(0.1, weight_decay=0.1)),
+    TxCase("contrib.scale_by_acprop", lambda: tf.contrib.scale_by_acprop()),
+    TxCase(
+        "contrib.reduce_on_plateau",
+        lambda: tf.chain(tf.scale_by_adam(), tf.contrib.reduce_on_plateau(patience=1, cooldown=1)),
+        needs_value=True,
+    ),
+    TxCase(
+        "contrib.reduce_on_plateau_accumulate",
+        lambda: tf.contrib.reduce_on_plateau(factor=0.5, patience=1, accumulation_size=2),
+        needs_value=True,
+    ),
+    TxCase(
+        "contrib.differentially_private_aggregate",
+        lambda: tf.chain(
+            _per_example(), tf.contrib.differentially_private_aggregate(1.0, 0.5, key=0)
+        ),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.dpsgd",
+        lambda: tf.chain(
+            _per_example(), tf.contrib.dpsgd(0.1, 1.0, 0.5, seed=0, momentum=0.9, nesterov=True)
+        ),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.split_real_and_imaginary",
+        lambda: tf.contrib.split_real_and_imaginary(tf.adamw(0.1, weight_decay=0.1)),
+        needs_params=True,
+        exact=False,
+    ),
+    # Adam's eps: in float16 the second moment of small projected entries underflows to 0.
+    TxCase(
+        "contrib.scale_by_galore",
+        lambda: tf.contrib.scale_by_galore(
+            rank=2, update_proj_gap=2, base_optimizer=tf.scale_by_adam(eps=1e-3)
+        ),
+        exact=False,
+    ),
+    TxCase(
+        "contrib.scale_by_galore_dimension_numbers",
+        lambda: tf.contrib.scale_by_galore(
+            rank=1,
+            update_proj_gap=2,
+            scale=0.5,
+            base_optimizer=tf.scale_by_adam(eps=1e-3),
+            weight_dimension_numbers=_galore_dims,
+        ),
+        exact=False,
+    ),
+    TxCase(
+        "contrib.galore",
+        lambda: tf.contrib.galore(
+            0.05, rank=2, update_proj_gap=2, base_optimizer=tf.scale_by_lion(), weight_decay=0.1
+        ),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase("contrib.scale_by_laprop", lambda: tf.contrib.scale_by_laprop()),
+    TxCase("contrib.laprop", lambda: tf.contrib.laprop(0.05, weight_decay=0.1), needs_params=True),
+    TxCase(
+        "contrib.caution",
+        lambda: tf.contrib.caution(tf.adamw(0.05, weight_decay=0.1)),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.cautious_adamw",
+        lambda: tf.contrib.cautious_adamw(0.05, weight_decay=0.1),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.cautious_lion",
+        lambda: tf.contrib.cautious_lion(0.05),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase("contrib.scale_by_mars", lambda: tf.contrib.scale_by_mars(), exact=False),
+    TxCase(
+        "contrib.scale_by_mars_lion",
+        lambda: tf.contrib.scale_by_mars(mars_type="mars-lion"),
+        exact=False,
+    ),
+    TxCase(
+        "contrib.mars",
+        lambda: tf.contrib.mars(0.05, weight_decay=0.1),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.mars_optimize_1d",
+        lambda: tf.contrib.mars(0.05, weight_decay=0.1, optimize_1d=True),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase("contrib.scale_by_psgd_kron", lambda: tf.contrib.scale_by_psgd_kron(), exact=False),
+    TxCase(
+        "contrib.psgd_kron",
+        lambda: tf.contrib.psgd_kron(
+            0.05,
+            weight_decay=0.1,
+            preconditioner_update_probability=0.5,
+            memory_save_mode="one_diag",
+        ),
+        needs_params=True,
+        exact=False,
+    ),
+    TxCase(
+        "contrib.scale_by_soap",
+        lambda: tf.contrib.scale_by_soap(
+            precondition_frequency=2, precondition_1d=True, normalize_grads=True
+        ),
+        exact=False,
+    ),
+    TxCase("contrib.soap", lambda: tf.contrib.soap(0.1), needs_params=True, exact=False),
+    TxCase("contrib.scale_by_shampoo", lambda: tf.contrib.scale_by_shampoo(), exact=False),
+    TxCase(
+        "contrib.shampoo",
+        lambda: tf.contrib.shampoo(
+            0.1,
+            b2=0.999,
+            grafting="adam",
+            grafting_b2=0.999,
+            grafting_eps=1e-8,
+            precondition_frequency=2,
+            weight_decay=0.01,
+            momentum=0.5,
+        ),
+        needs_params=True,
         exact=False,
     ),
     TxCase("selective_transform", lambda: tf.selective_transform(tf.adam(0.1), freeze_mask=True)),

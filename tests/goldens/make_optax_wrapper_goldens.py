@@ -195,6 +195,148 @@ CASES: list[dict[str, Any]] = [
         "expr": "ox.contrib.prodigy(0.5, betas=(0.8, 0.99), "
         "beta3=0.95, estim_lr0=1e-3, weight_decay=0.1, safeguard_warmup=True)",
     },
+    {"id": "contrib_muon", "expr": "ox.contrib.muon(0.02)"},
+    {
+        "id": "contrib_muon_options",
+        "expr": "ox.contrib.muon(0.05, ns_steps=4, beta=0.9, weight_decay=0.1, nesterov=False, "
+        "adam_b1=0.8, adam_weight_decay=0.05, adam_learning_rate=0.03, "
+        "consistent_rms=0.2)",
+    },
+    {
+        "id": "contrib_muon_dion_adaptive",
+        "expr": "ox.contrib.muon(0.02, ns_coeffs='dion', adaptive=True)",
+    },
+    {"id": "contrib_muon_spectral", "expr": "ox.contrib.muon(0.02, preconditioning='spectral')"},
+    {"id": "contrib_muon_aol", "expr": "ox.contrib.muon(0.02, preconditioning='aol')"},
+    {"id": "contrib_muon_schatten", "expr": "ox.contrib.muon(0.02, preconditioning='schatten')"},
+    {
+        "id": "contrib_muon_dims",
+        "expr": "ox.contrib.muon(0.02, muon_weight_dimension_numbers={'w': "
+        "ox.contrib.MuonDimensionNumbers(1, 0), 'b': None})",
+    },
+    {
+        "id": "contrib_scale_by_muon_dims_fn",
+        "expr": "ox.masked(ox.chain(ox.contrib.scale_by_muon(weight_dimension_numbers=lambda "
+        "p: {'w': ox.contrib.MuonDimensionNumbers((0,), (1,)), 'b': p['b']}), "
+        "ox.scale(-0.01)), {'w': True, 'b': False})",
+    },
+    {
+        "id": "contrib_muon_schedule",
+        "note": "optax's linear_schedule is float32",
+        "expr": "ox.contrib.muon(ox.linear_schedule(0.05, 0.01, 10), weight_decay=0.1)",
+    },
+    {
+        "id": "contrib_sophia_injected_diag",
+        "expr": "ox.contrib.sophia(0.05, hessian_diagonal_fn=ox.stateless_with_tree_map(lambda "
+        "g, p: g * g + p * p))",
+    },
+    {
+        "id": "contrib_sophia_interval_mask",
+        "expr": "ox.contrib.sophia(0.05, b1=0.9, b2=0.9, gamma=0.05, weight_decay=0.1, "
+        "weight_decay_mask={'w': True, 'b': False}, update_interval=3, "
+        "hessian_diagonal_fn=ox.stateless_with_tree_map(lambda g, p: 3 * p * p - 0.5))",
+    },
+    {
+        "id": "contrib_sophia_no_clip",
+        "expr": "ox.contrib.sophia(0.03, eps=0.5, clip_threshold=None, update_interval=2, "
+        "hessian_diagonal_fn=ox.stateless_with_tree_map(lambda g, p: g * g + 1.0))",
+    },
+    {
+        "id": "contrib_sophia_clip_half",
+        "expr": "ox.contrib.sophia(0.05, b2=0.5, gamma=1.0, clip_threshold=0.5, "
+        "update_interval=1, hessian_diagonal_fn=ox.stateless_with_tree_map(lambda g, "
+        "p: g * g + p * p))",
+    },
+    {
+        "id": "contrib_sophia_hutchinson_separable",
+        "expr": "(lambda h: ox.contrib.sophia(0.05, b2=0.5, gamma=1.0, update_interval=2, "
+        "hessian_diagonal_fn=ox.GradientTransformation(h.init, lambda u, s, p=None, "
+        "**k: h.update(u, s, p, obj_fn=lambda q: (q['w'] ** 4).sum() + (q['b'] ** "
+        "4).sum() / "
+        "2))))(ox.contrib.hutchinson_estimator_diag_hessian(random_seed=None))",
+    },
+    {
+        "id": "contrib_sam",
+        "expr": "ox.contrib.sam(ox.sgd(0.05), ox.chain(ox.contrib.normalize(), ox.sgd(0.1)))",
+    },
+    {
+        "id": "contrib_sam_momentum_adam_adv",
+        "expr": "ox.contrib.sam(ox.sgd(0.05, momentum=0.9), ox.chain(ox.contrib.normalize(), "
+        "ox.adam(0.05)), sync_period=3)",
+    },
+    {
+        "id": "contrib_sam_no_reset",
+        "expr": "ox.contrib.sam(ox.adam(0.05), ox.chain(ox.contrib.normalize(), "
+        "ox.adam(0.05)), sync_period=3, reset_state=False)",
+    },
+    {
+        "id": "contrib_sam_adamw_period4",
+        "expr": "ox.contrib.sam(ox.adamw(0.05, weight_decay=0.1), "
+        "ox.chain(ox.contrib.normalize(), ox.sgd(0.02, momentum=0.5)), sync_period=4)",
+    },
+    {"id": "contrib_normalize", "expr": "ox.chain(ox.contrib.normalize(), ox.scale(-0.05))"},
+    {"id": "contrib_mechanize_sgd", "expr": "ox.contrib.mechanize(ox.sgd(0.05))"},
+    {
+        "id": "contrib_mechanize_sgd_s_init",
+        "expr": "ox.contrib.mechanize(ox.sgd(1.0), s_init=0.05, num_betas=3)",
+    },
+    {
+        "id": "contrib_mechanize_adam",
+        "expr": "ox.contrib.mechanize(ox.adam(0.05), weight_decay=0.1, s_init=1e-3, num_betas=4)",
+    },
+    {
+        "id": "contrib_mechanize_momentum",
+        "expr": "ox.contrib.mechanize(ox.sgd(0.1, momentum=0.9), weight_decay=0.0, eps=1e-6)",
+    },
+    {"id": "contrib_dadapt_adamw", "expr": "ox.contrib.dadapt_adamw()"},
+    {
+        "id": "contrib_dadapt_adamw_options",
+        "expr": "ox.contrib.dadapt_adamw(0.5, betas=(0.8, 0.99), eps=1e-6, estim_lr0=1e-3, "
+        "weight_decay=0.1)",
+    },
+    {
+        "id": "contrib_dadapt_adamw_schedule",
+        "note": "the schedule at optax's int32 count is float32",
+        "expr": "ox.contrib.dadapt_adamw(ox.linear_schedule(1.0, 0.5, 10), estim_lr0=1e-2)",
+    },
+    {"id": "contrib_acprop", "expr": "ox.contrib.acprop(0.05)"},
+    {
+        "id": "contrib_acprop_options",
+        "expr": "ox.contrib.acprop(0.02, b1=0.8, b2=0.99, eps=1e-8, eps_root=1e-10, "
+        "weight_decay=0.1)",
+    },
+    {
+        "id": "contrib_acprop_schedule",
+        "expr": "ox.contrib.acprop(ox.cosine_decay_schedule(0.05, 10))",
+    },
+    {
+        "id": "contrib_scale_by_acprop",
+        "expr": "ox.chain(ox.contrib.scale_by_acprop(b1=0.5, b2=0.9), ox.scale(-0.02))",
+    },
+    {
+        "id": "contrib_split_real_and_imaginary",
+        "expr": "ox.contrib.split_real_and_imaginary(ox.chain(ox.clip_by_global_norm(1.0), "
+        "ox.adamw(0.05, weight_decay=0.1)))",
+    },
+    {
+        "id": "contrib_galore",
+        "expr": "ox.contrib.galore(0.05)",
+        "rtol": 2e-05,
+        "note": "optax decomposes in float32 (we in float64): float32 rounding of the projector",
+    },
+    {
+        "id": "contrib_galore_rank2_weight_decay",
+        "expr": "ox.contrib.galore(0.05, rank=2, weight_decay=0.1)",
+        "rtol": 2e-06,
+        "note": "optax decomposes in float32 (we in float64): float32 rounding of the projector",
+    },
+    {
+        "id": "contrib_galore_rank1_refresh_every_step",
+        "expr": "ox.contrib.galore(0.05, rank=1, update_proj_gap=1, scale=0.5)",
+        "rtol": 2e-06,
+        "note": "optax decomposes in float32 (we in float64); refreshed every step, and "
+        "optax's singular vectors keep their signs here (where they flip, we keep the old sign)",
+    },
     {
         "id": "multi_transform",
         "expr": "ox.multi_transform({'a': ox.adam(0.05), 'b': ox.sgd(0.05)}, {'w': 'a', 'b': 'b'})",

@@ -395,7 +395,9 @@ class Optimizer(torch.optim.Optimizer):
         the transformation keeps one count for the group, that count advances for all).
         Every group's update is computed before the first parameter or state entry changes,
         so a step that fails changes nothing. A group with ``differentiable=True`` steps with
-        autograd on, as torch.optim's differentiable mode does.
+        autograd on, as torch.optim's differentiable mode does. A transformation whose update
+        takes a ``grad_fn`` (``sam(opaque_mode=True)``) gets one that re-runs the closure at
+        the parameters it asks for (`_grad_fn_from`).
 
         Raises:
             TypeError: for an integer parameter.
@@ -408,6 +410,7 @@ class Optimizer(torch.optim.Optimizer):
                 "Optimizer: step() in eval mode; call optimizer.train() first (Schedule-Free "
                 "evaluates at other parameters than it trains at)."
             )
+        extra = _grad_fn_from(closure, self.param_groups) if _takes_grad_fn(self.tx) else {}
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -419,7 +422,8 @@ class Optimizer(torch.optim.Optimizer):
                 with _step_mode(group):
                     rt = self._runtime(group)
                     _check_gradients(group["params"], g, getattr(rt.tx, "sparse_gradients", False))
-                    commits.append((group, self._compute(rt, live, *self._entries(rt, live))))
+                    entries, fresh = self._entries(rt, live)
+                    commits.append((group, self._compute(rt, live, entries, fresh, extra)))
         for group, commit in commits:
             with _step_mode(group):
                 commit()
@@ -437,7 +441,12 @@ class Optimizer(torch.optim.Optimizer):
         return lbfgs_step(closure, params, state, group)
 
     def _compute(
-        self, rt: _GroupRuntime, live: list[bool], entries: list, fresh: list[int]
+        self,
+        rt: _GroupRuntime,
+        live: list[bool],
+        entries: list,
+        fresh: list[int],
+        extra: dict[str, Any] | None = None,
     ) -> Callable[[], None]:
         """The group's new state and updates, and a function that writes them in."""
         params = rt.params
@@ -459,7 +468,10 @@ class Optimizer(torch.optim.Optimizer):
             # Differentiable mode: the update may save the parameters' values for backward
             # (ASGD's decay times a learned eta); the in-place step below must not clobber them.
             inputs = [p.clone() for p in params]
-        updates, state = rt.update(grads, self._read_state(rt, entries), ParamList(inputs))
+        # A ``grad_fn`` runs the user's closure: eagerly, never traced.
+        update = rt.tx.update if extra else rt.update
+        state = self._read_state(rt, entries)
+        updates, state = update(grads, state, ParamList(inputs), **(extra or {}))
 
         def commit() -> None:
             self._store(rt, entries, live, fresh, state)
@@ -883,6 +895,49 @@ _NOT_PER_PARAMETER = {
 def _closure_driven(tx: GradientTransformation) -> bool:
     """``from_torch("LBFGS")``: the adapter runs torch's closure-driven algorithm itself."""
     return getattr(tx, "closure_driven", False)
+
+
+def _takes_grad_fn(tx: GradientTransformation) -> bool:
+    """``sam(opaque_mode=True)`` (alone or inside a chain): its update needs a ``grad_fn``."""
+    return any(getattr(node, "grad_fn_from_closure", False) for node in recorded_nodes(tx))
+
+
+def _grad_fn_from(closure: Callable[[], Any] | None, groups: list[dict]) -> dict[str, Any]:
+    """``{"grad_fn": ...}`` re-running ``closure`` at the parameters asked for.
+
+    ``grad_fn(at, i)`` writes ``at`` into the parameters, clears their gradients (as SAM's
+    reference loop does before its second pass), runs the closure, puts the parameters
+    back, and returns the gradients the closure left. The transformation does the maths.
+    """
+    if closure is None:
+        raise TypeError(
+            "Optimizer: sam(opaque_mode=True) needs step(closure), a closure that re-evaluates "
+            "the loss and its gradients (zero_grad, forward, backward, return the loss)."
+        )
+    if len(groups) != 1:
+        raise ValueError(
+            "Optimizer: sam(opaque_mode=True) moves all parameters to the adversarial point "
+            "together: use one param group."
+        )
+    params = groups[0]["params"]
+
+    def grad_fn(at: Any, i: int) -> ParamList:
+        del i  # the closure decides what to evaluate; every call is the same closure
+        saved = [p.detach().clone() for p in params]
+        try:
+            with torch.no_grad():
+                for p, a in zip(params, at):
+                    p.copy_(a)
+                    p.grad = None
+            with torch.enable_grad():
+                closure()
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+        return ParamList(p.grad for p in params)
+
+    return {"grad_fn": grad_fn}
 
 
 def _instances(tree: Any, method: str) -> list[Any]:
