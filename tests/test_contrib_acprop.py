@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.transforms.loops import random_problem, run_updates
-from torchopt_fn.contrib._acprop import acprop, scale_by_acprop
+from torchopt_fn.contrib import acprop, scale_by_acprop
 
 CASES = [
     {},

@@ -12,9 +12,15 @@ import torch
 
 import torchopt_fn as tf
 from tests.helpers import assert_trees_close
-from torchopt_fn.contrib._caution import caution, cautious_adamw, cautious_lion
-from torchopt_fn.contrib._laprop import laprop, scale_by_laprop
-from torchopt_fn.contrib._mars import mars, scale_by_mars
+from torchopt_fn.contrib import (
+    caution,
+    cautious_adamw,
+    cautious_lion,
+    laprop,
+    mars,
+    scale_by_laprop,
+    scale_by_mars,
+)
 
 F64 = torch.float64
 STEPS = 12

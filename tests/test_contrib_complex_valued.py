@@ -16,11 +16,11 @@ import torch
 
 import torchopt_fn as tf
 from tests.helpers import assert_trees_close
-from torchopt_fn.contrib._complex_valued import (
+from torchopt_fn.contrib import (
     SplitRealAndImaginaryState,
+    reduce_on_plateau,
     split_real_and_imaginary,
 )
-from torchopt_fn.contrib._reduce_on_plateau import reduce_on_plateau
 
 F64, C128 = torch.float64, torch.complex128
 STEPS = 6

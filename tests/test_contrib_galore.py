@@ -27,12 +27,7 @@ import pytest
 import torch
 
 import torchopt_fn as tf
-from torchopt_fn.contrib._galore import (
-    GaLoreDimensionNumbers,
-    GaLoreState,
-    galore,
-    scale_by_galore,
-)
+from torchopt_fn.contrib import GaLoreDimensionNumbers, GaLoreState, galore, scale_by_galore
 
 F64 = torch.float64
 SHAPES = {"w": (8, 6), "v": (3, 5), "a": (3, 2, 2), "b": (4,)}

@@ -15,7 +15,7 @@ import torch
 
 import torchopt_fn as tf
 from tests.helpers import GOLDEN
-from torchopt_fn.contrib._momo import momo, momo_adam
+from torchopt_fn.contrib import momo, momo_adam
 
 F64 = torch.float64
 

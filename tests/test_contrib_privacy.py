@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import torchopt_fn as tf
-from torchopt_fn.contrib._privacy import (
+from torchopt_fn.contrib import (
     DifferentiallyPrivateAggregateState,
     differentially_private_aggregate,
     dpsgd,

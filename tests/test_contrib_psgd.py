@@ -13,9 +13,9 @@ import torch
 import torchopt_fn as tf
 from tests.helpers import assert_trees_close
 from torchopt_fn._record import recorded_arguments
-from torchopt_fn.contrib import _psgd
-from torchopt_fn.contrib._psgd import (
+from torchopt_fn.contrib import (
     PSGDKronState,
+    _psgd,
     precond_update_prob_schedule,
     psgd_kron,
     scale_by_psgd_kron,

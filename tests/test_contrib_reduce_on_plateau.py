@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from torchopt_fn.contrib._reduce_on_plateau import ReduceLROnPlateauState, reduce_on_plateau
+import torchopt_fn as tf
+from torchopt_fn.contrib import ReduceLROnPlateauState, reduce_on_plateau
 
 F64 = torch.float64
 INF = float("inf")
@@ -450,3 +451,78 @@ def test_reduce_on_plateau_detaches_the_value():
     g = {"w": torch.ones(1)}
     _, state = tx.update(g, tx.init(g), value=(w * 2).sum())
     assert not state.best_value.requires_grad and not state.avg_value.requires_grad
+
+
+# --------------------------------------------------------------------------- the adapter
+
+
+def _adapter_run(tx_factory, steps: int, compile: bool, by_value: bool) -> list[torch.Tensor]:
+    """``tf.Optimizer`` on a linear model, fed the loss by ``step(closure)`` or ``value=``."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    opt = tf.Optimizer(model.parameters(), tx_factory(), compile=compile)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        if by_value:
+            loss = closure()
+            opt.step(value=loss)
+        else:
+            opt.step(closure)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _functional_run(tx_factory, steps: int) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    tx = tx_factory()
+    state = tx.init(params)
+
+    def loss_fn(p: dict) -> torch.Tensor:
+        return ((torch.func.functional_call(model, p, (x,)) - y) ** 2).mean()
+
+    for _ in range(steps):
+        grads, loss = torch.func.grad_and_value(loss_fn)(params)
+        updates, state = tx.update(grads, state, params, value=loss)
+        params = tf.apply_updates(params, updates)
+    return [params["weight"], params["bias"]]
+
+
+@pytest.mark.parametrize("by_value", [False, True], ids=["closure", "value"])
+def test_optimizer_feeds_the_loss_to_reduce_on_plateau_as_the_functional_loop_does(by_value):
+    def make() -> tf.GradientTransformation:
+        return tf.chain(tf.sgd(0.3), tf.contrib.reduce_on_plateau(patience=1, factor=0.5))
+
+    expected = _functional_run(make, 12)
+    for got, want in zip(_adapter_run(make, 12, False, by_value), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_optimizer_compiled_update_takes_the_loss_without_recompiling():
+    def make() -> tf.GradientTransformation:
+        return tf.chain(tf.sgd(0.3), tf.contrib.reduce_on_plateau(patience=1, factor=0.5))
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = _adapter_run(make, 6, True, False)
+    for g, want in zip(got, _functional_run(make, 6)):
+        torch.testing.assert_close(g, want, rtol=1e-12, atol=1e-14)
+
+
+def test_optimizer_without_a_loss_for_a_loss_reader_says_what_to_do():
+    model = torch.nn.Linear(3, 1)
+    opt = tf.Optimizer(model.parameters(), tf.contrib.reduce_on_plateau())
+    model(torch.ones(1, 3)).sum().backward()
+    with pytest.raises(TypeError, match=r"step\(value=loss\)"):
+        opt.step()
+    plain = tf.Optimizer(model.parameters(), tf.sgd(0.1))
+    with pytest.raises(TypeError, match="reads no loss"):
+        plain.step(value=1.0)

@@ -29,7 +29,7 @@ import torch
 
 import torchopt_fn as tf
 from tests.helpers import GOLDEN, assert_trees_close
-from torchopt_fn.contrib._sam import normalize, sam
+from torchopt_fn.contrib import normalize, sam
 
 F64 = torch.float64
 

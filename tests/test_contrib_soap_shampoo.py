@@ -18,8 +18,14 @@ import torch
 
 import torchopt_fn as tf
 from tests.helpers import assert_trees_close
-from torchopt_fn.contrib._shampoo import ShampooState, scale_by_shampoo, shampoo
-from torchopt_fn.contrib._soap import SOAPState, scale_by_soap, soap
+from torchopt_fn.contrib import (
+    ShampooState,
+    SOAPState,
+    scale_by_shampoo,
+    scale_by_soap,
+    shampoo,
+    soap,
+)
 
 F64 = torch.float64
 STEPS = 15

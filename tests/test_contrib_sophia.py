@@ -14,7 +14,7 @@ import torch
 
 import torchopt_fn as tf
 from tests.helpers import assert_trees_close
-from torchopt_fn.contrib._sophia import (
+from torchopt_fn.contrib import (
     HutchinsonState,
     hutchinson_estimator_diag_hessian,
     scale_by_sophia,

@@ -253,7 +253,21 @@ def test_lookahead_needs_lookahead_params():
 
 
 def test_flatten_refuses_per_tensor_transformations():
-    for tx in (tf.lamb(0.1), tf.chain(tf.clip_by_block_rms(1.0), tf.adam(0.1)), tf.adafactor()):
+    whole_tensor = (
+        tf.lamb(0.1),
+        tf.chain(tf.clip_by_block_rms(1.0), tf.adam(0.1)),
+        tf.adafactor(),
+        tf.contrib.muon(0.1),
+        tf.contrib.soap(0.1),
+        tf.contrib.shampoo(0.1),
+        tf.contrib.psgd_kron(0.1),
+        tf.contrib.galore(0.1),
+        tf.contrib.cautious_adamw(0.1),
+        tf.contrib.mars(0.1),
+        tf.contrib.dpsgd(0.1, 1.0, 0.5, seed=0),
+        tf.contrib.sophia(0.1),
+    )
+    for tx in whole_tensor:
         with pytest.raises(ValueError, match="flatten"):
             tf.flatten(tx)
 

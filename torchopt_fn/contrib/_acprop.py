@@ -55,8 +55,7 @@ def scale_by_acprop(
 
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> from torchopt_fn.contrib._acprop import scale_by_acprop
-        >>> tx = scale_by_acprop(b1=0.5, b2=0.5, eps=0.0, eps_root=0.0)
+        >>> tx = tf.contrib.scale_by_acprop(b1=0.5, b2=0.5, eps=0.0, eps_root=0.0)
         >>> state = tx.init({"w": torch.zeros(1)})
         >>> for g in (2.0, 4.0):
         ...     u, state = tx.update({"w": torch.tensor([g])}, state)
@@ -142,8 +141,7 @@ def acprop(
 
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> from torchopt_fn.contrib._acprop import acprop
-        >>> tx = acprop(0.1)
+        >>> tx = tf.contrib.acprop(0.1)
         >>> params = {"w": torch.ones(2)}
         >>> u, state = tx.update({"w": torch.tensor([1.0, -2.0])}, tx.init(params), params)
         >>> u["w"]  # the first step divides by 1

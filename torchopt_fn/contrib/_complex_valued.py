@@ -35,8 +35,7 @@ class SplitRealAndImaginaryState(NamedTuple):
 
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> from torchopt_fn.contrib._complex_valued import split_real_and_imaginary
-        >>> tx = split_real_and_imaginary(tf.trace(0.9))
+        >>> tx = tf.contrib.split_real_and_imaginary(tf.trace(0.9))
         >>> tx.init({"z": torch.zeros(1, dtype=torch.complex64)}).inner_state.trace["z"]
         SplitRealAndImaginaryArrays(real=tensor([0.]), imaginary=tensor([0.]))
     """
@@ -83,8 +82,7 @@ def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransform
 
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> from torchopt_fn.contrib._complex_valued import split_real_and_imaginary
-        >>> tx = split_real_and_imaginary(tf.sgd(0.1))
+        >>> tx = tf.contrib.split_real_and_imaginary(tf.sgd(0.1))
         >>> params = {"z": torch.tensor([1.0 + 1.0j])}
         >>> tx.update({"z": torch.tensor([2.0 - 4.0j])}, tx.init(params), params)[0]["z"]
         tensor([-0.2000+0.4000j])

@@ -41,8 +41,8 @@ class DAdaptAdamWState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._dadapt_adamw import dadapt_adamw
-        >>> dadapt_adamw().init({"w": torch.ones(1)}).estim_lr
+        >>> import torchopt_fn as tf
+        >>> tf.contrib.dadapt_adamw().init({"w": torch.ones(1)}).estim_lr
         tensor(1.0000e-06)
     """
 
@@ -98,8 +98,8 @@ def dadapt_adamw(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._dadapt_adamw import dadapt_adamw
-        >>> tx = dadapt_adamw(estim_lr0=0.1)
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.dadapt_adamw(estim_lr0=0.1)
         >>> params = {"w": torch.ones(1)}
         >>> u, state = tx.update({"w": torch.ones(1)}, tx.init(params), params)
         >>> u["w"]  # the first step is d0 times Adam's

@@ -33,8 +33,7 @@ class MechanicState(NamedTuple):
 
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> from torchopt_fn.contrib._mechanic import mechanize
-        >>> mechanize(tf.sgd(0.1), num_betas=3).init({"w": torch.ones(1)}).s
+        >>> tf.contrib.mechanize(tf.sgd(0.1), num_betas=3).init({"w": torch.ones(1)}).s
         tensor([1.0000e-06, 1.0000e-06, 1.0000e-06])
     """
 
@@ -96,8 +95,7 @@ def mechanize(
 
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> from torchopt_fn.contrib._mechanic import mechanize
-        >>> tx = mechanize(tf.sgd(1.0), s_init=0.6, num_betas=1)
+        >>> tx = tf.contrib.mechanize(tf.sgd(1.0), s_init=0.6, num_betas=1)
         >>> params = {"w": torch.ones(2)}
         >>> u, state = tx.update({"w": torch.ones(2)}, tx.init(params), params)
         >>> u["w"]  # the first step moves by s_init times the base update

@@ -43,8 +43,8 @@ class MomoState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._momo import momo
-        >>> momo(lower_bound=0.5).init({"w": torch.ones(1)}).lb
+        >>> import torchopt_fn as tf
+        >>> tf.contrib.momo(lower_bound=0.5).init({"w": torch.ones(1)}).lb
         tensor(0.5000)
     """
 
@@ -60,8 +60,8 @@ class MomoAdamState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._momo import momo_adam
-        >>> momo_adam().init({"w": torch.ones(1)})._fields
+        >>> import torchopt_fn as tf
+        >>> tf.contrib.momo_adam().init({"w": torch.ones(1)})._fields
         ('exp_avg', 'exp_avg_sq', 'barf', 'gamma', 'lb', 'count')
     """
 
@@ -151,8 +151,8 @@ def momo(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._momo import momo
-        >>> tx = momo()
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.momo()
         >>> params = {"w": torch.tensor([1.0, 2.0, 3.0])}
         >>> f = lambda p: (p["w"] ** 2).sum()
         >>> g = {"w": 2 * params["w"]}
@@ -260,8 +260,8 @@ def momo_adam(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._momo import momo_adam
-        >>> tx = momo_adam()
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.momo_adam()
         >>> params = {"w": torch.tensor([1.0, 2.0])}
         >>> u, state = tx.update({"w": torch.ones(2)}, tx.init(params), params, value=1.0)
         >>> u["w"]  # tau = min(lr / (1 - b1), ...) = 0.1, times d / D = 0.1
@@ -334,3 +334,8 @@ def momo_adam(
         return out, MomoAdamState(exp_avg, exp_avg_sq, barf, gamma, lb, count)
 
     return GradientTransformation(init_fn, update_fn)
+
+
+# The `Optimizer` adapter passes these the loss as ``value`` (from ``step(closure)``).
+momo.takes_loss = True  # type: ignore[attr-defined]
+momo_adam.takes_loss = True  # type: ignore[attr-defined]

@@ -33,8 +33,8 @@ class DifferentiallyPrivateAggregateState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._privacy import differentially_private_aggregate
-        >>> differentially_private_aggregate(1.0, 1.1, key=7).init({"w": torch.zeros(2)})
+        >>> import torchopt_fn as tf
+        >>> tf.contrib.differentially_private_aggregate(1.0, 1.1, key=7).init({"w": torch.zeros(2)})
         DifferentiallyPrivateAggregateState(rng_key=tensor([7, 0]))
     """
 
@@ -100,8 +100,8 @@ def differentially_private_aggregate(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._privacy import differentially_private_aggregate
-        >>> tx = differentially_private_aggregate(l2_norm_clip=1.0, noise_multiplier=0.0)
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.differentially_private_aggregate(l2_norm_clip=1.0, noise_multiplier=0.0)
         >>> per_example = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}  # 2 examples
         >>> u, state = tx.update(per_example, tx.init(None))
         >>> u["w"]
@@ -156,8 +156,8 @@ def dpsgd(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._privacy import dpsgd
-        >>> tx = dpsgd(0.1, l2_norm_clip=1.0, noise_multiplier=0.0, seed=0, momentum=0.9)
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.dpsgd(0.1, l2_norm_clip=1.0, noise_multiplier=0.0, seed=0, momentum=0.9)
         >>> per_example = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]])}
         >>> tx.update(per_example, tx.init({"w": torch.zeros(2)}))[0]["w"]
         tensor([-0.0450, -0.0600])

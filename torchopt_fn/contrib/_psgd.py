@@ -300,8 +300,8 @@ def precond_update_prob_schedule(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._psgd import precond_update_prob_schedule
-        >>> sched = precond_update_prob_schedule()
+        >>> import torchopt_fn as tf
+        >>> sched = tf.contrib.precond_update_prob_schedule()
         >>> [round(float(sched(torch.tensor(t))), 4) for t in (0, 500, 1500, 9000)]
         [1.0, 1.0, 0.3679, 0.03]
 
@@ -335,8 +335,9 @@ class PSGDKronState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._psgd import scale_by_psgd_kron
-        >>> state = scale_by_psgd_kron().init({"w": torch.zeros(2, 3), "b": torch.zeros(3)})
+        >>> import torchopt_fn as tf
+        >>> params = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
+        >>> state = tf.contrib.scale_by_psgd_kron().init(params)
         >>> [q.shape for q in state.qs_preconditioners["w"]], state.qs_preconditioners["b"]
         ([torch.Size([2, 2]), torch.Size([3, 3])], [tensor([1., 1., 1.])])
     """
@@ -441,8 +442,8 @@ def scale_by_psgd_kron(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._psgd import scale_by_psgd_kron
-        >>> tx = scale_by_psgd_kron()
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.scale_by_psgd_kron()
         >>> params = {"w": torch.zeros(2, 3)}
         >>> u, state = tx.update({"w": torch.ones(2, 3)}, tx.init(params))
         >>> u["w"].shape, int(state.count)
@@ -611,8 +612,7 @@ def psgd_kron(
 
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> from torchopt_fn.contrib._psgd import psgd_kron
-        >>> tx = psgd_kron(0.1)
+        >>> tx = tf.contrib.psgd_kron(0.1)
         >>> params = {"w": torch.ones(2, 2), "b": torch.ones(2)}
         >>> state = tx.init(params)
         >>> for _ in range(3):

@@ -30,8 +30,8 @@ class ReduceLROnPlateauState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._reduce_on_plateau import reduce_on_plateau
-        >>> state = reduce_on_plateau().init({"w": torch.zeros(2)})
+        >>> import torchopt_fn as tf
+        >>> state = tf.contrib.reduce_on_plateau().init({"w": torch.zeros(2)})
         >>> state.scale, state.best_value, state.plateau_count
         (tensor(1.), tensor(inf), tensor(0))
     """
@@ -111,8 +111,8 @@ def reduce_on_plateau(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._reduce_on_plateau import reduce_on_plateau
-        >>> tx = reduce_on_plateau(factor=0.5, patience=2)
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.reduce_on_plateau(factor=0.5, patience=2)
         >>> g = {"w": torch.tensor([1.0])}
         >>> state = tx.init(g)
         >>> scales = []
@@ -191,3 +191,7 @@ def reduce_on_plateau(
         return out, new
 
     return GradientTransformation(init_fn, update_fn)
+
+
+# The `Optimizer` adapter passes these the loss as ``value`` (from ``step(closure)``).
+reduce_on_plateau.takes_loss = True  # type: ignore[attr-defined]

@@ -35,8 +35,8 @@ def normalize() -> GradientTransformation:
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._sam import normalize
-        >>> tx = normalize()
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.normalize()
         >>> tx.update({"w": torch.tensor([3.0]), "b": torch.tensor([4.0])}, tx.init(None))[0]
         {'w': tensor([0.6000]), 'b': tensor([0.8000])}
     """
@@ -57,8 +57,7 @@ class SAMState(NamedTuple):
 
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> from torchopt_fn.contrib._sam import normalize, sam
-        >>> tx = sam(tf.sgd(0.1), tf.chain(normalize(), tf.sgd(0.05)))
+        >>> tx = tf.contrib.sam(tf.sgd(0.1), tf.chain(tf.contrib.normalize(), tf.sgd(0.05)))
         >>> state = tx.init({"w": torch.ones(2)})
         >>> state.steps_since_sync, state.cache
         (tensor(0), {'w': tensor([1., 1.])})
@@ -130,9 +129,8 @@ def sam(
 
     Examples:
         >>> import torch, torchopt_fn as tf
-        >>> from torchopt_fn.contrib._sam import normalize, sam
         >>> grad = lambda p: {"w": 2 * p["w"]}  # the gradient of |w|^2
-        >>> tx = sam(tf.sgd(0.1), tf.chain(normalize(), tf.sgd(0.5)))
+        >>> tx = tf.contrib.sam(tf.sgd(0.1), tf.chain(tf.contrib.normalize(), tf.sgd(0.5)))
         >>> params = {"w": torch.tensor([3.0, 4.0])}
         >>> state = tx.init(params)
         >>> for _ in range(2):  # climb to w + 0.5 w/|w|, then step from w with g there
@@ -140,7 +138,8 @@ def sam(
         ...     params = tf.apply_updates(params, u)
         >>> params["w"]
         tensor([2.3400, 3.1200])
-        >>> opaque = sam(tf.sgd(0.1), tf.chain(normalize(), tf.sgd(0.5)), opaque_mode=True)
+        >>> adversary = tf.chain(tf.contrib.normalize(), tf.sgd(0.5))
+        >>> opaque = tf.contrib.sam(tf.sgd(0.1), adversary, opaque_mode=True)
         >>> params = {"w": torch.tensor([3.0, 4.0])}
         >>> u, _ = opaque.update(grad(params), opaque.init(params), params,
         ...                      grad_fn=lambda p, i: grad(p))

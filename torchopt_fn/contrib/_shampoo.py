@@ -163,8 +163,8 @@ class ShampooState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._shampoo import scale_by_shampoo
-        >>> state = scale_by_shampoo().init({"w": torch.zeros(4, 3)})
+        >>> import torchopt_fn as tf
+        >>> state = tf.contrib.scale_by_shampoo().init({"w": torch.zeros(4, 3)})
         >>> [f.shape for f in state.factors["w"]], state.roots["w"][1]
         ([torch.Size([4, 4]), torch.Size([3, 3])], tensor([[1., 0., 0.],
                 [0., 1., 0.],
@@ -242,8 +242,8 @@ def scale_by_shampoo(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._shampoo import scale_by_shampoo
-        >>> tx = scale_by_shampoo(b1=0.0, grafting="sgd")
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.scale_by_shampoo(b1=0.0, grafting="sgd")
         >>> g = {"w": torch.tensor([[3.0, 0.0], [0.0, 4.0]])}
         >>> u, state = tx.update(g, tx.init(g))
         >>> u["w"]  # L^{-1/4} G R^{-1/4}, rescaled to the norm of G
@@ -430,8 +430,8 @@ def shampoo(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._shampoo import shampoo
-        >>> tx = shampoo(0.1)
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.shampoo(0.1)
         >>> params = {"w": torch.ones(2, 2)}
         >>> g = {"w": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}
         >>> u, _ = tx.update(g, tx.init(params), params)

@@ -73,8 +73,8 @@ class SOAPState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._soap import scale_by_soap
-        >>> state = scale_by_soap().init({"w": torch.zeros(4, 3), "b": torch.zeros(3)})
+        >>> import torchopt_fn as tf
+        >>> state = tf.contrib.scale_by_soap().init({"w": torch.zeros(4, 3), "b": torch.zeros(3)})
         >>> [q.shape for q in state.bases["w"]], state.bases["b"]
         ([torch.Size([4, 4]), torch.Size([3, 3])], [])
     """
@@ -145,8 +145,8 @@ def scale_by_soap(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._soap import scale_by_soap
-        >>> tx = scale_by_soap()
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.scale_by_soap()
         >>> g = {"w": torch.tensor([[3.0, 0.0], [0.0, 4.0]])}
         >>> state = tx.init(g)
         >>> u, state = tx.update(g, state)  # builds the eigenbases
@@ -312,8 +312,8 @@ def soap(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._soap import soap
-        >>> tx = soap(0.1, weight_decay=0.0)
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.soap(0.1, weight_decay=0.0)
         >>> params = {"w": torch.ones(2, 2)}
         >>> state = tx.init(params)
         >>> g = {"w": torch.tensor([[3.0, 0.0], [0.0, 4.0]])}

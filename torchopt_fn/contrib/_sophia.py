@@ -89,8 +89,8 @@ class HutchinsonState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._sophia import hutchinson_estimator_diag_hessian
-        >>> hutchinson_estimator_diag_hessian(7).init({"w": torch.zeros(2)})
+        >>> import torchopt_fn as tf
+        >>> tf.contrib.hutchinson_estimator_diag_hessian(7).init({"w": torch.zeros(2)})
         HutchinsonState(key=tensor([7, 0]))
     """
 
@@ -132,8 +132,8 @@ def hutchinson_estimator_diag_hessian(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._sophia import hutchinson_estimator_diag_hessian
-        >>> tx = hutchinson_estimator_diag_hessian(random_seed=0)
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.hutchinson_estimator_diag_hessian(random_seed=0)
         >>> params = {"w": torch.tensor([1.0, 2.0])}
         >>> obj_fn = lambda p: (p["w"] ** 3).sum()  # a diagonal Hessian, 6 w
         >>> diag, state = tx.update(params, tx.init(params), params, obj_fn=obj_fn)
@@ -183,8 +183,8 @@ class SophiaState(NamedTuple):
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._sophia import scale_by_sophia
-        >>> state = scale_by_sophia().init({"w": torch.zeros(2)})
+        >>> import torchopt_fn as tf
+        >>> state = tf.contrib.scale_by_sophia().init({"w": torch.zeros(2)})
         >>> state.count, state.nu, state.hessian_fn_state
         (tensor(0), {'w': tensor([0., 0.])}, HutchinsonState(key=tensor([0, 0])))
     """
@@ -247,8 +247,8 @@ def scale_by_sophia(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._sophia import scale_by_sophia
-        >>> tx = scale_by_sophia(b1=0.5, b2=0.5, update_interval=1)
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.scale_by_sophia(b1=0.5, b2=0.5, update_interval=1)
         >>> params = {"w": torch.tensor([1.0, -2.0])}
         >>> obj_fn = lambda p: (p["w"] ** 2 * torch.tensor([100.0, 400.0])).sum()
         >>> state = tx.init(params)
@@ -369,8 +369,8 @@ def sophia(
 
     Examples:
         >>> import torch
-        >>> from torchopt_fn.contrib._sophia import sophia
-        >>> tx = sophia(0.1, weight_decay=0.0)
+        >>> import torchopt_fn as tf
+        >>> tx = tf.contrib.sophia(0.1, weight_decay=0.0)
         >>> params = {"w": torch.tensor([1.0, -2.0])}
         >>> obj_fn = lambda p: (p["w"] ** 2).sum()
         >>> u, state = tx.update({"w": torch.tensor([2.0, -4.0])}, tx.init(params), params,

@@ -387,7 +387,7 @@ class Optimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, *, value: Any = None) -> Any:
         """Apply one update to every parameter that has a gradient; return the closure's loss.
 
         ``p.grad`` is left as it is. Parameters without a gradient are not changed, and get no
@@ -397,10 +397,13 @@ class Optimizer(torch.optim.Optimizer):
         so a step that fails changes nothing. A group with ``differentiable=True`` steps with
         autograd on, as torch.optim's differentiable mode does. A transformation whose update
         takes a ``grad_fn`` (``sam(opaque_mode=True)``) gets one that re-runs the closure at
-        the parameters it asks for (`_grad_fn_from`).
+        the parameters it asks for (`_grad_fn_from`). A transformation whose update reads the
+        loss (``reduce_on_plateau``, ``momo``, ``polyak_sgd``: factories marked
+        ``takes_loss``) gets it as ``value``: ``value=`` if given, else the closure's return.
 
         Raises:
-            TypeError: for an integer parameter.
+            TypeError: for an integer parameter; without a loss for a transformation that
+                reads it, or with ``value=`` for one that does not.
             ValueError: for a sparse gradient, or one of another shape than its parameter.
         """
         if _closure_driven(self.tx):
@@ -415,6 +418,7 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        extra.update(_loss_value(self.tx, loss, value))
         commits = []
         for g, group in enumerate(self.param_groups):
             live = [p.grad is not None for p in group["params"]]
@@ -450,7 +454,7 @@ class Optimizer(torch.optim.Optimizer):
     ) -> Callable[[], None]:
         """The group's new state and updates, and a function that writes them in."""
         params = rt.params
-        fused = self._fused_inputs(rt, live, entries)
+        fused = None if extra else self._fused_inputs(rt, live, entries)
         if fused is not None:
             plan, tensors, grads, state = fused
 
@@ -469,7 +473,7 @@ class Optimizer(torch.optim.Optimizer):
             # (ASGD's decay times a learned eta); the in-place step below must not clobber them.
             inputs = [p.clone() for p in params]
         # A ``grad_fn`` runs the user's closure: eagerly, never traced.
-        update = rt.tx.update if extra else rt.update
+        update = rt.tx.update if extra and "grad_fn" in extra else rt.update
         state = self._read_state(rt, entries)
         updates, state = update(grads, state, ParamList(inputs), **(extra or {}))
 
@@ -900,6 +904,28 @@ def _closure_driven(tx: GradientTransformation) -> bool:
 def _takes_grad_fn(tx: GradientTransformation) -> bool:
     """``sam(opaque_mode=True)`` (alone or inside a chain): its update needs a ``grad_fn``."""
     return any(getattr(node, "grad_fn_from_closure", False) for node in recorded_nodes(tx))
+
+
+def _loss_value(tx: GradientTransformation, loss: Any, value: Any) -> dict[str, Any]:
+    """``{"value": the loss}`` for a transformation that reads it, else ``{}``.
+
+    A factory whose update reads ``value`` is marked ``factory.takes_loss = True``.
+    """
+    if not any(getattr(n.factory, "takes_loss", False) for n in recorded_nodes(tx)):
+        if value is not None:
+            raise TypeError(
+                "Optimizer: step(value=...) given, but this transformation reads no loss."
+            )
+        return {}
+    value = loss if value is None else value
+    if value is None:
+        raise TypeError(
+            "Optimizer: this transformation reads the loss (reduce_on_plateau, momo, polyak_sgd): "
+            "call step(closure) with a closure that returns it, or step(value=loss)."
+        )
+    # A 0-d tensor, detached: the update reads its value, and a compiled update takes it as
+    # an input without recompiling when it changes.
+    return {"value": torch.as_tensor(value).detach()}
 
 
 def _grad_fn_from(closure: Callable[[], Any] | None, groups: list[dict]) -> dict[str, Any]:

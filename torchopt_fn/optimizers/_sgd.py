@@ -241,3 +241,7 @@ def polyak_sgd(
             max_learning_rate=max_learning_rate, f_min=f_min, eps=eps, variant=variant
         ),
     )
+
+
+# The `Optimizer` adapter passes these the loss as ``value`` (from ``step(closure)``).
+polyak_sgd.takes_loss = True  # type: ignore[attr-defined]

@@ -251,3 +251,7 @@ def normalize_by_update_norm(
         ), state
 
     return GradientTransformation(empty_init, update_fn)
+
+
+# The `Optimizer` adapter passes these the loss as ``value`` (from ``step(closure)``).
+scale_by_polyak.takes_loss = True  # type: ignore[attr-defined]

@@ -22,30 +22,52 @@ def flattened_inner(tx: GradientTransformation) -> GradientTransformation | None
 
 
 # Transformations whose maths reads each tensor whole (its norm, its shape, its rows and
-# columns) or that select leaves: on one flat buffer they would compute something else.
+# columns, a per-example axis), that select leaves, or that hand the params to a user's
+# function (an objective, a gradient function): on one flat buffer they would compute
+# something else, or fail far from the cause.
 PER_TENSOR = frozenset(
     {
         "adafactor",
+        "adaptive_grad_clip",
+        "caution",
+        "cautious_adamw",
+        "cautious_lion",
         "clip_by_block_rms",
+        "differentially_private_aggregate",
+        "dpsgd",
+        "freeze",
         "fromage",
+        "galore",
+        "hutchinson_estimator_diag_hessian",
         "lamb",
         "lars",
+        "mars",
         "masked",
         "muon",
         "novograd",
         "partition",
+        "psgd_kron",
+        "sam",
         "scale_by_factored_rms",
+        "scale_by_galore",
+        "scale_by_mars",
+        "scale_by_muon",
         "scale_by_novograd",
         "scale_by_param_block_norm",
         "scale_by_param_block_rms",
+        "scale_by_psgd_kron",
+        "scale_by_shampoo",
         "scale_by_sm3",
+        "scale_by_soap",
+        "scale_by_sophia",
         "scale_by_torch_adafactor",
         "scale_by_torch_muon",
         "scale_by_trust_ratio",
         "selective_transform",
+        "shampoo",
         "sm3",
-        "freeze",
-        "adaptive_grad_clip",
+        "soap",
+        "sophia",
     }
 )
 
