@@ -843,6 +843,11 @@ TRANSFORMS: list[TxCase] = [
     # clipping
     TxCase("clip", lambda: tf.clip(0.5)),
     TxCase("clip_by_global_norm", lambda: tf.clip_by_global_norm(0.5), exact=False),
+    TxCase(
+        "clip_by_torch_global_norm",
+        lambda: tf.clip_by_torch_global_norm(0.5, norm_type=3.0),
+        exact=False,
+    ),
     TxCase("clip_by_block_rms", lambda: tf.clip_by_block_rms(0.5), exact=False),
     TxCase(
         "adaptive_grad_clip", lambda: tf.adaptive_grad_clip(0.05), needs_params=True, exact=False

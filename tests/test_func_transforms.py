@@ -10,6 +10,7 @@ differences in float64).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -343,3 +344,19 @@ def test_meta_gradient_with_an_exactly_zero_gradient_entry(make: Factory, finite
     if finite:  # and it is the true derivative
         expected = _central_difference(lambda lr: _quadratic_meta_loss(make(lr), _AT_OPTIMUM), lr)
         torch.testing.assert_close(d_lr, expected, rtol=1e-6, atol=0)
+
+
+def test_differentiating_through_adam_with_eps_root_zero_warns_of_nan_meta_gradients():
+    params = {"w": torch.tensor([1.0, 2.0])}
+
+    def meta_loss(scale: torch.Tensor, tx: tf.GradientTransformation) -> torch.Tensor:
+        grads = {"w": torch.tensor([0.0, 1.0]) * scale}  # a dead unit: a gradient of 0
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return tf.apply_updates(params, updates)["w"].sum()
+
+    with pytest.warns(UserWarning, match="eps_root=1e-8"):
+        assert torch.func.grad(meta_loss)(torch.tensor(1.0), tf.adam(0.1)).isnan()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.func.grad(meta_loss)(torch.tensor(1.0), tf.adam(0.1, eps_root=1e-8)).isfinite()
+        meta_loss(torch.tensor(1.0), tf.adam(0.1))  # no differentiation, no warning

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -515,3 +516,36 @@ def test_a_scheduler_changing_lr_every_step_keeps_the_state_layout(monkeypatch):
         _loss(model).backward()
         opt.step()
     assert "momentum_buffer" in opt.state[model[0].weight]
+
+
+def test_a_mask_function_may_return_a_plain_list_for_a_param_group():
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)).double()
+    theirs = copy.deepcopy(ours)
+    decayed = [p for p in theirs.parameters() if p.ndim > 1]
+    rest = [p for p in theirs.parameters() if p.ndim <= 1]
+    ref = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": 0.5}, {"params": rest, "weight_decay": 0.0}], lr=0.1
+    )
+    mask = lambda ps: [p.ndim > 1 for p in ps]  # noqa: E731 - a plain list, not a ParamList
+    opt = tf.Optimizer(ours.parameters(), tf.adamw(0.1, weight_decay=0.5, mask=mask))
+    x = torch.randn(8, 3, dtype=torch.float64)
+    for _ in range(5):
+        for model, o in ((ours, opt), (theirs, ref)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_global_norm_clip_over_several_param_groups_warns_that_it_clips_each_group():
+    model = torch.nn.Linear(2, 1)
+    groups = [{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}]
+    for clip in (tf.clip_by_global_norm(1.0), tf.clip_by_torch_global_norm(1.0)):
+        with pytest.warns(UserWarning, match="each group is clipped by its own norm"):
+            tf.Optimizer(groups, tf.chain(clip, tf.adamw(1e-3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tf.Optimizer(groups, tf.adamw(1e-3))
+        tf.Optimizer(model.parameters(), tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(1e-3)))

@@ -85,7 +85,7 @@ def scale_by_ademamix(
         >>> tx = tf.contrib.scale_by_ademamix(alpha=0.0)  # plain Adam's direction
         >>> u, _ = tx.update({"w": torch.tensor([2.0])}, tx.init({"w": torch.zeros(1)}))
         >>> u["w"]
-        tensor([1.0000])
+        tensor([1.])
 
     References:
         Pagliardini et al., The AdEMAMix Optimizer: Better, Faster, Older, 2024.
@@ -185,7 +185,7 @@ def scale_by_simplified_ademamix(
         >>> tx = tf.contrib.scale_by_simplified_ademamix()
         >>> u, _ = tx.update({"w": torch.tensor([2.0])}, tx.init({"w": torch.zeros(1)}))
         >>> u["w"]
-        tensor([1.])
+        tensor([1.0000])
 
     References:
         Morwani et al., Connections between Schedule-Free Optimizers, AdEMAMix, and

@@ -57,7 +57,7 @@ def scale_by_laprop(
         >>> for g in ([2.0, -1.0], [0.5, -1.0]):
         ...     u, state = tx.update({"w": torch.tensor(g)}, state)
         ...     print(u["w"])
-        tensor([ 1.0000, -1.0000])
+        tensor([ 1., -1.])
         tensor([ 0.6542, -1.0000])
 
     References:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -212,6 +213,8 @@ class Optimizer(torch.optim.Optimizer):
         except (TypeError, ValueError) as e:
             raise type(e)(f"Optimizer: param group: {e}") from e
         super().add_param_group(param_group)
+        if len(self.param_groups) == 2:
+            _warn_if_clipping_per_group(self.tx)
         if getattr(tx, "state_at_construction", False):
             # torch.optim.Adagrad creates every parameter's state here, not at its first step,
             # and reads it without a check: its checkpoints must have them all.
@@ -899,6 +902,25 @@ _NOT_PER_PARAMETER = {
 def _closure_driven(tx: GradientTransformation) -> bool:
     """``from_torch("LBFGS")``: the adapter runs torch's closure-driven algorithm itself."""
     return getattr(tx, "closure_driven", False)
+
+
+# Transformations whose maths reads all the updates it is given together.
+_GLOBAL_NORM_CLIPS = frozenset({"clip_by_global_norm", "clip_by_torch_global_norm"})
+
+
+def _warn_if_clipping_per_group(tx: GradientTransformation) -> None:
+    """Each group's update runs on its own gradients: a global-norm clip sees one group."""
+    clips = sorted({n.factory.__name__ for n in recorded_nodes(tx)} & _GLOBAL_NORM_CLIPS)
+    if clips:
+        warnings.warn(
+            f"Optimizer: {clips[0]} runs once per param group, so each group is clipped by "
+            "its own norm, where torch.nn.utils.clip_grad_norm_(model.parameters()) clips "
+            "them all by one. For torch's behaviour, call clip_grad_norm_ before step() and "
+            "leave the clip out of the transformation (or use one param group, with a mask "
+            "for the weight decay).",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _takes_grad_fn(tx: GradientTransformation) -> bool:

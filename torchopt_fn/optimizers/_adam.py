@@ -625,7 +625,7 @@ def yogi(
         ...     updates, state = tx.update(grads, state, params)
         ...     params = tf.apply_updates(params, updates)
         >>> params["w"]
-        tensor([ 0.7019, -1.7008])
+        tensor([ 0.7018, -1.7008])
 
     References:
         Zaheer et al., Adaptive Methods for Nonconvex Optimization, NeurIPS 2018.

@@ -9,6 +9,7 @@ adaptive direction, RAdam's rectifier) are written once, below, as list helpers.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -83,6 +84,25 @@ def first_moment_hat(
     return bias_correction(ops, mus, b1, count)
 
 
+def _differentiated(x: torch.Tensor) -> bool:
+    """Whether autograd or `torch.func.grad` tracks ``x`` (a meta-gradient flows through it)."""
+    return x.requires_grad or torch._C._functorch.is_gradtrackingtensor(x)
+
+
+def _warn_if_differentiated(nus: list) -> None:
+    r"""Meta-learning through $\sqrt{v}$ with $v = 0$ (a gradient that is exactly 0, a dead
+    ReLU's) differentiates $\sqrt{\cdot}$ at 0: an infinite derivative, a NaN meta-gradient."""
+    if torch.compiler.is_compiling() or not any(_differentiated(v) for v in nus):
+        return
+    warnings.warn(
+        "Differentiating through an Adam-style update with eps_root=0: where a gradient is "
+        "exactly 0 (dead ReLUs, unused embeddings), d sqrt(nu) is infinite and the "
+        "meta-gradient NaN. Pass eps_root=1e-8 (optax's advice for meta-learning).",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
 def adam_direction(
     ops: Ops,
     mus: list,
@@ -102,6 +122,7 @@ def adam_direction(
     """
     bc1, bc2, sqrt_bc2 = bias if bias is not None else (None, None, None)
     if isinstance(eps_root, float) and eps_root == 0.0:
+        _warn_if_differentiated(nus)
         denom = ops.sqrt(nus)
         if sqrt_bc2 is not None:
             denom = ops.div_(denom, sqrt_bc2)

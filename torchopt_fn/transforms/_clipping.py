@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn._base import EmptyState, GradientTransformation, Scalar, empty_init
+from torchopt_fn._branch import concrete
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_non_negative, check_positive, require_params
 from torchopt_fn.tree._flatten import tree_flatten, tree_leaves, tree_map, tree_unflatten
@@ -23,6 +24,7 @@ __all__ = [
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "clip_by_torch_global_norm",
     "per_example_global_norm_clip",
     "per_example_layer_norm_clip",
     "unitwise_clip",
@@ -105,7 +107,8 @@ def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
     References:
         Pascanu et al., On the difficulty of training recurrent neural networks, ICML 2013.
 
-    torch equivalent: `torch.nn.utils.clip_grad_norm_` (which adds 1e-6 to the norm).
+    torch equivalent: `torch.nn.utils.clip_grad_norm_` adds 1e-6 to the norm and scales
+    every gradient, clipped or not: `clip_by_torch_global_norm` follows it exactly.
     """
     check_positive("max_norm", max_norm)
 
@@ -133,6 +136,79 @@ def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
         return out, ClipByGlobalNormState(norm=norms[0].to(state.norm))
 
     return GradientTransformation(init_fn, update_fn)
+
+
+_TORCH_CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s addition to the norm
+
+
+@record_hyperparams
+def clip_by_torch_global_norm(
+    max_norm: Scalar, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> GradientTransformation:
+    r"""Clip all updates together as `torch.nn.utils.clip_grad_norm_` does.
+
+    With $N = \|(\|g^{(1)}\|_p, \dots, \|g^{(n)}\|_p)\|_p$ (each leaf's $p$-norm, then the
+    norm of those), $u_t = g_t \cdot \min(1, c / (N + 10^{-6}))$: torch's order of
+    operations, its $10^{-6}$, and its multiplication of every gradient (by exactly 1 when
+    the norm is below $c - 10^{-6}$), so a model trained with ``clip_grad_norm_`` and a
+    torch optimizer follows the same trajectory with this and the `from_torch` twin.
+    `clip_by_global_norm` is optax's (no $10^{-6}$; it differs by about $10^{-6}/N$
+    relative where it clips). The pre-clip norm $N$ is kept in the state.
+
+    Args:
+        max_norm: the bound $c > 0$.
+        norm_type: $p$: a positive number or ``float("inf")``.
+        error_if_nonfinite: raise where $N$ is NaN or infinite, as torch does. Checked
+            eagerly only (a compiled or vmapped update cannot raise on a value).
+
+    Returns:
+        A `GradientTransformation` with state `ClipByGlobalNormState`.
+
+    Raises:
+        ValueError: if ``max_norm`` or ``norm_type`` is not positive. `RuntimeError` (at
+            ``update``, eagerly) for a non-finite norm with ``error_if_nonfinite``.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.clip_by_torch_global_norm(1.0)
+        >>> u, s = tx.update({"w": torch.tensor([3.0, 4.0])}, tx.init({"w": torch.zeros(2)}))
+        >>> u["w"], s.norm
+        (tensor([0.6000, 0.8000]), tensor(5.))
+
+    torch equivalent: ``torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
+    error_if_nonfinite)`` before the optimizer's step.
+    """
+    check_positive("max_norm", max_norm)
+    check_positive("norm_type", norm_type)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        norms = []
+
+        def step(ops, gs):
+            if not gs:
+                return []
+            if ops.foreach:
+                each = list(torch._foreach_norm(gs, norm_type))
+            else:
+                each = [torch.linalg.vector_norm(g, norm_type) for g in gs]
+            device = gs[0].device if gs else None
+            total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in each]), norm_type)
+            norms.append(total)
+            known = concrete(total.isfinite()) if error_if_nonfinite else True
+            if known is False:
+                raise RuntimeError(
+                    f"clip_by_torch_global_norm: the total norm of order {norm_type} of the "
+                    "gradients is non-finite, so it cannot be clipped (error_if_nonfinite=True)."
+                )
+            coef = torch.clamp(max_norm / (total + _TORCH_CLIP_EPS), max=1.0)
+            return ops.mul(gs, ops.scalar(gs, lambda dt, dev: coef.to(dev, dt)))
+
+        out = map_leaves(step, updates, what="clip_by_torch_global_norm")
+        norm = norms[0].to(state.norm) if norms else state.norm
+        return out, ClipByGlobalNormState(norm=norm)
+
+    return GradientTransformation(clip_by_global_norm(1.0).init, update_fn)
 
 
 @record_hyperparams

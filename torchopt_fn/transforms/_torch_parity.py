@@ -346,7 +346,7 @@ def scale_by_torch_nadam(
         >>> tx = tf.scale_by_torch_nadam()
         >>> u, _ = tx.update({"w": torch.tensor([2.0, -3.0])}, tx.init({"w": torch.zeros(2)}))
         >>> u["w"]
-        tensor([ 1.0564, -1.0564])
+        tensor([ 1.0565, -1.0565])
 
     References:
         Dozat, Incorporating Nesterov Momentum into Adam, ICLR workshop 2016.

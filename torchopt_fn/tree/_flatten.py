@@ -343,9 +343,14 @@ def _mismatch_error(reference: Tree, other: Tree, what: str) -> ValueError:
 def flatten_like(spec: TreeSpec, reference: Tree, other: Tree, what: str) -> list[Any]:
     """The subtrees of ``other`` at the leaves of ``spec`` (the structure of ``reference``).
 
+    A plain list or tuple stands for the `ParamList` the `Optimizer` adapter passes (a mask
+    function over a param group may return one).
+
     Raises:
         ValueError: naming the first path where ``other`` differs from ``reference``.
     """
+    if isinstance(reference, ParamList) and type(other) in (list, tuple):
+        other = ParamList(other)
     try:
         return spec.flatten_up_to(other)
     except (ValueError, TypeError) as e:

@@ -285,8 +285,10 @@ class Ops:
     def scalar(self, xs: list, make: Callable[..., Any], *args: Any) -> Any:
         """A step-dependent scalar for ``xs``: ``make(*args, dtype, device)`` once per kind of leaf.
 
-        The dtype is the leaf's promoted to at least float32 (`compute_dtype`), so float64
-        leaves get float64 bias corrections and half-precision leaves float32 ones. Every
+        ``make`` computes in float64 (where the device has it) and its results are rounded
+        once to the leaf's dtype promoted to at least float32 (`compute_dtype`), as torch.optim
+        computes ``1 - beta ** t`` and ``lr / (1 - beta ** t)`` in Python floats: a float32
+        ``0.999 ** t`` alone would be off by 1e-8 relative, tens of ulps in the update. Every
         tensor ``make`` returns goes through `step_scalar`, so a compiled step computes it
         once. The result is one value where all leaves share a kind, else a list.
 
@@ -311,14 +313,14 @@ class Ops:
                 return made
             return tuple([] for _ in made) if isinstance(made, tuple) else []
         if len(kinds) == 1 and True not in per_leaf:
-            return _step_scalars(make(*args, *next(iter(kinds))))
+            return _step_scalars(_made_once(make, args, *next(iter(kinds))))
         out: list[Any] = [None] * len(xs)
         for (dtype, device), idx in kinds.items():
             values = [
                 torch.stack([a[i] for i in idx]).to(device) if leafwise else a
                 for a, leafwise in zip(args, per_leaf)
             ]
-            made = _step_scalars(make(*values, dtype, device))
+            made = _step_scalars(_made_once(make, values, dtype, device))
             if True not in per_leaf:
                 for i in idx:
                     out[i] = made
@@ -327,6 +329,23 @@ class Ops:
             for i, row in zip(idx, rows):
                 out[i] = row
         return tuple(columns(out, len(out[0]))) if isinstance(out[0], tuple) else out
+
+
+def _made_once(
+    make: Callable[..., Any], args: Any, dtype: torch.dtype, device: torch.device
+) -> Any:
+    """``make(*args, float64, device)`` rounded once to ``dtype`` (see `Ops.scalar`)."""
+    if dtype == torch.float64 or device.type == "mps":  # MPS has no float64
+        return make(*args, dtype, device)
+    return _cast_floats(make(*args, torch.float64, device), dtype)
+
+
+def _cast_floats(made: Any, dtype: torch.dtype) -> Any:
+    if isinstance(made, tuple):
+        return tuple(_cast_floats(m, dtype) for m in made)
+    if isinstance(made, torch.Tensor) and made.is_floating_point():
+        return made.to(dtype)
+    return made
 
 
 def collapse(a: Any) -> Any:
