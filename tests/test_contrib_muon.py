@@ -99,3 +99,22 @@ def test_scale_by_muon_names_a_leaf_that_is_not_a_matrix():
         tf.contrib.scale_by_muon().init({"b": torch.zeros(3)})
     with pytest.raises(ValueError, match="disjoint"):
         tf.contrib.scale_by_muon(weight_dimension_numbers=MDN(0, -2)).init({"w": torch.zeros(2, 3)})
+
+
+def test_muon_takes_torch_linear_layout_as_one_value_or_a_function_of_the_params():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Linear(8, 2)).double()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    grads = tf.tree_map(torch.ones_like, params)
+    one = MDN(reduction_axis=1, output_axis=0)  # nn.Linear's (out, in)
+    results = []
+    for dims in (one, lambda ps: tf.tree_map(lambda p: one if p.ndim == 2 else None, ps)):
+        tx = tf.contrib.muon(0.1, muon_weight_dimension_numbers=dims)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        results.append(updates)
+    tf.tree_map(torch.testing.assert_close, *results)
+    # the up-projection (fan-in 2, fan-out 8) gets the ratio sqrt(8 / 2) = 2, the down one 1
+    up, down = results[0]["0.weight"], results[0]["1.weight"]
+    mu_hat = (0.95 / 1.95 + 1.0) * grads["0.weight"]  # Nesterov's first bias-corrected step
+    ortho = tf.contrib.orthogonalize_via_newton_schulz(mu_hat, dimension_numbers=one)
+    torch.testing.assert_close(up, -0.1 * 2.0 * ortho)
+    assert up.abs().max() > down.abs().max()

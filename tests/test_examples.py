@@ -76,3 +76,17 @@ def test_maml_sine_quick_beats_the_no_meta_baseline(inner: str):
     assert meta_losses[-1] < meta_losses[0]
     maml, baseline = re.search(r"MAML ([\d.]+) vs no-meta baseline ([\d.]+)", out).groups()
     assert float(maml) < float(baseline)
+
+
+def test_research_optimizers_quick_trains_all_five_and_saves_the_plot(tmp_path):
+    out = run_example("research_optimizers.py", "--quick", "--out", str(tmp_path))
+    rows = re.findall(r"^\| (\w+) \| ([\d.]+) \| ([\d.]+) \|", out, re.MULTILINE)
+    names = ["adamw", "muon", "soap", "schedule_free_adamw", "psgd_kron"]
+    assert [name for name, _, _ in rows] == names
+    # A dozen steps on a tiny model: every optimizer lowers the validation loss, and AdamW
+    # gets below ln(256), the loss of uniform bytes.
+    start = float(re.search(r"step +0  val: adamw ([\d.]+)", out).group(1))
+    assert all(float(val) < start for _, _, val in rows)
+    assert float(rows[0][2]) < math.log(256)
+    png = tmp_path / "research_optimizers.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

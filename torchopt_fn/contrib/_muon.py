@@ -267,11 +267,21 @@ def _leaf_dims(weight_dimension_numbers: WeightDimNumOrFn | None, tree: Any) -> 
     """One `MuonDimensionNumbers` (or `None`) per leaf of ``tree`` (`tree_leaves` order).
 
     A tree of dimension numbers may be a prefix of ``tree``: a subtree gets its node's value.
-    Where ``tree`` holds a `MaskedNode` (another transformation's leaf), it holds no leaf.
+    Where ``tree`` holds a `MaskedNode` (another transformation's leaf), it holds no leaf; a
+    function of the params is called with an empty tensor standing in for it, so that it
+    can read ``p.ndim`` and ``p.shape`` everywhere.
     """
     dims = weight_dimension_numbers
     if callable(dims) and not isinstance(dims, MuonDimensionNumbers):
-        dims = dims(tree)
+        dims = dims(
+            optree.tree_map(
+                lambda x: _PLACEHOLDER if isinstance(x, MaskedNode) else x,
+                tree,
+                is_leaf=lambda x: isinstance(x, MaskedNode),
+                none_is_leaf=True,
+                namespace=NAMESPACE,
+            )
+        )
     if _is_dims_leaf(dims):
         return [dims] * len(tree_leaves(tree))
     out: list = []
@@ -284,6 +294,9 @@ def _leaf_dims(weight_dimension_numbers: WeightDimNumOrFn | None, tree: Any) -> 
         namespace=NAMESPACE,
     )
     return out
+
+
+_PLACEHOLDER = torch.empty(0, device="meta")  # a masked-out leaf, seen by a dims function
 
 
 def _live_layouts(updates: Any, dims: WeightDimNumOrFn | None, what: str) -> list:
@@ -457,8 +470,9 @@ def muon(
 ) -> GradientTransformation:
     r"""Muon for the matrices of a model, AdamW for the rest: one call for a whole model.
 
-    A leaf goes to Muon when it is 2-D (``muon_weight_dimension_numbers=None``) or when its
-    dimension numbers are not `None`; every other leaf (biases, norms' scales, and whatever
+    A leaf goes to Muon when it is 2-D (``muon_weight_dimension_numbers`` `None` or one
+    `MuonDimensionNumbers`) or when its dimension numbers in a tree are not `None`; every
+    other leaf (biases, norms' scales, and whatever
     the dimension numbers mark `None`: embeddings, heads) goes to `tf.adamw` with the
     ``adam_*`` arguments, ``eps``, ``mu_dtype`` and ``nesterov``. Muon's leaves get
     `scale_by_muon`, its shape ratio ($\sqrt{\max(1, n/m)}$ for fan-in $m$ and fan-out $n$,
@@ -484,9 +498,13 @@ def muon(
         adam_eps_root: AdamW's $\epsilon_{root}$.
         adam_weight_decay: AdamW's weight decay.
         adam_learning_rate: AdamW's learning rate (default: ``learning_rate``).
-        muon_weight_dimension_numbers: a tree (or a function of the params giving one) of
-            `MuonDimensionNumbers` for Muon's leaves and `None` for AdamW's; a node may stand
-            for a whole subtree.
+        muon_weight_dimension_numbers: one `MuonDimensionNumbers` for every 2-D leaf, or a
+            tree (or a function of the params giving one) of them for Muon's leaves and
+            `None` for AdamW's; a node may stand for a whole subtree. optax's default,
+            rows = axis 0 (fan-in), suits ``x @ W``; torch's `torch.nn.Linear` keeps
+            ``(out, in)``: pass ``MuonDimensionNumbers(1, 0)`` so that the shape ratio
+            reads fan-in and fan-out the right way round (the orthogonalisation itself is
+            the same either way).
         consistent_rms: $r$ above, or `None` for the width-transfer ratio.
 
     Returns:
@@ -524,13 +542,13 @@ def muon(
 
     def param_labels(params: Params) -> Any:
         leaves, spec = tree_flatten(params)
-        if dims is None:
+        if dims is None or isinstance(dims, MuonDimensionNumbers):
             labels = ["muon" if p is not None and p.dim() == 2 else "adam" for p in leaves]
         else:
             labels = ["adam" if d is None else "muon" for d in _leaf_dims(dims, params)]
         return tree_unflatten(spec, labels)
 
-    muon_dims = MuonDimensionNumbers() if dims is None else dims
+    muon_dims = MuonDimensionNumbers() if dims is None else dims  # one value: every matrix
     return partition(
         {
             "muon": chain(

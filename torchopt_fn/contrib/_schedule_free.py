@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import optree
 import torch
 
 from torchopt_fn._base import (
@@ -21,7 +22,7 @@ from torchopt_fn.schedules import warmup_constant_schedule
 from torchopt_fn.transforms._adding import add_decayed_weights
 from torchopt_fn.transforms._rms import scale_by_rms
 from torchopt_fn.transforms._scaling import scale_by_learning_rate
-from torchopt_fn.tree._flatten import tree_map
+from torchopt_fn.tree._flatten import NAMESPACE, tree_map
 from torchopt_fn.tree._math import tree_dtype
 from torchopt_fn.tree._ops import map_leaves
 
@@ -68,9 +69,11 @@ def schedule_free_eval_params(state: Any, params: Params) -> Params:
 
     Training runs at the interpolated point $y$; the averaged iterate $x$ is what
     Schedule-Free converges. `Optimizer.eval` swaps a model to it (and `train` back).
+    ``state`` is a `ScheduleFreeState`, or any state holding exactly one (the state of
+    ``chain(clip_by_global_norm(1.0), schedule_free_adamw(...))``, say).
 
     Raises:
-        ValueError: if ``state`` is not a `ScheduleFreeState`.
+        ValueError: if ``state`` holds no `ScheduleFreeState`, or several.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -80,9 +83,22 @@ def schedule_free_eval_params(state: Any, params: Params) -> Params:
         >>> tf.contrib.schedule_free_eval_params(state, params)["w"]
         tensor([1.])
     """
-    b1, z = getattr(state, "b1", None), getattr(state, "z", None)
-    if b1 is None or z is None:
-        raise ValueError("schedule_free_eval_params requires a ScheduleFreeState as input.")
+    found = [
+        node
+        for node in optree.tree_leaves(
+            state,
+            is_leaf=lambda x: isinstance(x, ScheduleFreeState),
+            none_is_leaf=True,
+            namespace=NAMESPACE,
+        )
+        if isinstance(node, ScheduleFreeState)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            "schedule_free_eval_params requires a state holding one ScheduleFreeState, "
+            f"found {len(found)}."
+        )
+    b1, z = found[0].b1, found[0].z
     return tree_map(lambda y, zi: ((y - (1.0 - b1) * zi) / b1).to(y.dtype), params, z)
 
 
