@@ -252,11 +252,12 @@ def scale_by_galore(
       float64 gradients; optax always decomposes in float32, so where its signs stay, the
       two agree to float32 rounding (measured: within 1e-5 relative).
 
-    Eagerly the SVD runs only on refresh steps; compiled (``fullgraph=True``) or under
-    `torch.func.vmap` it runs on every step and ``torch.where`` keeps the old projector (one
-    graph, no recompiles), as ``lax.cond`` does under ``vmap``. A non-finite gradient on a
-    refresh step gives a NaN projector, hence NaN updates (optax's result), not LAPACK's
-    error, so `apply_if_finite` can skip the step.
+    The SVD runs only on refresh steps, eagerly and compiled (a ``torch.cond`` in the one
+    graph of all steps, see `branch`); under `torch.func` transforms, or compiled with
+    gradients flowing into the updates, it runs on every step and ``torch.where`` keeps the
+    old projector (one graph, no recompiles), as ``lax.cond`` does under ``vmap``. A
+    non-finite gradient on a refresh step gives a NaN projector, hence NaN updates (optax's
+    result), not LAPACK's error, so `apply_if_finite` can skip the step.
 
     Args:
         rank: the target rank $r$ (clipped to $\min(m, n)$), a positive int.
@@ -352,7 +353,7 @@ def scale_by_galore(
         old = [projectors[i] for i in live]
         ms = [mats[i] for i in live]
 
-        def refreshed() -> list[torch.Tensor]:
+        def refreshed(gs: list[torch.Tensor], old: list[torch.Tensor]) -> list[torch.Tensor]:
             # Matrices of rank 0 (a zero-size leaf) have nothing to decompose.
             todo = [k for k, m in enumerate(ms) if m.rank > 0]
             new = _svd_projectors(
@@ -365,7 +366,8 @@ def scale_by_galore(
                 out[k] = p.to(old[k].dtype).clone(memory_format=torch.contiguous_format)
             return out
 
-        new = branch(state.count % update_proj_gap == 0, refreshed, lambda: old) if live else []
+        due = state.count % update_proj_gap == 0
+        new = branch(due, refreshed, lambda _, old: old, gs, old, lazy=True) if live else []
         low_rank = list(leaves)
         new_projectors = list(projectors)
         for i, g, p, mat in zip(live, gs, new, ms):

@@ -407,7 +407,10 @@ def scale_by_psgd_kron(
     reproducible from ``seed``, the same compiled or eager, and under `torch.func.vmap`
     different per member when the states' ``rng_key`` differ. The draws are this library's,
     not torch's or JAX's random streams. Leaves of one shape and dtype are fit and
-    preconditioned as one batch.
+    preconditioned as one batch. The fit runs only on the steps that fit, eagerly and compiled
+    (a ``torch.cond`` in the one graph of all steps, see `branch`); under `torch.func`
+    transforms, or compiled with gradients flowing into the momentum, it is computed every
+    step and selected.
 
     Differences from kron (kron_torch 0.3 / psgd_jax 0.2), on purpose: which steps fit $Q$ is
     a coin with probability $p_t$ (Li's PSGD and the earlier kron) where kron now fits every
@@ -513,9 +516,6 @@ def scale_by_psgd_kron(
             if g is not None
         ]
 
-        def probe(leaves: list[int], like: torch.Tensor) -> torch.Tensor:
-            return _probe(step_word, leaves, like.shape[1:], like.dtype)
-
         def step(ops, gs, mus, qss):
             mus = moment(ops, gs, mus, b1, 1)
             out = [torch.zeros_like(g) for g in gs]  # zero-size leaves: nothing to do
@@ -538,18 +538,32 @@ def scale_by_psgd_kron(
                     inputs.append(torch.stack([gs[k] for k in ks]).to(dtype).reshape(shape))
                 factors.append([torch.stack(q) for q in zip(*(qss[k] for k in ks))])
 
-            def fit() -> list[list[torch.Tensor]]:
+            # A lazy branch (it runs only when the coin says so, compiled too) whose tensors
+            # all come in as operands.
+            def fit(
+                factors: list, inputs: list, step: torch.Tensor, balance: torch.Tensor, lr: Scalar
+            ) -> list:
                 balanced = branch(
-                    do_balance,
+                    balance,
                     lambda: [_balanced(qs) if len(qs) > 1 else qs for qs in factors],
                     lambda: factors,
                 )
                 return [
-                    _fit_step(qs, h, probe([words[k] for k in ks], h), precond_lr)
+                    _fit_step(qs, h, _probe(step, [words[k] for k in ks], h.shape[1:], h.dtype), lr)
                     for qs, h, ks in zip(balanced, inputs, members)
                 ]
 
-            fitted = branch(do_fit, fit, lambda: factors)
+            fitted = branch(
+                do_fit,
+                fit,
+                lambda factors, *_: factors,
+                factors,
+                inputs,
+                step_word,
+                do_balance,
+                precond_lr,
+                lazy=True,
+            )
             for ks, qs, m in zip(members, fitted, momenta):
                 u = _clipped(_precondition(qs, m))
                 for i, k in enumerate(ks):

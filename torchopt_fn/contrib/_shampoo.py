@@ -208,8 +208,9 @@ def scale_by_shampoo(
     ``start_preconditioning_step`` the grafted step is used as it is (``"none"``: $\hat m_t$).
 
     Leaves of one shape and dtype are stacked: statistics, ``eigh`` and products run batched.
-    Under `torch.compile` (and `torch.func.vmap`) the root refresh is computed every step and
-    selected, so one graph serves all steps; eagerly it runs only on refresh steps.
+    The roots are recomputed only on refresh steps, eagerly and compiled (a ``torch.cond`` in
+    the one graph of all steps, see `branch`); under `torch.func` transforms, or compiled with
+    gradients flowing into the factors, they are computed every step and selected.
 
     Differences from Distributed Shampoo: an axis longer than ``max_preconditioner_dim`` gets
     no factor (it blocks the tensor instead), small axes are not merged, and the roots start as
@@ -333,18 +334,22 @@ def scale_by_shampoo(
                 unstack_lists(fs, idx, new_factors)
                 packs.append((idx, shape, axes, dtype, fs, rs, filtered, grafted))
 
-            def recompute() -> list:
+            # A lazy branch (it runs only on refresh steps, compiled too) over the factors.
+            fss, rss = [pack[4] for pack in packs], [pack[5] for pack in packs]
+            kinds = [(root_of(shape), dtype) for _, shape, _, dtype, *_ in packs]
+
+            def recompute(fss: list, _: list, t: torch.Tensor, b2: Scalar, eps: Scalar) -> list:
                 return [
                     [
-                        inverse_root(f / bias(b2, t, dtype), root_of(shape), eps)
-                        if use_bias_correction
-                        else inverse_root(f, root_of(shape), eps)
+                        inverse_root(f / bias(b2, t, dtype) if use_bias_correction else f, r, eps)
                         for f in fs
                     ]
-                    for _, shape, _, dtype, fs, _, _, _ in packs
+                    for fs, (r, dtype) in zip(fss, kinds)
                 ]
 
-            rs_all = branch(refresh, recompute, lambda: [pack[5] for pack in packs])
+            rs_all = branch(
+                refresh, recompute, lambda _, rss, *__: rss, fss, rss, t, b2, eps, lazy=True
+            )
 
             def shampoo_dirs() -> list:
                 dirs = []

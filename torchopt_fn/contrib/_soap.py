@@ -15,7 +15,7 @@ from torchopt_fn._base import (
     params_device,
     value_at,
 )
-from torchopt_fn._branch import branch
+from torchopt_fn._branch import branch, concrete
 from torchopt_fn._combine import chain
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._scalar import step_scalar
@@ -49,19 +49,38 @@ def _eigenbasis(s: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigh(s).eigenvectors.flip(-1).contiguous()
 
 
-def _power_step(
-    s: torch.Tensor, q: torch.Tensor, nu: torch.Tensor, axis: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _power_step(s: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""One QR power iteration $Q' = \mathrm{qr}(S Q)$ from the basis sorted by its estimated
-    eigenvalues $\mathrm{diag}(Q^\top S Q)$ (decreasing), and ``nu`` permuted to match along
-    ``axis`` of the leaf (``nu`` is stacked: its axis ``axis + 1``)."""
+    eigenvalues $\mathrm{diag}(Q^\top S Q)$ (decreasing), and that order of the columns."""
     estimates = (q * (s @ q)).sum(dim=-2)
     order = torch.argsort(estimates, dim=-1, descending=True, stable=True)
     q = q.gather(-1, order.unsqueeze(-2).expand(q.shape))
+    return torch.linalg.qr(s @ q).Q.contiguous(), order
+
+
+def _kept(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The basis ``q`` unchanged, and the identity order of its columns."""
+    n, d = q.shape[0], q.shape[-1]
+    return q, torch.arange(d, device=q.device).expand(n, d)
+
+
+def _permuted(nu: torch.Tensor, order: torch.Tensor, axis: int) -> torch.Tensor:
+    """The stacked ``nu`` permuted along ``axis`` of the leaf (its axis ``axis + 1``)."""
     view = [1] * nu.dim()
     view[0], view[axis + 1] = order.shape[0], order.shape[1]
-    nu = nu.gather(axis + 1, order.reshape(view).expand(nu.shape))
-    return torch.linalg.qr(s @ q).Q.contiguous(), nu
+    return nu.gather(axis + 1, order.reshape(view).expand(nu.shape))
+
+
+def _eigenbases(fss: list[list[torch.Tensor]], _: Any) -> list[list[torch.Tensor]]:
+    return [[_eigenbasis(f) for f in fs] for fs in fss]
+
+
+def _power_steps(fss: list[list[torch.Tensor]], qss: list[list[torch.Tensor]]) -> list:
+    return [[_power_step(f, q) for f, q in zip(fs, qs)] for fs, qs in zip(fss, qss)]
+
+
+def _kept_bases(_: Any, qss: list[list[torch.Tensor]]) -> list:
+    return [[_kept(q) for q in qs] for qs in qss]
 
 
 class SOAPState(NamedTuple):
@@ -116,9 +135,10 @@ def scale_by_soap(
     Axes longer than ``max_precond_dim`` keep the identity; so do vectors unless
     ``precondition_1d`` (and 0-d leaves): there SOAP is Adam. ``normalize_grads`` divides
     each leaf's direction by its RMS. Leaves of one shape and dtype are stacked: their
-    statistics, ``eigh``, QR and products run batched. Under `torch.compile` and
-    `torch.func.vmap` the first step's ``eigh`` and the refresh are computed every step and
-    selected, so one graph serves all steps; eagerly they run only when due.
+    statistics, ``eigh``, QR and products run batched. The first step's ``eigh`` and the
+    refresh run only when due, eagerly and compiled (a ``torch.cond`` in the one graph of all
+    steps, see `branch`); under `torch.func` transforms, or compiled with gradients flowing
+    into the factors, they are computed every step and selected.
 
     As in the authors' code; here $m$ is kept in the parameters' basis (theirs is rotated
     with each new basis: the same values) and factors and bases are kept in at least float32
@@ -217,15 +237,17 @@ def scale_by_soap(
                 unstack_lists(fs, idx, new_factors)
                 packs.append((idx, axes, dtype, g, fs, qs, mu, nu))
 
+            # The decompositions are lazy branches (run only when due, compiled too) over the
+            # factors and bases alone; the moments are selected outside them.
+            fss, qss = [pack[4] for pack in packs], [pack[5] for pack in packs]
+            qss = branch(first, _eigenbases, lambda _, qss: qss, fss, qss, lazy=True)
+
             def start() -> list:
-                return [
-                    (torch.zeros_like(g), mu, nu, [_eigenbasis(f) for f in fs])
-                    for _, _, _, g, fs, _, mu, nu in packs
-                ]
+                return [(torch.zeros_like(g), mu, nu) for _, _, _, g, _, _, mu, nu in packs]
 
             def adam() -> list:
                 moved = []
-                for _, axes, dtype, g, _, qs, mu, nu in packs:
+                for (_, axes, dtype, g, _, _, mu, nu), qs in zip(packs, qss):
                     mu = b1 * mu + (1 - b1) * g
                     rotated = along_axes(g, qs, axes)
                     nu = b2 * nu + (1 - b2) * rotated * rotated
@@ -235,26 +257,20 @@ def scale_by_soap(
                         rms = member_norms(d) / math.sqrt(max(d[0].numel(), 1))
                         d = d / (1e-30 + rms)
                     moved.append((d * scale(dtype), mu, nu))
+                return moved
 
-                def power_steps() -> list:
-                    out = []
-                    for (_, axes, _, _, fs, qs, _, _), (_, _, nu) in zip(packs, moved):
-                        new_qs = []
-                        for f, q, a in zip(fs, qs, axes):
-                            q, nu = _power_step(f, q, nu, a)
-                            new_qs.append(q)
-                        out.append((nu, new_qs))
-                    return out
-
-                kept = [(nu, pack[5]) for pack, (_, _, nu) in zip(packs, moved)]
-                renewed = branch(refresh, power_steps, lambda: kept)
-                return [(d, mu, nu, qs) for (d, mu, _), (nu, qs) in zip(moved, renewed)]
-
-            for (idx, *_), (d, mu, nu, qs) in zip(packs, branch(first, start, adam)):
+            renewed = branch(refresh, _power_steps, _kept_bases, fss, qss, lazy=True)
+            due = concrete(refresh) is not False  # traced: the identity order when not due
+            for (idx, axes, *_), (d, mu, nu), steps in zip(
+                packs, branch(first, start, adam), renewed
+            ):
+                if due:
+                    for (_, order), a in zip(steps, axes):
+                        nu = _permuted(nu, order, a)
                 unstack(d, idx, out)
                 unstack(mu, idx, new_mu)
                 unstack(nu, idx, new_nu)
-                unstack_lists(qs, idx, new_bases)
+                unstack_lists([q for q, _ in steps], idx, new_bases)
             return out, new_mu, new_nu, new_factors, new_bases
 
         def statistics(shape: Sequence[int]) -> list[tuple[int, int]]:
