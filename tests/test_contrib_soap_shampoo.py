@@ -496,3 +496,15 @@ def test_leaves_of_one_shape_are_batched_and_equal_to_separate_runs():
                 u, s = tx.update({k: g[k]}, s)
                 alone.append(u[k])
             assert_trees_close([u[k] for u in together], alone, rtol=1e-12, atol=1e-15)
+
+
+def test_soap_decays_only_the_masked_leaves():
+    params = {"w": torch.ones(2, 2, dtype=torch.float64), "b": torch.ones(2, dtype=torch.float64)}
+    zero = tf.tree_map(torch.zeros_like, params)
+    tx = soap(0.1, weight_decay=0.5, mask={"w": True, "b": False})
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(zero, state, params)
+        params = tf.apply_updates(params, updates)
+    assert (params["w"] < 1).all()
+    torch.testing.assert_close(params["b"], torch.ones(2, dtype=torch.float64))

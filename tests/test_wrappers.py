@@ -450,3 +450,20 @@ def test_schedule_free_in_the_optimizer_swaps_to_the_average_for_eval():
     opt.train()
     for k, v in model.named_parameters():
         torch.testing.assert_close(v.detach(), trained[k], rtol=1e-12, atol=1e-14)
+
+
+def test_schedule_free_adamw_decays_only_the_masked_leaves_and_evaluates_through_a_chain():
+    params = {"w": torch.ones(2, 2, dtype=F64), "b": torch.ones(2, dtype=F64)}
+    zero = tf.tree_map(torch.zeros_like, params)
+    tx = tf.chain(
+        tf.clip_by_global_norm(1.0),
+        tf.contrib.schedule_free_adamw(0.1, weight_decay=0.5, mask={"w": True, "b": False}),
+    )
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(zero, state, params)
+        params = tf.apply_updates(params, updates)
+    assert (params["w"] < 1).all()
+    torch.testing.assert_close(params["b"], torch.ones(2, dtype=F64))
+    evaluated = tf.contrib.schedule_free_eval_params(state, params)  # found inside the chain
+    torch.testing.assert_close(evaluated["b"], torch.ones(2, dtype=F64))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import optree
@@ -233,9 +234,27 @@ def schedule_free_adamw(
     weight_decay: Scalar = 0.0,
     weight_lr_power: Scalar = 2.0,
     state_dtype: torch.dtype | None = None,
+    *,
+    mask: Any | Callable[[Params], Any] | None = None,
 ) -> GradientTransformation:
     """Schedule-Free AdamW: `schedule_free` around RMS scaling (bias-corrected), decoupled
     weight decay and the learning rate (the momentum is Schedule-Free's interpolation).
+
+    Args:
+        learning_rate: the peak learning rate (a number: Schedule-Free needs no schedule).
+        warmup_steps: a linear warmup of the learning rate over this many steps, or `None`.
+        b1: the interpolation $\beta$ between the average and the base iterate.
+        b2: the decay of the second moment.
+        eps: added to the root of the second moment.
+        weight_decay: decoupled weight decay (times the learning rate).
+        weight_lr_power: the averaging weights are the learning rate to this power.
+        state_dtype: the dtype of ``z`` (default: the params').
+        mask: which leaves the weight decay applies to (a tree of bools, or a function of
+            the params giving one), as in `tf.adamw`; beyond optax's arguments.
+
+    Returns:
+        A `GradientTransformation` with state `ScheduleFreeState`; ``update`` needs
+        ``params``. Evaluate at `schedule_free_eval_params`.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -247,7 +266,7 @@ def schedule_free_adamw(
     lr = _warmed_up(learning_rate, warmup_steps)
     optimizer = chain(
         scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
-        add_decayed_weights(weight_decay),
+        add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(lr),
     )
     return schedule_free(optimizer, lr, b1, weight_lr_power, state_dtype)

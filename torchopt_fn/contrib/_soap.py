@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from torchopt_fn._base import (
     GradientTransformation,
+    Params,
     Scalar,
     ScalarOrSchedule,
     params_device,
@@ -305,6 +306,8 @@ def soap(
     precondition_1d: bool = False,
     normalize_grads: bool = False,
     correct_bias: bool = True,
+    *,
+    mask: Any | Callable[[Params], Any] | None = None,
 ) -> GradientTransformation:
     r"""SOAP: `scale_by_soap`, decoupled weight decay, then ``-learning_rate``.
 
@@ -320,6 +323,8 @@ def soap(
         learning_rate: $\eta_t$: a float, a 0-d tensor or a schedule of the step count.
         weight_decay: $\lambda \ge 0$, decoupled (multiplied by the learning rate): a float, a
             0-d tensor or a schedule of the step count.
+        mask: which leaves the weight decay applies to (a tree of bools, or a function of
+            the params giving one), as in `tf.adamw`.
         **others: as `scale_by_soap`.
 
     Returns:
@@ -362,6 +367,6 @@ def soap(
             normalize_grads,
             correct_bias,
         ),
-        add_decayed_weights(decay_after_the_first_step),
+        add_decayed_weights(decay_after_the_first_step, mask),
         scale_by_learning_rate(learning_rate),
     )
