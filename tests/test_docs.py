@@ -135,3 +135,9 @@ def test_every_contrib_name_has_examples_and_its_doctests_pass():
         for test in finder.find(obj, name, globs={}):
             runner.run(test)
         assert runner.failures == 0, name
+
+
+def test_contrib_has_every_public_name_of_optax_contrib():
+    names = json.loads(load_gen_api().OPTAX_NAMES.read_text())["optax.contrib"]
+    missing = [n for n in names if n not in tf.contrib.__all__]
+    assert not missing, f"optax.contrib names missing from tf.contrib: {missing}"
