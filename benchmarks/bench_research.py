@@ -2,10 +2,14 @@
 
 Times one optimizer step (update + apply) of each contender on a transformer-shaped workload
 (bench_step.py's W1, or Q with ``--quick``), `tf.adamw` as the baseline, and prints one markdown
-table per workload: median and mean step time, ratios, state size, the first call of the
-compiled contenders (traces, compiles and runs one step; not part of the step times) and the
-graphs compiled after it (0: no recompiles). The contenders of one optimizer run interleaved,
-in a fresh random order each repetition, as in bench_step.py.
+table per workload: the median step (for SOAP, Shampoo and PSGD Kron, a step without a refresh)
+and the mean (the refreshes spread over the steps), ratios to AdamW run the same way and to the
+fastest contender, state size, the first call of the compiled contenders (it traces, compiles
+and runs one step; it is not part of the step times) and the graphs compiled after it, with the
+time of the steps that compiled them (0: no recompiles). The contenders of one optimizer run
+interleaved, in a fresh random order each repetition, as in bench_step.py; each optimizer
+starts from a fresh Dynamo (`torch._dynamo.reset`). A contender that raises is reported in its
+row ("failed at step N") and the others go on.
 
 - ``tf eager``: ``tx.update`` + `tf.apply_updates_`;
 - ``tf compile_step``: `tf.compile_step(tx)` (``fullgraph=True``: a graph break would raise);
@@ -13,16 +17,21 @@ in a fresh random order each repetition, as in bench_step.py.
 - for Muon: `torch.optim.Muon` on the matrices with `torch.optim.AdamW` (fused) on the rest,
   and the same pair through `tf.Optimizer(tf.from_torch(...))`, which iterates in bfloat16 one
   matrix at a time exactly as torch does (`tf.contrib.muon` iterates in the leaves' dtype,
-  float32 here, with the same coefficients, all same-shape matrices as one batch);
+  float32 here, with the same coefficients, all same-shape matrices as one batch; it has no
+  switch to turn the batching off, so only batched numbers are measured);
 - heavyball's classes when ``import heavyball`` works (``AdamW``, ``MuonAdamW``, ``SOAP``,
-  ``KLShampoo``, ``PSGDKron``, their defaults apart from the hyperparameters below).
+  ``KLShampoo``, ``PSGDKron``, their defaults apart from the hyperparameters below). heavyball
+  compiles its inner functions itself; with ``--no-compile`` or ``--quick`` it runs them
+  uncompiled.
 
-    python benchmarks/bench_research.py --quick                     # Q, about a minute
-    python benchmarks/bench_research.py --threads 1                 # W1, every optimizer
+    python benchmarks/bench_research.py --quick          # Q, eager only: about 10 s
+    python benchmarks/bench_research.py --threads 1      # W1, compiled too: about 20 min cold
     python benchmarks/bench_research.py --optimizers muon,soap --no-compile
-    PYTHONPATH=. /tmp/hbenv/bin/python benchmarks/bench_research.py  # with heavyball
+    PYTHONPATH=. path/to/env-with-heavyball/bin/python benchmarks/bench_research.py --threads 1
 
-See benchmarks/README.md for what is measured and how; timings are never asserted.
+Compiling on a small CPU is slow (cold, one thread: 1-3 minutes per optimizer on W1, and Q is
+not much faster): the first calls are printed as they finish. See benchmarks/README.md for the
+method shared with bench_step.py; timings are never asserted.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import random
 import statistics
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -360,6 +370,8 @@ class Result:
     state_bytes: int = 0
     later_graphs: int = 0  # graphs compiled after the first call
     later_compile_s: float = 0.0  # wall time of the steps that compiled them
+    steps: int = 0  # steps run so far, the first call included
+    error: str | None = None  # why the contender stopped, if it did
 
     @property
     def median(self) -> float:
@@ -377,10 +389,18 @@ def _timed_step(runner: Runner, result: Result) -> float:
     start = time.perf_counter()
     runner.step()
     seconds = time.perf_counter() - start
+    result.steps += 1
     if _graphs() > before:
         result.later_graphs += _graphs() - before
         result.later_compile_s += seconds
     return seconds
+
+
+def _failed(result: Result, error: Exception) -> None:
+    traceback.print_exc()
+    message = (str(error).strip().splitlines() or [""])[0][:100]
+    result.error = f"failed at step {result.steps + 1}: {type(error).__name__}: {message}"
+    print(f"    {result.contender.name}: {result.error}", file=sys.stderr, flush=True)
 
 
 def run_case(
@@ -404,19 +424,30 @@ def run_case(
     results: dict[str, Result] = {}
     for case in cases:
         print(f"  setting up {opt} / {case.name} ...", file=sys.stderr, flush=True)
-        runner = case.make([p.clone() for p in template], grads)
-        result = Result(opt, case, first_call_s=runner.first_call_s)
-        for _ in range(warmup):
-            _timed_step(runner, result)
-        runners[case.name], results[case.name] = runner, result
-    order = [c.name for c in cases]
+        result = results[case.name] = Result(opt, case)
+        try:
+            runner = case.make([p.clone() for p in template], grads)
+            result.first_call_s = runner.first_call_s
+            result.steps = int(runner.first_call_s is not None)
+            for _ in range(warmup):
+                _timed_step(runner, result)
+        except Exception as e:  # reported in the table; the other contenders go on
+            _failed(result, e)
+            continue
+        runners[case.name] = runner
+    order = list(runners)
     shuffle = random.Random(seed).shuffle
     for _ in range(reps):
         shuffle(order)  # a fresh order each repetition: no contender always follows another
         for name in order:
-            results[name].times.append(_timed_step(runners[name], results[name]))
+            if results[name].error is None:
+                try:
+                    results[name].times.append(_timed_step(runners[name], results[name]))
+                except Exception as e:
+                    _failed(results[name], e)
     for name, runner in runners.items():
-        results[name].state_bytes = unique_nbytes(runner.state())
+        if results[name].error is None:
+            results[name].state_bytes = unique_nbytes(runner.state())
     if not all(torch.equal(g, r) for g, r in zip(grads, reference)):
         raise RuntimeError("a contender modified the shared gradients")
     return [results[c.name] for c in cases]
@@ -430,9 +461,10 @@ def _ratio(value: float, reference: float | None) -> str:
 
 
 def markdown_table(workload: Workload, results: list[Result]) -> str:
-    adamw = {r.contender.name: r.median for r in results if r.optimizer == "adamw"}
-    best = {}
-    for r in results:
+    timed = [r for r in results if r.error is None]
+    adamw = {r.contender.name: r.median for r in timed if r.optimizer == "adamw"}
+    best: dict[str, float] = {}
+    for r in timed:
         best[r.optimizer] = min(best.get(r.optimizer, r.median), r.median)
     lines = [
         f"**{workload.name} ({workload.description}; {len(workload.shapes)} tensors, "
@@ -443,8 +475,11 @@ def markdown_table(workload: Workload, results: list[Result]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        q = statistics.quantiles(r.times, n=4) if len(r.times) > 1 else [r.median] * 3
         first = f"{r.first_call_s:.1f}" if r.first_call_s is not None else ""
+        if r.error is not None:
+            lines.append(f"| {r.optimizer} | {r.contender.name} | {r.error} |||||| {first} | |")
+            continue
+        q = statistics.quantiles(r.times, n=4) if len(r.times) > 1 else [r.median] * 3
         later = ""
         if r.contender.compiled or r.later_graphs:
             later = f"{r.later_graphs} ({r.later_compile_s:.1f} s)" if r.later_graphs else "0"
@@ -468,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--warmup", type=int, default=10, help="untimed steps first (Shampoo's roots start at 10)"
     )
-    parser.add_argument("--quick", action="store_true", help="Q, 10 steps, no compile")
+    parser.add_argument("--quick", action="store_true", help="Q, 10 steps, eager only")
     parser.add_argument(
         "--no-compile", action="store_true", help="leave out the compiled contenders"
     )
