@@ -181,3 +181,51 @@ def test_compiled_refresh_runs_only_on_the_steps_eager_runs_it(name: str):
     assert [ran for _, ran in steps] == [ran for _, ran in eager]
     assert any(ran for _, ran in eager) and not all(ran for _, ran in eager)
     assert _conds(counter) >= 1
+
+
+# The float hyperparameter that reaches a lazy branch (Shampoo's b2 and eps, PSGD's
+# precond_lr): the second compile of the same code with another value makes it symbolic.
+AGAIN = {
+    "shampoo": lambda x: shampoo(0.05, b2=x, precondition_frequency=3),
+    "psgd_kron": lambda x: psgd_kron(0.05, preconditioner_update_probability=0.5, precond_lr=x),
+}
+
+
+@pytest.mark.parametrize("name", AGAIN)
+def test_lazy_branch_compiles_again_when_a_float_hyperparameter_changes(name: str):
+    """``torch.cond`` refuses symbolic floats; the branch gets them as 0-d tensors."""
+    params = _params()
+    grads = [{k: torch.randn_like(v) for k, v in params.items()} for _ in range(4)]
+    torch._dynamo.reset()
+    for x in (0.5, 0.25):
+        tx = AGAIN[name](x)
+        compiled = torch.compile(tx.update, backend="aot_eager", fullgraph=True)
+        runs = []
+        for update in (tx.update, compiled):
+            state, us = tx.init(params), []
+            for g in grads:
+                u, state = update(g, state, params)
+                us.append(u)
+            runs.append((us, state))
+        assert_trees_close(runs[1], runs[0], rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_psgd_kron_fits_under_inductor_with_many_same_shape_leaves():
+    """The leaves' words reach the lazy fit as an operand: a tensor constant made inside a
+    ``torch.cond`` branch is left unbound by Inductor ("non-tensor input")."""
+    gen = torch.Generator().manual_seed(2)
+    params = {f"w{i}": torch.randn(3, 2, generator=gen) for i in range(12)}
+    tx = psgd_kron(0.05, preconditioner_update_probability=1.0)
+    torch._dynamo.reset()
+    compiled = torch.compile(tx.update, fullgraph=True)
+    runs = []
+    for update in (tx.update, compiled):
+        state, us = tx.init(params), []
+        for seed in range(3):
+            gen = torch.Generator().manual_seed(10 + seed)
+            g = {k: torch.randn(v.shape, generator=gen) for k, v in params.items()}
+            u, state = update(g, state, params)
+            us.append(u)
+        runs.append((us, state))
+    assert_trees_close(runs[1], runs[0], rtol=1e-5, atol=1e-6)

@@ -85,7 +85,9 @@ def _reference(params, grad_fn, steps, *, lr, b1, prob, seed, balance_prob, one_
                     norms = [q.abs().max() for q in qs[n]]
                     mean = math.prod(norms) ** (1 / len(norms))
                     qs[n] = [q * (mean / nrm) for q, nrm in zip(qs[n], norms)]
-                v = _psgd._probe(step_word, [words[n]], tuple(g.shape) or (1,), F64)[0]
+                v = _psgd._probe(step_word, torch.tensor([words[n]]), tuple(g.shape) or (1,), F64)[
+                    0
+                ]
                 v = v.reshape(m.shape)
                 h = m + damping * m.abs().mean() * v
                 left = _full(qs[n][0])
@@ -221,7 +223,7 @@ def test_psgd_kron_same_seed_same_trajectory_other_seed_another():
 
 def test_psgd_kron_draws_are_standard_normal_and_coins_uniform():
     step = _psgd._step_word(torch.tensor(3), torch.tensor(11))
-    z = _psgd._probe(step, [1, 2**62 + 5], (200, 101), F64)
+    z = _psgd._probe(step, torch.tensor([1, 2**62 + 5]), (200, 101), F64)
     assert z.shape == (2, 200, 101)
     assert abs(float(z.mean())) < 0.01 and abs(float(z.var()) - 1) < 0.02
     assert abs(float(torch.corrcoef(z.flatten(1))[0, 1])) < 0.02  # two leaves, independent

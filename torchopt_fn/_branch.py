@@ -19,8 +19,11 @@ more (measured on 20 tensors of 256 x 256, CPU: a step 2x slower, compiling 1.5x
 alias inputs, and Dynamo lifts a property such as ``x.mT`` of a tensor from outside a branch
 as a second input aliasing ``x``. So the lazy branches take their tensors as ``operands``,
 which are copied once per step (pass what the expensive branch reads, not whole states),
-capture no tensor of their own, change no outside Python object, and return trees of
-tensors (copied, contiguous: the branches' strides must agree) and `None`.
+capture no tensor of their own (nor make a tensor constant: Inductor leaves it unbound),
+change no outside Python object, and return trees of tensors (copied, contiguous: the
+branches' strides must agree) and `None`. A float operand enters the branches as a 0-d
+float64 tensor, since Dynamo makes a float symbolic once the same code is compiled with
+another value, and ``torch.cond`` takes no symbolic float.
 
 `while_loop` does the same for loops (optax's ``lax.while_loop``): eagerly it stops when its
 condition fails; traced, it runs its maximal number of trips and ``torch.where`` freezes the
@@ -100,6 +103,13 @@ def _cond(
     pred: torch.Tensor, if_true: Callable[..., T], if_false: Callable[..., T], operands: tuple
 ) -> T:
     leaves, spec = tree_flatten(operands)
+    # ``torch.cond`` takes symbolic ints but not symbolic floats, which Dynamo makes of a
+    # float hyperparameter once a second compile of the same code sees another value (and
+    # which cannot be told from a constant while tracing): float operands enter the
+    # branches as 0-d float64 tensors.
+    leaves = [
+        torch.scalar_tensor(x, dtype=torch.float64) if type(x) is float else x for x in leaves
+    ]
     is_tensor = [isinstance(x, torch.Tensor) for x in leaves]
     # Copies: operands may be views of one buffer (unstacked state, bucketed gradients).
     tensors = [x.clone() for x, t in zip(leaves, is_tensor) if t]

@@ -111,16 +111,17 @@ def _coins(step: torch.Tensor) -> torch.Tensor:
 
 
 def _probe(
-    step: torch.Tensor, leaves: Sequence[int], shape: Sequence[int], dtype: torch.dtype
+    step: torch.Tensor, leaves: torch.Tensor, shape: Sequence[int], dtype: torch.dtype
 ) -> torch.Tensor:
-    """Standard normal draws of ``shape`` for each leaf word in ``leaves``: ``(len, *shape)``.
+    """Standard normal draws of ``shape`` for each leaf word in ``leaves`` (int64, 1-d):
+    ``(len, *shape)``.
 
     Box-Muller on pairs of hashed words: element ``j`` of a leaf is the cosine (first half) or
     sine (second half) of one pair, so every draw is a function of (seed, step, leaf, j).
     """
     n = math.prod(shape)
     half = (n + 1) // 2
-    leaf = torch.tensor(list(leaves), dtype=torch.int64, device=step.device)[:, None]
+    leaf = leaves[:, None]
     j = torch.arange(2 * half, dtype=torch.int64, device=step.device)
     words = _hash(step, leaf, leaf >> 32, j)
     u = (words.to(dtype) + 0.5) * 2.0**-32  # in (0, 1]: the log below stays finite
@@ -538,10 +539,22 @@ def scale_by_psgd_kron(
                     inputs.append(torch.stack([gs[k] for k in ks]).to(dtype).reshape(shape))
                 factors.append([torch.stack(q) for q in zip(*(qss[k] for k in ks))])
 
+            # The leaves' words, made here: a tensor constant made inside a `torch.cond`
+            # branch is left unbound by Inductor (torch 2.13).
+            leaf_words = [
+                torch.tensor([words[k] for k in ks], dtype=torch.int64, device=gs[ks[0]].device)
+                for ks in members
+            ]
+
             # A lazy branch (it runs only when the coin says so, compiled too) whose tensors
             # all come in as operands.
             def fit(
-                factors: list, inputs: list, step: torch.Tensor, balance: torch.Tensor, lr: Scalar
+                factors: list,
+                inputs: list,
+                leaf_words: list,
+                step: torch.Tensor,
+                balance: torch.Tensor,
+                lr: Scalar,
             ) -> list:
                 balanced = branch(
                     balance,
@@ -549,8 +562,8 @@ def scale_by_psgd_kron(
                     lambda: factors,
                 )
                 return [
-                    _fit_step(qs, h, _probe(step, [words[k] for k in ks], h.shape[1:], h.dtype), lr)
-                    for qs, h, ks in zip(balanced, inputs, members)
+                    _fit_step(qs, h, _probe(step, ws, h.shape[1:], h.dtype), lr)
+                    for qs, h, ws in zip(balanced, inputs, leaf_words)
                 ]
 
             fitted = branch(
@@ -559,6 +572,7 @@ def scale_by_psgd_kron(
                 lambda factors, *_: factors,
                 factors,
                 inputs,
+                leaf_words,
                 step_word,
                 do_balance,
                 precond_lr,
