@@ -90,3 +90,18 @@ def test_research_optimizers_quick_trains_all_five_and_saves_the_plot(tmp_path):
     assert float(rows[0][2]) < math.log(256)
     png = tmp_path / "research_optimizers.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_gpt_train_quick_trains_and_resumes_exactly(tmp_path):
+    """The whole step (`tf.TrainStep`, compiled) trains; stopped and resumed from its
+    checkpoint, it ends where the uninterrupted run does, to the last digit."""
+    straight = run_example("gpt_train.py", "--quick", "--out", str(tmp_path / "a"))
+    run_example("gpt_train.py", "--quick", "--stop-after", "5", "--out", str(tmp_path / "b"))
+    resumed = run_example("gpt_train.py", "--quick", "--resume", "--out", str(tmp_path / "b"))
+    assert "resumed from" in resumed
+    val = [re.search(r"validation loss: ([\d.]+)", out).group(1) for out in (straight, resumed)]
+    assert val[0] == val[1]
+    first = float(re.search(r"loss=([\d.]+)", straight).group(1))
+    assert float(val[0]) < first  # it learned
+    assert (tmp_path / "a" / "gpt_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,18 +13,22 @@ from torchopt_fn import transforms
 STEPS = 25
 
 
-def _generic(lr: float, weight_decay: float | None):
+def _matrices(params):
+    return tf.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def _generic(lr: float, weight_decay: float | None, mask=None):
     """The same chain as the alias, built from its parts (never fused)."""
     stages = [transforms.scale_by_adam(b1=0.8, b2=0.95, eps=1e-6)]
     if weight_decay is not None:
-        stages.append(transforms.add_decayed_weights(weight_decay))
+        stages.append(transforms.add_decayed_weights(weight_decay, mask))
     return tf.chain(*stages, transforms.scale_by_learning_rate(lr))
 
 
-def _alias(name: str, lr: float, weight_decay: float | None):
+def _alias(name: str, lr: float, weight_decay: float | None, mask=None):
     if name == "adam":
         return tf.adam(lr, b1=0.8, b2=0.95, eps=1e-6)
-    return tf.adamw(lr, b1=0.8, b2=0.95, eps=1e-6, weight_decay=weight_decay)
+    return tf.adamw(lr, b1=0.8, b2=0.95, eps=1e-6, weight_decay=weight_decay, mask=mask)
 
 
 def _problem(dtype: torch.dtype):
@@ -54,19 +58,23 @@ def fused_calls(monkeypatch):
     return calls
 
 
-CASES = [("adam", None), ("adamw", 0.0), ("adamw", 0.1)]
+# The masks: a function (the matrices decay), a tree, and one that keeps every leaf.
+MASKS = {"matrices": _matrices, "tree": {"w": False, "b": True, "n": True}, "all": True}
+CASES = [("adam", None, None), ("adamw", 0.0, None), ("adamw", 0.1, None)]
+CASES += [("adamw", 0.1, name) for name in MASKS]
 
 
 # float32 allows for the kernel rounding its moments differently (the generic moment is a lerp).
 @pytest.mark.parametrize(
     ("dtype", "rtol", "atol"), [(torch.float64, 1e-13, 0.0), (torch.float32, 1e-5, 1e-7)]
 )
-@pytest.mark.parametrize(("name", "weight_decay"), CASES)
-def test_fused_equals_generic(name, weight_decay, dtype, rtol, atol, fused_calls):
+@pytest.mark.parametrize(("name", "weight_decay", "mask"), CASES)
+def test_fused_equals_generic(name, weight_decay, mask, dtype, rtol, atol, fused_calls):
     params, grad_fn = _problem(dtype)
-    got_params, got_state = _run(_alias(name, 0.05, weight_decay), params, grad_fn)
+    mask = MASKS.get(mask)
+    got_params, got_state = _run(_alias(name, 0.05, weight_decay, mask), params, grad_fn)
     assert len(fused_calls) == STEPS
-    want_params, want_state = _run(_generic(0.05, weight_decay), params, grad_fn)
+    want_params, want_state = _run(_generic(0.05, weight_decay, mask), params, grad_fn)
     assert len(fused_calls) == STEPS  # the hand-built chain is never fused
     torch.testing.assert_close(got_params, want_params, rtol=rtol, atol=atol)
     torch.testing.assert_close(got_state, want_state, rtol=rtol, atol=atol)

@@ -422,6 +422,63 @@ def test_compiled_step_does_not_recompile_when_scheduler_changes_lr():
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
+def _scheduled_adamw() -> tf.GradientTransformation:
+    return tf.adamw(tf.warmup_cosine_decay_schedule(0.0, 1e-2, 3, 20), weight_decay=1e-2)
+
+
+@pytest.mark.parametrize(
+    "make_scheduler",
+    [
+        lambda o: lrs.LambdaLR(o, lambda t: 0.5**t),
+        lambda o: lrs.CosineAnnealingLR(o, 10),
+        lambda o: lrs.OneCycleLR(o, max_lr=1e-2, total_steps=10),
+    ],
+    ids=["LambdaLR", "CosineAnnealingLR", "OneCycleLR"],
+)
+def test_a_scheduler_on_a_schedule_driven_lr_is_refused_with_what_to_do(make_scheduler):
+    """The group's lr is a NaN stand-in: a scheduler can be built, and the step after it has
+    written a number refuses it (not a bare KeyError), before anything is changed."""
+    model = _model()
+    opt = tf.Optimizer(model.parameters(), _scheduled_adamw())
+    sched = make_scheduler(opt)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"adamw's learning rate is a schedule.*drop the sched"):
+        for _ in range(2):  # CosineAnnealingLR writes the stand-in back at its first step
+            _loss(model).backward()
+            opt.step()
+            sched.step()
+    if isinstance(sched, lrs.LambdaLR):  # it wrote at construction: the first step refused
+        for p, q in zip(model.parameters(), before):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_a_schedule_driven_lr_checkpoints_without_its_stand_in():
+    model = _model()
+    opt = tf.Optimizer(model.parameters(), _scheduled_adamw())
+    for _ in range(3):
+        opt.zero_grad()
+        _loss(model).backward()
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert "lr" not in saved["param_groups"][0]
+    twin = _model()
+    twin.load_state_dict(model.state_dict())
+    again = tf.Optimizer(twin.parameters(), _scheduled_adamw())
+    again.load_state_dict(saved)
+    assert repr(again.param_groups[0]["lr"]).startswith("ScheduledLR")
+    for m, o in ((model, opt), (twin, again)):
+        o.zero_grad()
+        _loss(m).backward()
+        o.step()
+    for p, q in zip(twin.parameters(), model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"sets lr=0\.1, but adamw's learning rate is a schedule"):
+        tf.Optimizer([{"params": list(_model().parameters()), "lr": 0.1}], _scheduled_adamw())
+
+
 @pytest.mark.parametrize(
     "make_tx",
     [
@@ -458,6 +515,41 @@ def test_fused_fast_path_equals_generic_path(make_tx, dtype, monkeypatch):
         torch.testing.assert_close(p, q, rtol=rtol, atol=rtol)
         for key, value in fast.state[p].items():
             torch.testing.assert_close(value, slow.state[q][key], rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_masked_adamw_takes_the_fused_kernel_and_equals_torchs_two_groups(dtype, monkeypatch):
+    """Weight decay on the matrices only, in one group: the kernel runs on each side of the
+    mask, as torch's two-group AdamW does (and the generic path agrees)."""
+    matrices = lambda params: tf.tree_map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    ref_model = _model().to(dtype)
+    ref = torch.optim.AdamW(
+        [
+            {"params": [p for p in ref_model.parameters() if p.ndim >= 2]},
+            {"params": [p for p in ref_model.parameters() if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+        weight_decay=0.2,
+        fused=True,
+    )
+    runs = []
+    for fused in (True, False):
+        model = _model().to(dtype)
+        opt = tf.Optimizer(model.parameters(), tf.adamw(1e-2, weight_decay=0.2, mask=matrices))
+        plan = opt._runtime(opt.param_groups[0]).plan
+        assert plan is not None and plan.mask == (True, False, True, False)
+        if not fused:
+            monkeypatch.setattr(_optimizer, "dense_layout", lambda params: None)
+        runs.append((model, opt))
+    for _ in range(6):
+        for model, opt in [*runs, (ref_model, ref)]:
+            opt.zero_grad()
+            ((model(_X.to(dtype)) - 0.3) ** 4).mean().backward()
+            opt.step()
+    rtol = 1e-13 if dtype == torch.float64 else 1e-6
+    for model, _ in runs:
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=rtol, atol=rtol)
 
 
 def test_compiled_mode_matches_torch_without_recompiling():

@@ -272,6 +272,66 @@ def test_flatten_refuses_per_tensor_transformations():
             tf.flatten(tx)
 
 
+def _matrices(params: Any) -> Any:
+    return tf.tree_map(lambda p: p.ndim >= 2, params)
+
+
+# Masks on a flat buffer: resolved against the tree, they become element masks.
+MASKED = {
+    "adamw(mask=fn)": lambda: tf.adamw(0.1, weight_decay=0.3, mask=_matrices),
+    "adamw(mask=tree)": lambda: tf.adamw(
+        0.1, weight_decay=0.3, mask={"b": False, "a": True, "w": True, "z": False}
+    ),
+    "lion(mask=fn)": lambda: tf.lion(0.1, weight_decay=0.3, mask=_matrices),
+    "masked(trace)": lambda: tf.masked(tf.trace(0.9), _matrices),
+    "clip + adamw(mask)": lambda: tf.chain(
+        tf.clip_by_torch_global_norm(0.5), tf.adamw(0.1, weight_decay=0.3, mask=_matrices)
+    ),
+    "adadelta(weight_decay_mask)": lambda: tf.adadelta(
+        0.5, weight_decay=0.3, weight_decay_mask=_matrices
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MASKED)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile_step"])
+def test_flatten_carries_masks_onto_the_buffer(name: str, compiled: bool):
+    """The same selection as on the tree, over several steps, eager and through
+    `compile_step`'s flat path; the leaves are in insertion order unlike the sorted keys."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"w": (3, 2), "b": (2,), "z": (), "a": (2, 2)}
+    params = {k: torch.randn(s, generator=gen, dtype=F64) for k, s in shapes.items()}
+    grads = [
+        {k: torch.randn(s, generator=gen, dtype=F64) for k, s in shapes.items()} for _ in range(4)
+    ]
+    tx, flat = MASKED[name](), tf.flatten(MASKED[name]())
+    want, state = dict(params), tx.init(params)
+    for g in grads:
+        u, state = tx.update(g, state, want)
+        want = tf.apply_updates(want, u)
+    got, flat_state = {k: v.clone() for k, v in params.items()}, flat.init(params)
+    if compiled:
+        torch._dynamo.reset()
+        step = tf.compile_step(flat, backend="aot_eager")
+        for g in grads:
+            got, flat_state = step(got, g, flat_state)
+    else:
+        for g in grads:
+            u, flat_state = flat.update(g, flat_state, got)
+            got = tf.apply_updates(got, u)
+    assert_trees_close(got, want, rtol=1e-13, atol=1e-15)
+
+
+def test_masked_takes_element_masks_and_checks_their_shape():
+    params = {"w": torch.ones(2, 2)}
+    tx = tf.masked(tf.scale(0.0), {"w": torch.tensor([[True, False], [False, True]])})
+    u, _ = tx.update(params, tx.init(params), params)
+    assert u["w"].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    bad = tf.masked(tf.scale(0.0), {"w": torch.tensor([True, False])})
+    with pytest.raises(ValueError, match=r"\['w'\].*element mask is a bool tensor"):
+        bad.update(params, bad.init(params), params)
+
+
 def test_flatten_keeps_one_buffer_per_dtype_and_passes_none_leaves():
     params = {"a": torch.ones(2, 2), "b": torch.ones(3, dtype=F64), "c": torch.ones(1)}
     tx = tf.flatten(tf.adam(0.1))

@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
+import torch
+
 from torchopt_fn._base import GradientTransformation, OptState, Params
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._stateless import set_to_zero
 from torchopt_fn.tree._flatten import (
     flatten_like,
+    leaf_paths,
+    path_str,
     tree_flatten,
     tree_map,
     tree_structure,
@@ -121,20 +125,49 @@ def _resolve_mask(mask: Any, params: Params) -> Any:
     return mask(params) if callable(mask) else mask
 
 
-def _select(tree: Any, mask_leaves: list[bool], spec) -> Any:
-    """``tree`` with `MaskedNode` where the mask is False (`None` stays `None`)."""
+def _select(tree: Any, mask_leaves: list[Any], spec) -> Any:
+    """``tree`` with `MaskedNode` where the mask is False (`None` stays `None`); a leaf with
+    an element mask is kept whole."""
     if tree is None:
         return None
     leaves = spec.flatten_up_to(tree)
-    return tree_unflatten(spec, [x if m else MaskedNode() for x, m in zip(leaves, mask_leaves)])
+    return tree_unflatten(
+        spec,
+        [
+            x if isinstance(m, torch.Tensor) or m else MaskedNode()
+            for x, m in zip(leaves, mask_leaves)
+        ],
+    )
 
 
-def _mask_leaves(mask_tree: Any, reference: Any, what: str) -> tuple[list[bool], Any]:
+def _mask_leaves(mask_tree: Any, reference: Any, what: str) -> tuple[list[Any], Any]:
+    """One entry per leaf of ``reference``: True, False, or a boolean tensor of the leaf's
+    shape (an element mask)."""
     leaves, spec = tree_flatten(reference)
     if isinstance(mask_tree, bool):  # one value for every leaf, as optax allows
         return [mask_tree] * len(leaves), spec
     flat = flatten_like(spec, reference, mask_tree, what)
-    return [bool(m) for m in flat], spec
+    out = []
+    for path, m, x in zip(leaf_paths(reference), flat, leaves):
+        if isinstance(m, torch.Tensor) and m.dim() > 0:
+            if m.dtype != torch.bool or x is None or m.shape != x.shape:
+                raise ValueError(
+                    f"{what}: at {path_str(path)} the mask is a {m.dtype} tensor of shape "
+                    f"{tuple(m.shape)}; an element mask is a bool tensor of the leaf's shape "
+                    f"{None if x is None else tuple(x.shape)}."
+                )
+            out.append(m)
+        else:
+            out.append(bool(m))
+    return out, spec
+
+
+def _merge(new: Any, old: Any, keep: Any) -> Any:
+    if keep is True:
+        return new
+    if keep is False:
+        return old
+    return torch.where(keep, new, old)
 
 
 def _select_extra_args(
@@ -161,6 +194,9 @@ def masked(
     ``mask`` is a tree of booleans with the structure of the params, a function of the
     params returning one, or one bool for every leaf. Masked-out leaves are hidden from
     ``inner`` as `MaskedNode` (a node without leaves), so its state holds nothing for them.
+    A mask leaf may also be a boolean tensor of the leaf's shape, an element mask: ``inner``
+    then sees the whole leaf, and its result is kept where the mask is True (meant for
+    element-wise ``inner``; `flatten` carries masks onto its flat buffer this way).
     With ``mask_compatible_extra_args``, extra keyword arguments of ``update`` that have the
     structure of the updates are masked the same way before ``inner`` sees them.
 
@@ -185,7 +221,7 @@ def masked(
             _select(updates, m, spec), state.inner_state, _select(params, m, spec), **extra_args
         )
         merged = [
-            new if keep else old
+            _merge(new, old, keep)
             for new, old, keep in zip(
                 spec.flatten_up_to(inner_updates), spec.flatten_up_to(updates), m
             )

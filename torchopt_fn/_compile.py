@@ -148,10 +148,10 @@ def _flat_step(
     would be hundreds of small ops to compile. With ``donate``, the flat buffers are kept
     and reused (two parameter-sized buffers). The numbers are `flatten`'s.
     """
-    from torchopt_fn.wrappers._layout import Layout
+    from torchopt_fn.wrappers._layout import Layout, with_flat_masks
 
-    flat_step = compile_step(inner, donate=donate, **compile_kwargs)
     layouts: dict[tuple, Layout] = {}  # per params structure, shapes, dtypes and devices
+    flat_steps: dict[tuple, Callable[..., Any]] = {}  # per layout: its masks resolved
     buffers: dict[tuple, Any] = {}  # per layout: the flat params and grads, reused
     grad_buffers: dict[tuple, Any] = {}  # for params that are flat already
 
@@ -162,6 +162,10 @@ def _flat_step(
         layout = layouts.get(key)
         if layout is None:
             layout = layouts[key] = Layout(leaves)
+            flat_steps[key] = compile_step(
+                with_flat_masks(inner, params, layout), donate=donate, **compile_kwargs
+            )
+        flat_step = flat_steps[key]
         if donate and all(g is not None for g in grad_leaves):
             # Params that already are one flat buffer (`ravel_parameters_`) are updated where
             # they lie: no copy in or out.

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn._base import GradientTransformation
+from torchopt_fn.tree._flatten import tree_leaves
 from torchopt_fn.tree._math import next_count, walked_count
 from torchopt_fn.tree._ops import map_leaves, scalar_shape
 
@@ -33,6 +34,7 @@ __all__ = [
     "dense_layout",
     "fusable",
     "fused_plan",
+    "resolve_mask",
     "run_fused_",
     "sgd_plan",
     "with_fused_adam",
@@ -51,6 +53,10 @@ class FusedPlan(NamedTuple):
 
     kernel: str
     options: dict[str, Any]
+    # AdamW's weight-decay mask as the optimizer was given it (a tree of bools or a function
+    # of the params), or None: every parameter decays. `resolve_mask` turns it into one bool
+    # per parameter, and `run_fused_` then runs the kernel on each side of it.
+    mask: Any = None
 
     @property
     def state_keys(self) -> tuple[str, ...]:
@@ -66,18 +72,41 @@ def _number(x: Any) -> bool:
 
 
 def adam_plan(
-    decoupled: bool, lr: Any, b1: Any, b2: Any, eps: Any, weight_decay: Any, **flags: bool
+    decoupled: bool,
+    lr: Any,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    weight_decay: Any,
+    mask: Any = None,
+    **flags: bool,
 ) -> FusedPlan | None:
     """The plan for Adam(W) with these values, or `None` where one is not a plain number.
 
-    ``flags`` are the kernel's booleans (``amsgrad``, ``maximize``); both default to False.
+    ``mask`` is AdamW's weight-decay mask; ``flags`` are the kernel's booleans (``amsgrad``,
+    ``maximize``); both default to False.
     """
     values = (lr, b1, b2, eps, weight_decay)
     if not all(map(_number, values)):
         return None
     options = dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay)
     options.update(amsgrad=flags.get("amsgrad", False), maximize=flags.get("maximize", False))
-    return FusedPlan("adamw" if decoupled else "adam", options)
+    if mask is not None and not (decoupled and weight_decay):
+        mask = None  # nothing decays, or L2 (not masked by torch's kernel): no split needed
+    return FusedPlan("adamw" if decoupled else "adam", options, mask)
+
+
+def resolve_mask(plan: FusedPlan, params: Any) -> list[bool] | None:
+    """``plan``'s mask as one bool per leaf of ``params`` (all True without a mask), or None
+    where it selects parts of a leaf (an element mask): the generic path takes those."""
+    leaves = tree_leaves(params)
+    if plan.mask is None:
+        return [True] * len(leaves)
+    from torchopt_fn._combine import _mask_leaves  # (the combinators import this module)
+
+    mask = plan.mask(params) if callable(plan.mask) else plan.mask
+    flags, _ = _mask_leaves(mask, params, "adamw: mask vs params")
+    return None if any(isinstance(m, torch.Tensor) for m in flags) else flags
 
 
 def sgd_plan(
@@ -200,6 +229,19 @@ def run_fused_(
             is_first_step=False,
         )
         return
+    if isinstance(plan.mask, tuple):  # resolved: the decayed parameters, then the others
+        for side, decay in ((True, plan.options["weight_decay"]), (False, 0.0)):
+            idx = [i for i, m in enumerate(plan.mask) if m is side]
+            if idx:
+                part = FusedPlan(plan.kernel, {**plan.options, "weight_decay": decay})
+                run_fused_(
+                    part,
+                    [params[i] for i in idx],
+                    [grads[i] for i in idx],
+                    [[ts[i] for i in idx] for ts in state],
+                    None if steps is None else [steps[i] for i in idx],
+                )
+        return
     kernel = torch._fused_adamw_ if plan.kernel == "adamw" else torch._fused_adam_
     assert steps is not None and len(steps) == len(params)
     # The kernel reads float32 counts on the parameters' device: one conversion for all.
@@ -271,6 +313,16 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
     def update_fn(updates, state, params=None, **extra_args):
         if len(state) == 0 or (decay and params is None):
             return tx.update(updates, state, params, **extra_args)  # it raises the error
+        decays = resolve_mask(plan, params) if decay else None
+        if decay and decays is None:
+            return tx.update(updates, state, params, **extra_args)  # element masks
+        # Which live leaves decay (`map_leaves` hands `fused` the leaves whose update is not
+        # None); `None` leaves of the params are not the updates' business.
+        live = (
+            [d for d, g in zip(decays or [], tree_leaves(updates)) if g is not None]
+            if decay
+            else None
+        )
         adam_state = state[0]
         # `from_torch` counts per parameter: a tree of counts (one tensor is a shared count,
         # or the count of a one-leaf tree, where the two agree).
@@ -285,7 +337,10 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
             new_nus = [v.clone() for v in nus]
             # The kernel subtracts lr * m_hat / denom from `out`: start it at the decay term,
             # or at 0 * g (NaN where g is not finite, as the generic update is there).
-            out = list(torch._foreach_mul(ps[0] if ps else gs, -o["lr"] * decay))
+            if live is None or all(live):
+                out = list(torch._foreach_mul(ps[0] if ps else gs, -o["lr"] * decay))
+            else:  # masked: the decay term where the mask holds, 0 * g elsewhere
+                out = [p * (-o["lr"] * decay) if d else g * 0.0 for p, g, d in zip(ps[0], gs, live)]
             steps = count if per_leaf else [count] * len(gs)
             run_fused_(adam_only, out, gs, [new_mus, new_nus], steps)
             return out, new_mus, new_nus, count

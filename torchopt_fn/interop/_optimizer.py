@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -34,8 +35,15 @@ from typing import Any
 import torch
 
 from torchopt_fn._base import GradientTransformation, torch_scalar_dtype
-from torchopt_fn._fused import DenseLayout, FusedPlan, dense_layout, fused_plan, run_fused_
-from torchopt_fn._record import rebuild, recorded_nodes
+from torchopt_fn._fused import (
+    DenseLayout,
+    FusedPlan,
+    dense_layout,
+    fused_plan,
+    resolve_mask,
+    run_fused_,
+)
+from torchopt_fn._record import rebuild, recorded_arguments, recorded_nodes
 from torchopt_fn._update import apply_updates_
 from torchopt_fn.interop._hyperparams import hyperparams, is_number, mirrored
 from torchopt_fn.interop._layout import STEP, Slot, as_state, meta, state_layout
@@ -46,6 +54,41 @@ from torchopt_fn.tree._ops import per_leaf_kernels
 __all__ = ["Optimizer"]
 
 _GROUP_KEYS_ALWAYS_ALLOWED = {"params", "name", "initial_lr"}
+
+
+class ScheduledLR(float):
+    """A param group's ``"lr"`` where the transformation's learning rate is a schedule: NaN.
+
+    The schedule drives the learning rate, so no number stands for it; the key is there so
+    that an lr scheduler (which reads ``group["lr"]`` when it is built) gets as far as writing
+    a number into it, which the next `Optimizer.step` then refuses with an explanation
+    rather than a bare ``KeyError: 'lr'``. It is left out of `Optimizer.state_dict`.
+    """
+
+    def __new__(cls) -> ScheduledLR:
+        return super().__new__(cls, math.nan)
+
+    def __repr__(self) -> str:
+        return "ScheduledLR(nan: the transformation's schedule drives the learning rate)"
+
+
+def _schedule_driven_lr(tx: GradientTransformation) -> str | None:
+    """The name of the factory whose learning rate is a schedule, or None."""
+    for node in recorded_nodes(tx):
+        if callable(recorded_arguments(node).get("learning_rate")):
+            return node.factory.__name__
+    return None
+
+
+def _check_scheduled_lr(group: dict[str, Any], index: int, owner: str) -> None:
+    lr = group.get("lr")
+    if type(lr) is not ScheduledLR:
+        raise ValueError(
+            f"Optimizer: param_groups[{index}]['lr'] was set to {lr!r} (by an lr scheduler?), "
+            f"but {owner}'s learning rate is a schedule, which drives it. Either give "
+            f"{owner} a number as learning_rate and drive it with the scheduler, or drop "
+            "the scheduler (the schedule already warms up and decays)."
+        )
 
 
 @dataclass
@@ -149,6 +192,7 @@ class Optimizer(torch.optim.Optimizer):
             defaults["differentiable"] = differentiable
         if defaults.get("differentiable") and compile:
             raise ValueError("Optimizer: differentiable=True runs eagerly; drop compile=True.")
+        self._scheduled_by = _schedule_driven_lr(tx)
         super().__init__(params, defaults)
         if _closure_driven(tx) and len(self.param_groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
@@ -191,6 +235,14 @@ class Optimizer(torch.optim.Optimizer):
         for key, own in (("tx", self.tx), ("compile", self.compile)):
             if key in param_group and param_group.pop(key) is not own:
                 raise ValueError(f"Optimizer: a param group cannot set its own {key!r}.")
+        if self._scheduled_by is not None and "lr" in param_group:
+            lr = param_group.pop("lr")
+            if type(lr) is not ScheduledLR:
+                raise ValueError(
+                    f"Optimizer: a param group sets lr={lr!r}, but {self._scheduled_by}'s "
+                    "learning rate is a schedule, which drives it; give the group's own "
+                    "transformation a schedule, or build it with a number as learning_rate."
+                )
         ambiguous = set(param_group) & self._ambiguous
         if ambiguous:
             raise ValueError(
@@ -213,6 +265,8 @@ class Optimizer(torch.optim.Optimizer):
         except (TypeError, ValueError) as e:
             raise type(e)(f"Optimizer: param group: {e}") from e
         super().add_param_group(param_group)
+        if self._scheduled_by is not None:
+            self.param_groups[-1]["lr"] = ScheduledLR()
         if len(self.param_groups) == 2:
             _warn_if_clipping_per_group(self.tx)
         if getattr(tx, "state_at_construction", False):
@@ -286,6 +340,9 @@ class Optimizer(torch.optim.Optimizer):
         A scheduler changes ``lr`` every step: that rebuilds the transformation (a few factory
         calls) but keeps the state layout, which depends only on the structure.
         """
+        if self._scheduled_by is not None and type(group.get("lr")) is not ScheduledLR:
+            index = next(i for i, g in enumerate(self.param_groups) if g is group)
+            _check_scheduled_lr(group, index, self._scheduled_by)
         runtime = self._runtimes.get(id(group))
         if runtime is not None and runtime.group is not group:
             runtime = None  # a group that died, its id reused
@@ -305,6 +362,9 @@ class Optimizer(torch.optim.Optimizer):
         else:
             layout = state_layout(tx.init(ParamList(meta(p) for p in params)))
         plan = None if self.compile or not _may_fuse(values) else fused_plan(tx)
+        if plan is not None and plan.mask is not None:  # one bool per parameter, or no kernel
+            decays = resolve_mask(plan, ParamList(params))
+            plan = None if decays is None else plan._replace(mask=tuple(decays))
         old = runtime
         runtime = _GroupRuntime(group, key, tx, update, plan, params, *layout, structure=shape)
         if old is not None:  # the same tensors: keep what was learned about them
@@ -510,6 +570,8 @@ class Optimizer(torch.optim.Optimizer):
             rt.fusable_ids, rt.fusable_layout = ids, layout
         if not rt.fusable_layout.matches(grads):  # the gradients are new tensors every step
             return None
+        if plan.mask is not None:
+            plan = plan._replace(mask=tuple(m for m, is_live in zip(plan.mask, live) if is_live))
         return plan, live_params, grads, state
 
     # ------------------------------------------------------------------ accumulation
@@ -601,7 +663,11 @@ class Optimizer(torch.optim.Optimizer):
         ints: dict[int, set[str]] = {}  # per parameter, the keys torch writes as Python ints
         groups = []
         for group in self.param_groups:
-            packed = {k: v for k, v in group.items() if k not in ("params", "tx", "compile")}
+            packed = {
+                k: v
+                for k, v in group.items()
+                if k not in ("params", "tx", "compile") and type(v) is not ScheduledLR
+            }
             for p in group["params"]:
                 index.setdefault(id(p), len(index))
             packed["params"] = [index[id(p)] for p in group["params"]]
@@ -675,6 +741,8 @@ class Optimizer(torch.optim.Optimizer):
                 new["param_names"] = group["param_names"]
             for key, value in self.defaults.items():
                 new.setdefault(key, value)
+            if self._scheduled_by is not None:
+                new["lr"] = ScheduledLR()
             groups.append(new)
         self.state, self.param_groups = state, groups
         self._runtimes = {}

@@ -174,8 +174,8 @@ def adamw(
         transforms.add_decayed_weights(weight_decay, mask),
         transforms.scale_by_learning_rate(learning_rate),
     )
-    plain = _is_zero(eps_root) and mu_dtype is None and not nesterov and mask is None
-    plan = adam_plan(True, learning_rate, b1, b2, eps, weight_decay) if plain else None
+    plain = _is_zero(eps_root) and mu_dtype is None and not nesterov
+    plan = adam_plan(True, learning_rate, b1, b2, eps, weight_decay, mask) if plain else None
     return with_fused_adam(tx, plan)
 
 

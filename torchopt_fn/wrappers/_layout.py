@@ -7,11 +7,15 @@ from typing import Any
 import torch
 
 from torchopt_fn._base import GradientTransformation, Params
-from torchopt_fn._record import record_hyperparams, recorded_arguments, recorded_nodes
-from torchopt_fn.tree._flatten import tree_flatten, tree_unflatten
+from torchopt_fn._combine import _mask_leaves
+from torchopt_fn._record import rebuild, record_hyperparams, recorded_arguments, recorded_nodes
+from torchopt_fn.tree._flatten import tree_flatten, tree_structure, tree_unflatten
 from torchopt_fn.tree._ops import check_like
 
 __all__ = ["flatten"]
+
+# The arguments that select leaves for a part of a transformation (weight decay, `masked`).
+_MASK_ARGUMENTS = ("mask", "weight_decay_mask")
 
 
 def flattened_inner(tx: GradientTransformation) -> GradientTransformation | None:
@@ -42,7 +46,6 @@ PER_TENSOR = frozenset(
         "lamb",
         "lars",
         "mars",
-        "masked",
         "muon",
         "novograd",
         "partition",
@@ -124,6 +127,49 @@ class Layout:
         return out
 
 
+def _has_masks(tx: GradientTransformation) -> bool:
+    return any(
+        recorded_arguments(node).get(name) is not None
+        for node in recorded_nodes(tx)
+        for name in _MASK_ARGUMENTS
+    )
+
+
+def with_flat_masks(
+    inner: GradientTransformation, tree: Any, layout: Layout
+) -> GradientTransformation:
+    """``inner`` with each mask resolved against ``tree`` and laid out as ``layout`` lays out
+    the leaves: element masks over the flat buffers (`masked` takes those), the same
+    selection as on the tree. ``inner`` itself when it has no mask.
+
+    ``layout`` holds the tensor leaves of ``tree`` (its `None` leaves left out).
+    """
+    if not _has_masks(inner):
+        return inner
+    leaves, _ = tree_flatten(tree)
+
+    def replacements(factory: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for name in _MASK_ARGUMENTS:
+            mask = arguments.get(name)
+            if mask is None:
+                continue
+            what = f"flatten: {factory.__name__}'s {name} vs params"
+            per_leaf, _ = _mask_leaves(mask(tree) if callable(mask) else mask, tree, what)
+            out[name] = layout.pack(
+                [
+                    m
+                    if isinstance(m, torch.Tensor)
+                    else torch.full(x.shape, m, dtype=torch.bool, device=x.device)
+                    for m, x in zip(per_leaf, leaves)
+                    if x is not None
+                ]
+            )
+        return out
+
+    return rebuild(inner, replacements)
+
+
 def _tensor_leaves(tree: Any, what: str) -> tuple[list[Any], Any]:
     leaves, spec = tree_flatten(tree)
     for x in leaves:
@@ -141,8 +187,13 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     one tensor per leaf: far fewer tensors to trace when compiling. A single dtype and
     device (the usual case) gives ``inner`` one tensor, as optax does; several give it a
     tuple. Transformations that read tensors whole (per-tensor norms and trust ratios,
-    factored moments, matrices, masks) are refused. A `None` update enters the buffer as
+    factored moments, matrices, partitions) are refused. A `None` update enters the buffer as
     zeros (a buffer cannot skip part of itself) and comes out as `None`.
+
+    Masks (a weight-decay ``mask``, `masked`) are resolved against the params' tree, once per
+    structure, shapes, dtypes and devices (a mask function may read names and shapes, not
+    values), and become element masks over the buffer: the same selection, with the masked
+    part's state kept for the whole buffer.
 
     Raises:
         ValueError: if ``inner`` contains a per-tensor transformation.
@@ -166,10 +217,25 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
             "chain(clip_by_block_rms(...), flatten(adam(...)))."
         )
 
+    has_masks = _has_masks(inner)
+    resolved: dict[Any, GradientTransformation] = {}  # per structure, shapes, dtypes, devices
+
+    def masked_inner(tree: Any, leaves: list[Any], layout: Layout) -> GradientTransformation:
+        if not has_masks:
+            return inner
+        if torch.compiler.is_compiling():  # traced once: no cache (nor its spec hashing)
+            return with_flat_masks(inner, tree, layout)
+        kinds = tuple(None if x is None else (x.shape, x.dtype, x.device) for x in leaves)
+        key = (tree_structure(tree), kinds)
+        if key not in resolved:
+            resolved[key] = with_flat_masks(inner, tree, layout)
+        return resolved[key]
+
     def init_fn(params: Params):
         leaves, _ = _tensor_leaves(params, "params")
         live = [x for x in leaves if x is not None]
-        return inner.init(Layout(live).pack(live))
+        layout = Layout(live)
+        return masked_inner(params, leaves, layout).init(layout.pack(live))
 
     def update_fn(updates, state, params=None, **extra_args):
         leaves, spec = _tensor_leaves(updates, "update")
@@ -178,12 +244,14 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
             param_leaves = spec.flatten_up_to(params)
             layout = Layout(param_leaves)
             flat_params = layout.pack(param_leaves)
+            tx = masked_inner(params, param_leaves, layout)
         else:
             if any(x is None for x in leaves):
                 raise ValueError("flatten: None updates need params (to know their shapes).")
             layout = Layout(leaves)
             flat_params = None
-        flat_updates, state = inner.update(layout.pack(leaves), state, flat_params, **extra_args)
+            tx = masked_inner(updates, leaves, layout)
+        flat_updates, state = tx.update(layout.pack(leaves), state, flat_params, **extra_args)
         return tree_unflatten(spec, layout.unpack(flat_updates, leaves)), state
 
     return GradientTransformation(init_fn, update_fn)
