@@ -517,11 +517,20 @@ def test_fused_fast_path_equals_generic_path(make_tx, dtype, monkeypatch):
             torch.testing.assert_close(value, slow.state[q][key], rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("clipped", [False, True], ids=["", "clip"])
+@pytest.mark.parametrize("scheduled", [False, True], ids=["lr", "schedule"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_masked_adamw_takes_the_fused_kernel_and_equals_torchs_two_groups(dtype, monkeypatch):
+def test_masked_adamw_takes_the_fused_kernel_and_equals_torchs_two_groups(
+    dtype, scheduled, clipped, monkeypatch
+):
     """Weight decay on the matrices only, in one group: the kernel runs on each side of the
-    mask, as torch's two-group AdamW does (and the generic path agrees)."""
+    mask, as torch's two-group AdamW does (and the generic path agrees). With a schedule, the
+    kernel takes its value at the group's count, as torch's under ``LambdaLR``; with
+    ``clip_by_torch_global_norm`` chained before it, the gradients are clipped as
+    ``clip_grad_norm_`` clips them, then the kernel runs: the everyday recipe, fused."""
     matrices = lambda params: tf.tree_map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    schedule = tf.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 6, 1e-3)
+    lr = schedule if scheduled else 1e-2
     ref_model = _model().to(dtype)
     ref = torch.optim.AdamW(
         [
@@ -532,12 +541,18 @@ def test_masked_adamw_takes_the_fused_kernel_and_equals_torchs_two_groups(dtype,
         weight_decay=0.2,
         fused=True,
     )
+    factor = (lambda t: float(schedule(torch.tensor(t))) / 1e-2) if scheduled else (lambda t: 1.0)
+    sched = lrs.LambdaLR(ref, factor)
     runs = []
     for fused in (True, False):
         model = _model().to(dtype)
-        opt = tf.Optimizer(model.parameters(), tf.adamw(1e-2, weight_decay=0.2, mask=matrices))
+        tx = tf.adamw(lr, weight_decay=0.2, mask=matrices)
+        if clipped:
+            tx = tf.chain(tf.clip_by_torch_global_norm(0.5), tx)
+        opt = tf.Optimizer(model.parameters(), tx)
         plan = opt._runtime(opt.param_groups[0]).plan
         assert plan is not None and plan.mask == (True, False, True, False)
+        assert plan.clip == ((0.5, 2.0) if clipped else None)
         if not fused:
             monkeypatch.setattr(_optimizer, "dense_layout", lambda params: None)
         runs.append((model, opt))
@@ -545,11 +560,16 @@ def test_masked_adamw_takes_the_fused_kernel_and_equals_torchs_two_groups(dtype,
         for model, opt in [*runs, (ref_model, ref)]:
             opt.zero_grad()
             ((model(_X.to(dtype)) - 0.3) ** 4).mean().backward()
+            if clipped and opt is ref:
+                norm = torch.nn.utils.clip_grad_norm_(ref_model.parameters(), 0.5)
             opt.step()
+        sched.step()
     rtol = 1e-13 if dtype == torch.float64 else 1e-6
-    for model, _ in runs:
+    for model, opt in runs:
         for p, q in zip(model.parameters(), ref_model.parameters()):
             torch.testing.assert_close(p, q, rtol=rtol, atol=rtol)
+        if clipped:  # the clip's state holds the last norm, fused or not
+            torch.testing.assert_close(opt.state[model[0].weight]["norm"], norm.to(dtype))
 
 
 def test_compiled_mode_matches_torch_without_recompiling():

@@ -22,15 +22,19 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn._base import GradientTransformation
+from torchopt_fn._record import recorded_arguments
+from torchopt_fn._scalar import is_schedule, step_scalar
 from torchopt_fn.tree._flatten import tree_leaves
 from torchopt_fn.tree._math import next_count, walked_count
 from torchopt_fn.tree._ops import map_leaves, scalar_shape
 
 __all__ = [
+    "TORCH_CLIP_EPS",
     "DenseLayout",
     "FusedPlan",
     "adam_plan",
     "attach_plan",
+    "clip_grads",
     "dense_layout",
     "fusable",
     "fused_plan",
@@ -39,6 +43,9 @@ __all__ = [
     "sgd_plan",
     "with_fused_adam",
 ]
+
+# torch.nn.utils.clip_grad_norm_'s addition to the total norm (`clip_by_torch_global_norm`).
+TORCH_CLIP_EPS = 1e-6
 
 _FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
@@ -57,6 +64,9 @@ class FusedPlan(NamedTuple):
     # of the params), or None: every parameter decays. `resolve_mask` turns it into one bool
     # per parameter, and `run_fused_` then runs the kernel on each side of it.
     mask: Any = None
+    # ``(max_norm, norm_type)`` of a `clip_by_torch_global_norm` chained before the optimizer
+    # (`fused_plan` finds it), or None; `clip_grads` applies it.
+    clip: tuple[float, float] | None = None
 
     @property
     def state_keys(self) -> tuple[str, ...]:
@@ -86,8 +96,8 @@ def adam_plan(
     ``mask`` is AdamW's weight-decay mask; ``flags`` are the kernel's booleans (``amsgrad``,
     ``maximize``); both default to False.
     """
-    values = (lr, b1, b2, eps, weight_decay)
-    if not all(map(_number, values)):
+    values = (b1, b2, eps, weight_decay)
+    if not all(map(_number, values)) or not (_number(lr) or is_schedule(lr)):
         return None
     options = dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay)
     options.update(amsgrad=flags.get("amsgrad", False), maximize=flags.get("maximize", False))
@@ -120,8 +130,40 @@ def sgd_plan(
 
 
 def fused_plan(tx: GradientTransformation) -> FusedPlan | None:
-    """The fused plan ``tx`` carries, if it is exactly a kernel's algorithm."""
-    return getattr(tx, "fused_plan", None)
+    """The fused plan ``tx`` carries, if it is exactly a kernel's algorithm.
+
+    ``chain(clip_by_torch_global_norm(c, p), optimizer)`` (the everyday recipe) has the
+    optimizer's plan with the clip in it, where the clip raises on nothing (no
+    ``error_if_nonfinite``).
+    """
+    plan = getattr(tx, "fused_plan", None)
+    if plan is not None or getattr(tx, "factory", None) is None or tx.factory.__name__ != "chain":
+        return plan
+    stages = recorded_arguments(tx)["transforms"]
+    if len(stages) != 2 or getattr(stages[0], "factory", None) is None:
+        return None
+    clip, inner = stages[0], fused_plan(stages[1])
+    if clip.factory.__name__ != "clip_by_torch_global_norm" or inner is None or inner.clip:
+        return None
+    arguments = recorded_arguments(clip)
+    values = (arguments["max_norm"], arguments["norm_type"])
+    if arguments["error_if_nonfinite"] or not all(map(_number, values)):
+        return None
+    return inner._replace(clip=(float(values[0]), float(values[1])))
+
+
+def clip_grads(
+    plan: FusedPlan, grads: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``grads`` clipped as ``plan.clip`` says (new tensors), and their total norm.
+
+    The same operations as `clip_by_torch_global_norm` on these leaves, so the same bits.
+    """
+    max_norm, norm_type = plan.clip
+    each = torch._foreach_norm(grads, norm_type)
+    total = torch.linalg.vector_norm(torch.stack(list(each)), norm_type)
+    coef = torch.clamp(max_norm / (total + TORCH_CLIP_EPS), max=1.0)
+    return list(torch._foreach_mul(grads, coef.to(grads[0].dtype))), total
 
 
 class _Fusable(GradientTransformation):
@@ -308,7 +350,7 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
         return tx
     o = plan.options
     decay = o["weight_decay"] if plan.kernel == "adamw" else 0.0
-    adam_only = FusedPlan("adam", {**o, "weight_decay": 0.0})  # the decay is in `out` already
+    schedule = o["lr"] if is_schedule(o["lr"]) else None
 
     def update_fn(updates, state, params=None, **extra_args):
         if len(state) == 0 or (decay and params is None):
@@ -323,7 +365,13 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
             if decay
             else None
         )
-        adam_state = state[0]
+        adam_state, tail = state[0], state[1:]
+        lr = o["lr"]
+        if schedule is not None:  # the last stage is `scale_by_schedule`: its count moves too
+            lr = step_scalar(schedule(tail[-1].count))  # a 0-d tensor, which the kernel takes
+            tail = (*tail[:-1], tail[-1]._replace(count=tail[-1].count + 1))
+        # The decay is in `out` already.
+        adam_only = FusedPlan("adam", {**o, "lr": lr, "weight_decay": 0.0})
         # `from_torch` counts per parameter: a tree of counts (one tensor is a shared count,
         # or the count of a one-leaf tree, where the two agree).
         per_leaf = not isinstance(adam_state.count, torch.Tensor)
@@ -338,9 +386,9 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
             # The kernel subtracts lr * m_hat / denom from `out`: start it at the decay term,
             # or at 0 * g (NaN where g is not finite, as the generic update is there).
             if live is None or all(live):
-                out = list(torch._foreach_mul(ps[0] if ps else gs, -o["lr"] * decay))
+                out = list(torch._foreach_mul(ps[0] if ps else gs, -lr * decay))
             else:  # masked: the decay term where the mask holds, 0 * g elsewhere
-                out = [p * (-o["lr"] * decay) if d else g * 0.0 for p, g, d in zip(ps[0], gs, live)]
+                out = [p * (-lr * decay) if d else g * 0.0 for p, g, d in zip(ps[0], gs, live)]
             steps = count if per_leaf else [count] * len(gs)
             run_fused_(adam_only, out, gs, [new_mus, new_nus], steps)
             return out, new_mus, new_nus, count
@@ -354,6 +402,6 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
         if result is None:
             return tx.update(updates, state, params, **extra_args)
         new_updates, mu, nu, count = result
-        return new_updates, (adam_state._replace(count=count, mu=mu, nu=nu), *state[1:])
+        return new_updates, (adam_state._replace(count=count, mu=mu, nu=nu), *tail)
 
     return attach_plan(GradientTransformation(tx.init, update_fn), plan)

@@ -38,12 +38,14 @@ from torchopt_fn._base import GradientTransformation, torch_scalar_dtype
 from torchopt_fn._fused import (
     DenseLayout,
     FusedPlan,
+    clip_grads,
     dense_layout,
     fused_plan,
     resolve_mask,
     run_fused_,
 )
 from torchopt_fn._record import rebuild, recorded_arguments, recorded_nodes
+from torchopt_fn._scalar import is_schedule, step_scalar
 from torchopt_fn._update import apply_updates_
 from torchopt_fn.interop._hyperparams import hyperparams, is_number, mirrored
 from torchopt_fn.interop._layout import STEP, Slot, as_state, meta, state_layout
@@ -216,6 +218,7 @@ class Optimizer(torch.optim.Optimizer):
         self.tx = state.pop("tx")
         self.compile = state.pop("compile")
         self._ambiguous = state.pop("_ambiguous")
+        self._scheduled_by = _schedule_driven_lr(self.tx)
         self._runtimes = {}
         super().__setstate__(state)
 
@@ -526,7 +529,14 @@ class Optimizer(torch.optim.Optimizer):
                 steps = None
                 if plan.kernel != "sgd":
                     steps = _advance_steps(entries, live, per_param=rt.steps_per_param)
-                run_fused_(plan, tensors, grads, state, steps)
+                clipped = grads
+                if plan.clip is not None:  # chained before the optimizer: the group's norm
+                    clipped, norm = clip_grads(plan, grads)
+                    shared = norm.to(next(e[CLIP_NORM] for e in entries if e is not None))
+                    for entry in entries:
+                        if entry is not None:
+                            entry[CLIP_NORM] = shared
+                run_fused_(_scheduled(plan, entries), tensors, clipped, state, steps)
 
             return commit_fused
         grads = ParamList(p.grad for p in params)
@@ -557,6 +567,10 @@ class Optimizer(torch.optim.Optimizer):
         """What the group's fused kernel needs, if it has one and every tensor allows it."""
         plan = rt.plan
         if plan is None or not set(plan.state_keys) <= rt.keys:
+            return None
+        if is_schedule(plan.options["lr"]) and SCHEDULE_COUNT not in rt.keys:
+            return None
+        if plan.clip is not None and CLIP_NORM not in rt.keys:
             return None
         live_params = [p for p, is_live in zip(rt.params, live) if is_live]
         grads = [p.grad for p in live_params]
@@ -879,6 +893,27 @@ def _share_equal_scalars(params: list[torch.Tensor], state: dict[Any, Any]) -> N
         ):
             for e in entries:
                 e[key] = first
+
+
+# The state keys of `scale_by_schedule`'s count (a schedule-driven learning rate reads it) and
+# of the global-norm clip's last norm, which a fused step keeps up to date.
+SCHEDULE_COUNT = "count"
+CLIP_NORM = "norm"
+
+
+def _scheduled(plan: FusedPlan, entries: list) -> FusedPlan:
+    """``plan`` with its schedule's learning rate at the group's ``count`` (a 0-d tensor,
+    which the kernel takes), and the count advanced in every entry; ``plan`` itself when its
+    learning rate is a number."""
+    schedule = plan.options["lr"]
+    if not is_schedule(schedule):
+        return plan
+    with_state = [e for e in entries if e is not None and SCHEDULE_COUNT in e]
+    count = with_state[0][SCHEDULE_COUNT]
+    new = count + 1
+    for entry in with_state:
+        entry[SCHEDULE_COUNT] = new
+    return plan._replace(options={**plan.options, "lr": step_scalar(schedule(count))})
 
 
 def _advance_steps(entries: list, live: list[bool], per_param: bool) -> list[torch.Tensor]:

@@ -10,6 +10,7 @@ import torch
 
 from torchopt_fn._base import EmptyState, GradientTransformation, Scalar, empty_init
 from torchopt_fn._branch import concrete
+from torchopt_fn._fused import TORCH_CLIP_EPS
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_non_negative, check_positive, require_params
 from torchopt_fn.tree._flatten import tree_flatten, tree_leaves, tree_map, tree_unflatten
@@ -138,9 +139,6 @@ def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn)
 
 
-_TORCH_CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s addition to the norm
-
-
 @record_hyperparams
 def clip_by_torch_global_norm(
     max_norm: Scalar, norm_type: float = 2.0, error_if_nonfinite: bool = False
@@ -201,7 +199,7 @@ def clip_by_torch_global_norm(
                     f"clip_by_torch_global_norm: the total norm of order {norm_type} of the "
                     "gradients is non-finite, so it cannot be clipped (error_if_nonfinite=True)."
                 )
-            coef = torch.clamp(max_norm / (total + _TORCH_CLIP_EPS), max=1.0)
+            coef = torch.clamp(max_norm / (total + TORCH_CLIP_EPS), max=1.0)
             return ops.mul(gs, ops.scalar(gs, lambda dt, dev: coef.to(dev, dt)))
 
         out = map_leaves(step, updates, what="clip_by_torch_global_norm")
