@@ -67,6 +67,7 @@ from torchopt_fn._update import (
     copy_into_,
     incremental_update,
     periodic_update,
+    stochastic_round,
 )
 from torchopt_fn.interop import *
 from torchopt_fn.optimizers import *
@@ -124,6 +125,7 @@ __all__ = [
     "second_order",
     "selective_transform",
     "set_to_zero",
+    "stochastic_round",
     "stateless",
     "stateless_with_tree_map",
     "transforms",

@@ -22,7 +22,11 @@ __all__ = ["compile_step"]
 
 
 def compile_step(
-    tx: GradientTransformation, *, donate: bool = True, **compile_kwargs: Any
+    tx: GradientTransformation,
+    *,
+    donate: bool = True,
+    stochastic_rounding: bool = False,
+    **compile_kwargs: Any,
 ) -> Callable[[Params, Updates, OptState], tuple[Params, OptState]]:
     """Compile ``update`` + ``apply_updates`` into one graph with ``torch.compile(fullgraph=True)``.
 
@@ -47,6 +51,8 @@ def compile_step(
     Args:
         tx: the transformation.
         donate: write results into the input params and state.
+        stochastic_rounding: round bfloat16 and float16 params stochastically
+            (`apply_updates`'s option; torch's global generator draws, compiled).
         **compile_kwargs: passed to `torch.compile` (e.g. ``mode="max-autotune-no-cudagraphs"``);
             ``fullgraph`` is always True. Inductor's ``options`` default to
             ``{"size_asserts": False}`` (Dynamo's guards check the inputs already).
@@ -73,7 +79,7 @@ def compile_step(
 
     inner = flattened_inner(tx)
     if inner is not None:
-        return _flat_step(inner, donate, compile_kwargs)
+        return _flat_step(inner, donate, stochastic_rounding, compile_kwargs)
     compile_kwargs = {**compile_kwargs, "fullgraph": True}
     if compile_kwargs.get("backend", "inductor") == "inductor" and "mode" not in compile_kwargs:
         # Inductor re-checks every input's size and stride on each call, which Dynamo's guards
@@ -82,7 +88,7 @@ def compile_step(
 
     def pure_step(params: Params, grads: Updates, state: OptState, **extra_args: Any):
         updates, new_state = tx.update(grads, state, params, **extra_args)
-        return apply_updates(params, updates), new_state
+        return apply_updates(params, updates, stochastic_rounding=stochastic_rounding), new_state
 
     def explain(error: Exception, params: Params, grads: Updates, state: OptState, **extra: Any):
         # Dynamo reports an exception raised while tracing as `Unsupported`; the eager step
@@ -139,7 +145,10 @@ def compile_step(
 
 
 def _flat_step(
-    inner: GradientTransformation, donate: bool, compile_kwargs: dict[str, Any]
+    inner: GradientTransformation,
+    donate: bool,
+    stochastic_rounding: bool,
+    compile_kwargs: dict[str, Any],
 ) -> Callable[[Params, Updates, OptState], tuple[Params, OptState]]:
     """`compile_step` of ``flatten(inner)``: the graph holds the flat update only.
 
@@ -163,7 +172,10 @@ def _flat_step(
         if layout is None:
             layout = layouts[key] = Layout(leaves)
             flat_steps[key] = compile_step(
-                with_flat_masks(inner, params, layout), donate=donate, **compile_kwargs
+                with_flat_masks(inner, params, layout),
+                donate=donate,
+                stochastic_rounding=stochastic_rounding,
+                **compile_kwargs,
             )
         flat_step = flat_steps[key]
         if donate and all(g is not None for g in grad_leaves):

@@ -355,6 +355,8 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
     def update_fn(updates, state, params=None, **extra_args):
         if len(state) == 0 or (decay and params is None):
             return tx.update(updates, state, params, **extra_args)  # it raises the error
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return tx.update(updates, state, params, **extra_args)  # traced: the chain's maths
         decays = resolve_mask(plan, params) if decay else None
         if decay and decays is None:
             return tx.update(updates, state, params, **extra_args)  # element masks

@@ -17,14 +17,67 @@ __all__ = [
     "copy_into_",
     "incremental_update",
     "periodic_update",
+    "stochastic_round",
 ]
 
 
-def apply_updates(params: Params, updates: Updates) -> Params:
+# The dtypes stochastic rounding applies to: where an update can be smaller than half a unit
+# in the last place of the parameter, which rounding to nearest would drop every time.
+_LOW_PRECISION = frozenset({torch.bfloat16, torch.float16})
+
+
+def stochastic_round(
+    x: torch.Tensor, dtype: torch.dtype, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``x`` rounded to ``dtype`` up or down at random, with probabilities that make the
+    result unbiased: its expected value is ``x``.
+
+    The two candidates are the nearest ``dtype`` value (what ``x.to(dtype)`` gives) and its
+    neighbour on the other side of ``x``; the far one is taken with probability equal to the
+    distance to the near one over the gap. Values beyond ``dtype``'s range overflow as
+    ``x.to(dtype)`` does; non-finite values pass through. ``generator`` seeds the draws
+    eagerly (compiled, torch's global generator draws them).
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> x = torch.full((10000,), 1.0 + 2**-10)  # a quarter of bfloat16's gap above 1
+        >>> r = tf.stochastic_round(x, torch.bfloat16, torch.Generator().manual_seed(0))
+        >>> sorted(set(r.tolist())), round(r.float().mean().item(), 3)
+        ([1.0, 1.0078125], 1.001)
+    """
+    near = x.to(dtype)
+    back = near.to(x.dtype)
+    toward = torch.where(x > back, torch.inf, -torch.inf).to(dtype)
+    other = torch.nextafter(near, toward)
+    frac = (x - back) / (other.to(x.dtype) - back)  # in [0, 1/2]; NaN where x is not finite
+    if generator is None or torch.compiler.is_compiling():
+        draws = torch.rand(x.shape, dtype=x.dtype, device=x.device)
+    else:
+        draws = torch.rand(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+    return torch.where((draws < frac) & other.isfinite(), other, near)
+
+
+def _rounded_sum(p: torch.Tensor, u: torch.Tensor, generator: torch.Generator | None) -> Any:
+    """``p + u`` in float32, stochastically rounded to ``p``'s dtype (a low precision)."""
+    return stochastic_round(p.float() + u.float(), p.dtype, generator)
+
+
+def apply_updates(
+    params: Params,
+    updates: Updates,
+    *,
+    stochastic_rounding: bool = False,
+    generator: torch.Generator | None = None,
+) -> Params:
     """Return ``params + updates``, each result cast back to its parameter's dtype.
 
     Pure: nothing is modified. A `None` update leaves its parameter as it is. Every update
     must have its parameter's shape.
+
+    With ``stochastic_rounding``, a bfloat16 or float16 parameter gets ``p + u`` computed in
+    float32 and rounded to its dtype by `stochastic_round` (seeded by ``generator``): an
+    update below half a unit in the last place still moves the parameter on average, where
+    rounding to nearest would drop it every step. Other dtypes are unaffected.
 
     Raises:
         ValueError: the trees differ, or an update's shape differs from its parameter's.
@@ -33,21 +86,39 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         >>> import torch, torchopt_fn as tf
         >>> tf.apply_updates({"w": torch.ones(2)}, {"w": torch.tensor([0.5, -1.0])})
         {'w': tensor([1.5000, 0.0000])}
+        >>> p = {"w": torch.ones(1000, dtype=torch.bfloat16)}
+        >>> small = {"w": torch.full((1000,), 1e-3)}  # an eighth of bfloat16's gap above 1
+        >>> tf.apply_updates(p, small)["w"].eq(1).all().item()  # rounded to nearest: lost
+        True
+        >>> moved = tf.apply_updates(p, small, stochastic_rounding=True)["w"]
+        >>> 0.0 < moved.float().mean().item() - 1 < 2e-3
+        True
     """
+
+    def add(ops: Any, us: list, ps: list) -> list:
+        if not stochastic_rounding or all(p.dtype not in _LOW_PRECISION for p in ps):
+            return ops.add(ps, cast_like(us, ps))
+        return [
+            _rounded_sum(p, u, generator) if p.dtype in _LOW_PRECISION else p + u.to(p.dtype)
+            for p, u in zip(ps, us)
+        ]
+
     return map_leaves(
-        lambda ops, us, ps: ops.add(ps, cast_like(us, ps)),
-        updates,
-        params,
-        keep=(0,),
-        complex_as_real=True,
-        what="apply_updates",
+        add, updates, params, keep=(0,), complex_as_real=True, what="apply_updates"
     )
 
 
-def apply_updates_(params: Params, updates: Updates) -> Params:
+def apply_updates_(
+    params: Params,
+    updates: Updates,
+    *,
+    stochastic_rounding: bool = False,
+    generator: torch.Generator | None = None,
+) -> Params:
     """Add ``updates`` into ``params`` in place (the adapter's variant) and return ``params``.
 
-    Everything is checked before the first parameter changes.
+    Everything is checked before the first parameter changes. ``stochastic_rounding`` and
+    ``generator`` are `apply_updates`'s.
 
     Raises:
         ValueError: the trees differ, or an update's shape differs from its parameter's.
@@ -61,8 +132,15 @@ def apply_updates_(params: Params, updates: Updates) -> Params:
     """
 
     def add_(ops, us: list, ps: list) -> None:
-        us = cast_like(us, ps)
         with torch.no_grad():
+            if stochastic_rounding and any(p.dtype in _LOW_PRECISION for p in ps):
+                for p, u in zip(ps, us):
+                    if p.dtype in _LOW_PRECISION and not u.is_sparse:
+                        p.copy_(_rounded_sum(p, u, generator))
+                    else:
+                        p.add_(u.to(p.dtype))
+                return
+            us = cast_like(us, ps)
             if ops.foreach:
                 torch._foreach_add_(ps, us)
             else:

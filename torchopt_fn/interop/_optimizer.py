@@ -150,6 +150,13 @@ class Optimizer(torch.optim.Optimizer):
             traced once: changing hyperparameters do not recompile. Otherwise the update runs
             eagerly on multi-tensor kernels, or on torch's fused kernel where the group's
             transformation is exactly Adam, AdamW or SGD and every tensor is laid out for it.
+        differentiable: torch's flag (the step is recorded by autograd); by default the
+            transformation's own (`from_torch`'s), else False.
+        stochastic_rounding: add the update to bfloat16 and float16 parameters in float32
+            and round the sum stochastically (`apply_updates`), instead of to nearest; the
+            fused kernels, which round to nearest, step aside. ``generator`` seeds the draws
+            of the eager update.
+        generator: a `torch.Generator` for ``stochastic_rounding``.
 
     Raises:
         ValueError: for a param group with a hyperparameter the transformation does not have,
@@ -176,6 +183,8 @@ class Optimizer(torch.optim.Optimizer):
         *,
         compile: bool = False,
         differentiable: bool | None = None,
+        stochastic_rounding: bool = False,
+        generator: torch.Generator | None = None,
     ):
         if not isinstance(tx, GradientTransformation) and hasattr(tx, "gradient_transformation"):
             tx = tx.gradient_transformation()  # `MultiSteps`
@@ -187,6 +196,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"Optimizer: {node.factory.__name__} {reason}")
         self.tx = tx
         self.compile = compile
+        self.stochastic_rounding, self.generator = stochastic_rounding, generator
         self._runtimes: dict[int, _GroupRuntime] = {}
         self._training = True
         defaults, self._ambiguous = hyperparams(tx)
@@ -209,6 +219,8 @@ class Optimizer(torch.optim.Optimizer):
             **state,
             "tx": self.tx,
             "compile": self.compile,
+            "stochastic_rounding": self.stochastic_rounding,
+            "generator": self.generator,
             "_ambiguous": self._ambiguous,
             "_training": self._training,
         }
@@ -217,6 +229,8 @@ class Optimizer(torch.optim.Optimizer):
         self._training = state.pop("_training", True)
         self.tx = state.pop("tx")
         self.compile = state.pop("compile")
+        self.stochastic_rounding = state.pop("stochastic_rounding", False)
+        self.generator = state.pop("generator", None)
         self._ambiguous = state.pop("_ambiguous")
         self._scheduled_by = _schedule_driven_lr(self.tx)
         self._runtimes = {}
@@ -364,7 +378,8 @@ class Optimizer(torch.optim.Optimizer):
             layout = runtime.spec, runtime.slots
         else:
             layout = state_layout(tx.init(ParamList(meta(p) for p in params)))
-        plan = None if self.compile or not _may_fuse(values) else fused_plan(tx)
+        fuse = not (self.compile or self.stochastic_rounding) and _may_fuse(values)
+        plan = fused_plan(tx) if fuse else None
         if plan is not None and plan.mask is not None:  # one bool per parameter, or no kernel
             decays = resolve_mask(plan, ParamList(params))
             plan = None if decays is None else plan._replace(mask=tuple(decays))
@@ -557,7 +572,12 @@ class Optimizer(torch.optim.Optimizer):
                     if u is not None:
                         p.add_(u.to(p.dtype))
             else:
-                apply_updates_(list(params), list(updates))
+                apply_updates_(
+                    list(params),
+                    list(updates),
+                    stochastic_rounding=self.stochastic_rounding,
+                    generator=self.generator,
+                )
 
         return commit
 

@@ -67,6 +67,8 @@ class TrainStep:
             model as usual (``model(x)``).
         flat: run ``tx`` on one flat buffer of the parameters.
         accumulation_steps: micro-batches per step.
+        stochastic_rounding: round bfloat16 and float16 parameters stochastically
+            (`apply_updates`'s option).
         compile: compile the step (else it runs eagerly, the same numbers).
         **compile_kwargs: passed to `torch.compile` (``fullgraph`` is always True).
 
@@ -97,6 +99,7 @@ class TrainStep:
         *,
         flat: bool = False,
         accumulation_steps: int = 1,
+        stochastic_rounding: bool = False,
         compile: bool = True,
         **compile_kwargs: Any,
     ):
@@ -109,6 +112,7 @@ class TrainStep:
             raise ValueError("TrainStep: the model has no parameter with requires_grad=True.")
         self.model, self.tx, self.loss_fn = model, tx, loss_fn
         self.flat, self.accumulation_steps = flat, accumulation_steps
+        self.stochastic_rounding = stochastic_rounding
         self._objective = _Objective(model, loss_fn)
         self._params = dict(named)
         self._buffers = {"model." + n: b for n, b in model.named_buffers()}
@@ -175,7 +179,12 @@ class TrainStep:
 
     def _eager_functions(self) -> tuple[Callable[..., Any], ...]:
         """The step (gradient and update), the gradient alone, and the update alone."""
-        tx, objective, flat = self.tx, self._objective, self.flat
+        tx, objective, flat, rounding = (
+            self.tx,
+            self._objective,
+            self.flat,
+            self.stochastic_rounding,
+        )
         names, shapes, sizes = self._names, self._shapes, self._sizes
         takes_loss = any(getattr(n.factory, "takes_loss", False) for n in recorded_nodes(tx))
 
@@ -203,7 +212,7 @@ class TrainStep:
         def update(trained: Any, state: Any, grads: Any, loss: torch.Tensor) -> tuple:
             extra = {"value": loss.detach()} if takes_loss else {}
             updates, new_state = tx.update(grads, state, trained, **extra)
-            new = apply_updates(trained, updates)
+            new = apply_updates(trained, updates, stochastic_rounding=rounding)
             # Written into the module's tensors and the state's (one `copy_` each: see
             # `compile_step`), except 0-d ones, returned and copied after the graph.
             pairs = copy_pairs(trained, new, "TrainStep") + copy_pairs(
