@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchopt_fn as tf
+from tests.helpers import assert_trees_close
 from torchopt_fn.tree import _flatten as _tree
 from torchopt_fn.tree import _ops
 
@@ -350,3 +351,41 @@ def test_tree_random_like_draws_from_the_generator():
     b = tf.tree_random_like(torch.Generator().manual_seed(1), target)
     assert all(torch.equal(a[k], b[k]) and a[k].dtype == target[k].dtype for k in target)
     assert tf.tree_batch_shape(target, (4,))["w"].shape == (4, 2, 3)
+
+
+def test_tree_state_dict_round_trips_through_torch_save_and_dcp(tmp_path):
+    """Stable dotted keys, the tree's own tensors: ``torch.load(weights_only=True)`` and
+    `torch.distributed.checkpoint` (which loads in place into the dict's tensors) both work."""
+    import torch.distributed.checkpoint as dcp
+
+    params = {"w": torch.randn(3, 2), "b": torch.randn(2)}
+    tx = tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(0.1))
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = tx.update(tf.tree_map(torch.ones_like, params), state, params)
+    flat = tf.tree_state_dict(state)
+    assert sorted(flat) == ["0.norm", "1.0.count", "1.0.mu.b", "1.0.mu.w", "1.0.nu.b", "1.0.nu.w"]
+    assert flat["1.0.mu.w"] is state[1][0].mu["w"]
+    path = tmp_path / "state.pt"
+    torch.save(flat, path)
+    fresh = tf.tree_load_state_dict_(tx.init(params), torch.load(path, weights_only=True))
+    assert_trees_close(fresh, state, rtol=0, atol=0)
+    dcp.save(flat, checkpoint_id=tmp_path / "dcp")
+    again = tx.init(params)
+    dcp.load(tf.tree_state_dict(again), checkpoint_id=tmp_path / "dcp")
+    assert_trees_close(again, state, rtol=0, atol=0)
+
+
+def test_tree_load_state_dict_refuses_a_malformed_dict_before_writing():
+    state = tf.adam(0.1).init({"w": torch.zeros(2)})
+    good = {k: v.clone() for k, v in tf.tree_state_dict(state).items()}
+    cases = {
+        "missing keys \\['0.nu.w'\\]": {k: v for k, v in good.items() if k != "0.nu.w"},
+        "unexpected keys \\['extra'\\]": {**good, "extra": torch.zeros(1)},
+        "0.mu.w has shape \\(3,\\), expected \\(2,\\)": {**good, "0.mu.w": torch.ones(3)},
+    }
+    for match, bad in cases.items():
+        poisoned = {k: torch.full_like(v, 9) if k != "0.mu.w" else v for k, v in bad.items()}
+        with pytest.raises(ValueError, match=match):
+            tf.tree_load_state_dict_(state, poisoned)
+        assert_trees_close(tf.tree_state_dict(state), good, rtol=0, atol=0)

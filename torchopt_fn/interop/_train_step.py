@@ -10,8 +10,9 @@ import torch
 from torchopt_fn._base import GradientTransformation
 from torchopt_fn._record import recorded_nodes
 from torchopt_fn._update import apply_updates, copy_pairs
-from torchopt_fn.tree._flatten import leaf_trails, tree_leaves
+from torchopt_fn.tree._flatten import tree_leaves
 from torchopt_fn.tree._ravel import ravel_parameters_
+from torchopt_fn.tree._state import tree_load_state_dict_, tree_state_dict
 from torchopt_fn.wrappers._layout import Layout, flatten, with_flat_masks
 
 __all__ = ["TrainStep"]
@@ -233,40 +234,16 @@ class TrainStep:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The optimizer state as a flat ``{key: tensor}`` dict (``weights_only``-loadable).
-
-        A key is the leaf's path with NamedTuple field names: ``"1.0.mu"`` is the ``mu`` of
-        the first state of a chain's second transformation.
-        """
-        leaves, _, trails = leaf_trails(self.state)
-        return {
-            ".".join(str(key) for _, key in trail): x
-            for x, trail in zip(leaves, trails)
-            if isinstance(x, torch.Tensor)
-        }
+        """The optimizer state as a flat ``{key: tensor}`` dict (`tree_state_dict`: keys such
+        as ``"1.0.mu"``; ``weights_only``-loadable)."""
+        return tree_state_dict(self.state)
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Copy a `state_dict` into the state; checked whole before anything is written."""
-        mine = self.state_dict()
-        missing, unexpected = (
-            sorted(set(mine) - set(state_dict)),
-            sorted(set(state_dict) - set(mine)),
-        )
-        if missing or unexpected:
-            raise ValueError(
-                f"TrainStep.load_state_dict: missing keys {missing}, unexpected keys "
-                f"{unexpected} (was it saved for another model or transformation?)."
-            )
-        for key, x in mine.items():
-            y = state_dict[key]
-            if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-                raise ValueError(
-                    f"TrainStep.load_state_dict: {key} has shape "
-                    f"{getattr(y, 'shape', type(y))}, expected {tuple(x.shape)}."
-                )
-        with torch.no_grad():
-            for key, x in mine.items():
-                x.copy_(state_dict[key])
+        try:
+            tree_load_state_dict_(self.state, state_dict)
+        except ValueError as e:
+            raise ValueError(f"TrainStep.load_state_dict: {e}") from e
 
 
 def _split(x: Any, k: int) -> list[Any]:

@@ -45,7 +45,13 @@ from torchopt_fn.tree._math import (
     tree_zeros_like,
 )
 from torchopt_fn.tree._ravel import ravel_parameters_, ravel_tree
-from torchopt_fn.tree._state import tree_get, tree_get_all_with_path, tree_set
+from torchopt_fn.tree._state import (
+    tree_get,
+    tree_get_all_with_path,
+    tree_load_state_dict_,
+    tree_set,
+    tree_state_dict,
+)
 
 # optax's root names for some of the tree maths.
 bias_correction = tree_bias_correction
@@ -78,6 +84,7 @@ __all__ = [
     "tree_l2_norm",
     "tree_leaves",
     "tree_linf_norm",
+    "tree_load_state_dict_",
     "tree_map",
     "tree_max",
     "tree_min",
@@ -89,6 +96,7 @@ __all__ = [
     "tree_scale",
     "tree_set",
     "tree_size",
+    "tree_state_dict",
     "tree_sub",
     "tree_sum",
     "tree_update_infinity_moment",

@@ -1,12 +1,19 @@
 """Reading and replacing state entries by name (`tree_get`, `tree_get_all_with_path`,
-`tree_set`)."""
+`tree_set`), and a state as a flat dict of tensors for checkpoints (`tree_state_dict`,
+`tree_load_state_dict_`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["tree_get", "tree_get_all_with_path", "tree_set"]
+__all__ = [
+    "tree_get",
+    "tree_get_all_with_path",
+    "tree_load_state_dict_",
+    "tree_set",
+    "tree_state_dict",
+]
 
 Tree = Any
 
@@ -127,3 +134,70 @@ def tree_get_all_with_path(
 
     visit(tree, ())
     return [(p, v) for p, v in found if filtering is None or filtering(p, v)]
+
+
+def tree_state_dict(tree: Tree) -> dict[str, Any]:
+    """``tree``'s tensor leaves as a flat ``{key: tensor}`` dict, a key per leaf's path.
+
+    A key joins the path's NamedTuple field names, dict keys and sequence indices with dots
+    (``"1.0.mu.w"``: the ``mu`` of the first state of a chain's second stage, at parameter
+    ``w``), so it names the same leaf across runs, processes and numbers of ranks: what
+    ``torch.save(..., weights_only=True)`` and `torch.distributed.checkpoint` (which saves a
+    flat dict of tensors, sharded ones included) expect. The tensors are the tree's own.
+    `tree_load_state_dict_` copies such a dict back.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> state = tf.adam(0.1).init({"w": torch.zeros(2)})
+        >>> sorted(tf.tree_state_dict(state))
+        ['0.count', '0.mu.w', '0.nu.w']
+    """
+    from torchopt_fn.tree._flatten import leaf_trails  # (the flatteners import this package)
+
+    leaves, _, trails = leaf_trails(tree)
+    return {
+        ".".join(str(key) for _, key in trail): x
+        for x, trail in zip(leaves, trails)
+        if hasattr(x, "shape") and hasattr(x, "copy_")
+    }
+
+
+def tree_load_state_dict_(tree: Tree, state_dict: dict[str, Any]) -> Tree:
+    """Copy a `tree_state_dict` into ``tree``'s tensors, in place; return ``tree``.
+
+    The whole dict is checked first (the same keys, each value a tensor of its leaf's
+    shape), so a malformed one changes nothing. Values are cast to the leaves' dtypes and
+    moved to their devices.
+
+    Raises:
+        ValueError: naming the missing or unexpected keys, or the first mismatched shape.
+
+    Examples:
+        >>> import torch, torchopt_fn as tf
+        >>> tx = tf.adam(0.1)
+        >>> saved = tf.tree_state_dict(tx.init({"w": torch.ones(2)}))
+        >>> fresh = tx.init({"w": torch.zeros(2)})
+        >>> int(tf.tree_load_state_dict_(fresh, {**saved, "0.count": torch.tensor(7)})[0].count)
+        7
+    """
+    import torch
+
+    mine = tree_state_dict(tree)
+    missing = sorted(set(mine) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(mine))
+    if missing or unexpected:
+        raise ValueError(
+            f"tree_load_state_dict_: missing keys {missing}, unexpected keys {unexpected} "
+            "(was it saved for another model or transformation?)."
+        )
+    for key, x in mine.items():
+        y = state_dict[key]
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(
+                f"tree_load_state_dict_: {key} has shape {got}, expected {tuple(x.shape)}."
+            )
+    with torch.no_grad():
+        for key, x in mine.items():
+            x.copy_(state_dict[key])
+    return tree
