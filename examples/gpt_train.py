@@ -1,7 +1,7 @@
 """Train a small GPT with the everyday recipe, as one compiled step (`tf.TrainStep`).
 
 The model is a nanoGPT-style decoder (4 layers, width 128, 4 heads, 128 bytes of context,
-tied embedding and head: 0.84M parameters) on the Python reference's help topics, which ship
+tied embedding and head: 842,496 parameters) on the Python reference's help topics, which ship
 with CPython (``pydoc_data.topics``, read as bytes: no download). The recipe is the usual one:
 gradients clipped to global norm 1 as ``torch.nn.utils.clip_grad_norm_`` does, AdamW (betas
 0.9 and 0.95) with weight decay 0.1 on the matrices only, and a warmup-cosine learning rate.
@@ -12,12 +12,14 @@ new weights into the module.
     python examples/gpt_train.py --resume        # carry on from the checkpoint
     python examples/gpt_train.py --compare       # the table of docs/gpt.md
 
-``--compare`` trains the same model from the same weights on the same batches six ways, each
-in a process of its own with an empty Inductor cache, and prints a markdown table (time per
-step, first step with its compile, cold and cached, peak memory, final losses): eager PyTorch
-(``clip_grad_norm_`` + fused AdamW + ``LambdaLR``), ``torch.compile(model)`` with the same,
-``tf.Optimizer`` with the recipe, and `tf.TrainStep` on the parameters as they are, on one
-flat buffer, and on one flat buffer without Inductor (``backend="aot_eager"``). ``--quick``
+``--compare`` trains the same model from the same weights on the same batches six ways and
+prints a markdown table: the first step with its compile (each contender in a process of its
+own, with an empty Inductor cache, then with the cache it left) and the peak memory there;
+the time per step and the final losses with all six in lockstep in one process. The six:
+eager PyTorch (``clip_grad_norm_`` + fused AdamW + ``LambdaLR``), ``torch.compile(model)``
+with the same, ``tf.Optimizer`` with the recipe, and `tf.TrainStep` on the parameters as
+they are, on one flat buffer, and on one flat buffer without Inductor
+(``backend="aot_eager"``). ``--quick``
 shrinks everything (the smoke test); ``--stop-after N`` stops after step N, as an
 interrupted run would (``--resume`` carries on); ``--threads`` sets torch's threads (default
 1, as the table was measured).
@@ -70,6 +72,7 @@ class Config:
 
 QUICK = Config(layers=1, d_model=32, heads=2, context=32, batch=4, steps=12, warmup=3)
 QUICK_EVAL = 16
+MEMORY_STEPS = 10  # steps a --compare contender takes in its own process (peak memory)
 
 
 # --------------------------------------------------------------------------- data
@@ -238,59 +241,77 @@ CONTENDERS: dict[str, Callable[[nn.Module, Config], Callable[..., torch.Tensor]]
 }
 
 
-def run_contender(name: str, cfg: Config, data: tuple, windows: int, first_only: bool) -> dict:
-    """Train with one contender from the shared initial weights; what the table reports."""
-    train, val = data
+def first_steps(name: str, cfg: Config, data: tuple, steps: int) -> dict:
+    """One contender's first step (with its compile) and its memory over ``steps`` steps, in
+    a process of its own."""
     model = make_model(cfg)
     step = CONTENDERS[name](model, cfg)
     rss_before, _ = rss_mb()
     start = time.perf_counter()
-    losses = [float(step(*batch_at(train, 0, cfg)))]
-    result = {"first": time.perf_counter() - start}
-    if first_only:
-        return result
-    times = []
-    for i in range(1, cfg.steps):
+    step(*batch_at(data[0], 0, cfg))
+    first = time.perf_counter() - start
+    for i in range(1, steps):
+        step(*batch_at(data[0], i, cfg))
+    return {"first": first, "growth": rss_mb()[1] - rss_before}
+
+
+def lockstep(cfg: Config, data: tuple, windows: int) -> dict[str, dict]:
+    """Every contender trained for ``cfg.steps`` in one process, a step of each in turn, so
+    that the machine's state (load, the allocator's heap) is the same for all: the median
+    step time and the final losses of each."""
+    train, val = data
+    models = {name: make_model(cfg) for name in CONTENDERS}
+    steps, times, losses = {}, {}, {}
+    for name, build in CONTENDERS.items():
+        steps[name] = build(models[name], cfg)
+        steps[name](*batch_at(train, 0, cfg))  # compiles
+        times[name], losses[name] = [], []
+    for i in tqdm(range(1, cfg.steps), desc="lockstep", file=sys.stdout, mininterval=10):
         x, y = batch_at(train, i, cfg)
-        start = time.perf_counter()
-        losses.append(float(step(x, y)))
-        times.append(time.perf_counter() - start)
-    _, peak = rss_mb()
-    times.sort()
-    return {
-        **result,
-        "ms": 1e3 * times[len(times) // 2],
-        "growth": peak - rss_before,
-        "train": sum(losses[-20:]) / len(losses[-20:]),
-        "val": evaluate(model, eval_batch(val, cfg, windows)),
-    }
+        for name, step in steps.items():
+            start = time.perf_counter()
+            losses[name].append(float(step(x, y)))
+            times[name].append(time.perf_counter() - start)
+    val_batch = eval_batch(val, cfg, windows)
+    out = {}
+    for name in CONTENDERS:
+        t = sorted(times[name])
+        out[name] = {
+            "ms": 1e3 * t[len(t) // 2],
+            "train": sum(losses[name][-20:]) / len(losses[name][-20:]),
+            "val": evaluate(models[name], val_batch),
+        }
+    return out
 
 
-def compare(args: argparse.Namespace) -> str:
-    """Each contender in its own process, with an empty Inductor cache (a cold compile),
-    then once more with the cache it left (the first step of a later run)."""
-    rows = []
-    for name in tqdm(CONTENDERS, desc="contenders", file=sys.stdout):
+def compare(args: argparse.Namespace, cfg: Config, data: tuple, windows: int) -> str:
+    """First steps and memory: each contender in its own process with an empty Inductor
+    cache (a cold compile), then again with the cache it left. Step times and losses: all in
+    lockstep in this process."""
+    firsts = {}
+    for name in tqdm(CONTENDERS, desc="first steps", file=sys.stdout):
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-            base = [sys.executable, __file__, "--contender", name, "--threads", str(args.threads)]
-            base += ["--quick"] * args.quick + (["--steps", str(args.steps)] if args.steps else [])
+            cmd = [sys.executable, __file__, "--contender", name, "--threads", str(args.threads)]
+            cmd += ["--quick"] * args.quick
             runs = [
                 subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                for cmd in (base, [*base, "--first-only"])
+                for _ in range(2)
             ]
         cold, warm = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
-        rows.append((name, cold, warm["first"]))
-    base_ms = rows[0][1]["ms"]
+        firsts[name] = (cold["first"], warm["first"], cold["growth"])
+    timed = lockstep(cfg, data, windows)
+    base = timed[next(iter(CONTENDERS))]["ms"]
     lines = [
         "| contender | ms / step | x eager | first step s (cold / cached) "
         "| peak RSS growth MB | train loss (last 20) | val loss |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r, warm in rows:
+    for name, r in timed.items():
+        cold, warm, growth = firsts[name]
         lines.append(
-            f"| {name} | {r['ms']:.1f} | {r['ms'] / base_ms:.2f} | {r['first']:.1f} / {warm:.1f} "
-            f"| {r['growth']:.0f} | {r['train']:.4f} | {r['val']:.4f} |"
+            f"| {name} | {r['ms']:.1f} | {r['ms'] / base:.2f} | {cold:.1f} / {warm:.1f} "
+            f"| {growth:.0f} | {r['train']:.4f} | {r['val']:.4f} |"
         )
     return "\n".join(lines)
 
@@ -319,7 +340,7 @@ def train_run(
     for i in bar:
         loss = float(step(*batch_at(train, i, cfg)))
         history.append((i, loss))
-        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)  # shown at the bar's next refresh
         if (i + 1) % cfg.checkpoint_every == 0 or i + 1 == end:
             torch.save(
                 {
@@ -364,18 +385,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("examples/out"))
     parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
-    parser.add_argument("--first-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg, windows = (QUICK, QUICK_EVAL) if args.quick else (Config(), Config().eval_windows)
     if args.steps:
         warmup = min(cfg.warmup, args.steps // 10)
         cfg = Config(**{**cfg.__dict__, "steps": args.steps, "warmup": warmup})
-    if args.contender:  # one row of --compare, in a process of its own
-        result = run_contender(args.contender, cfg, load_bytes(), windows, args.first_only)
-        print(json.dumps(result))
+    if args.contender:  # a first step of --compare, in a process of its own
+        print(json.dumps(first_steps(args.contender, cfg, load_bytes(), MEMORY_STEPS)))
     elif args.compare:
-        print(compare(args))
+        print(compare(args, cfg, load_bytes(), windows))
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         data = load_bytes()

@@ -102,6 +102,5 @@ def test_gpt_train_quick_trains_and_resumes_exactly(tmp_path):
     assert "resumed from" in resumed
     val = [re.search(r"validation loss: ([\d.]+)", out).group(1) for out in (straight, resumed)]
     assert val[0] == val[1]
-    first = float(re.search(r"loss=([\d.]+)", straight).group(1))
-    assert float(val[0]) < first  # it learned
+    assert float(val[0]) < math.log(256) - 0.1  # it learned: below a uniform guess
     assert (tmp_path / "a" / "gpt_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
