@@ -35,21 +35,21 @@ class TrainStep:
     """One training step of an ``nn.Module``: forward, gradient and update in one graph.
 
     ``step(*batch)`` computes ``loss_fn(model, *batch)``, its gradient with respect to the
-    model's trainable parameters (`torch.func.grad_and_value` through
-    `torch.func.functional_call`), the update of ``tx``, and writes the new parameters into
-    the module's own tensors (in place: the module, its ``state_dict`` and anything holding
-    its parameters see them). With ``compile=True`` (the default) all of it is one
-    ``torch.compile(fullgraph=True)`` graph, traced once: the step count, schedules and
-    injected hyperparameters live in the state as 0-d tensors, so nothing recompiles as they
-    move. Buffers (batch-norm statistics) are updated by the forward as usual; frozen
-    parameters (``requires_grad=False``) are left alone.
+    model's trainable parameters (`torch.func.grad` through `torch.func.functional_call`),
+    the update of ``tx``, and writes the new parameters into the module's own tensors (in
+    place: the module, its ``state_dict`` and anything holding its parameters see them).
+    With ``compile=True`` (the default) all of it is one ``torch.compile(fullgraph=True)``
+    graph, traced once: the step count, schedules and injected hyperparameters live in the
+    state as 0-d tensors, so nothing recompiles as they move. Buffers (batch-norm
+    statistics) are updated by the forward as usual; frozen parameters
+    (``requires_grad=False``) are left alone.
 
     ``flat=True`` first moves the trainable parameters into one buffer
     (`ravel_parameters_`: they become views of it) and runs ``tx`` on that buffer, as
     `flatten` does: the update compiles as a few kernels instead of several per tensor, which
-    cuts the first compile, and runs faster. It takes element-wise transformations and
-    global norms (`flatten` refuses the rest: per-tensor norms, masks, matrices) and
-    parameters of one dtype and device.
+    cuts the first compile. It takes element-wise transformations, global norms and masks
+    (a weight-decay mask becomes an element mask over the buffer; `flatten` refuses the rest:
+    per-tensor norms, factored moments, matrices) and parameters of one dtype and device.
 
     ``accumulation_steps=k`` splits each tensor of the batch into ``k`` micro-batches along
     its first dimension, adds up their gradients (each the gradient of a micro-batch's mean
