@@ -453,6 +453,7 @@ def test_a_scheduler_on_a_schedule_driven_lr_is_refused_with_what_to_do(make_sch
 
 
 def test_a_schedule_driven_lr_checkpoints_without_its_stand_in():
+    schedule = tf.constant_schedule(1.0)
     model = _model()
     opt = tf.Optimizer(model.parameters(), _scheduled_adamw())
     for _ in range(3):
@@ -477,6 +478,9 @@ def test_a_schedule_driven_lr_checkpoints_without_its_stand_in():
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"sets lr=0\.1, but adamw's learning rate is a schedule"):
         tf.Optimizer([{"params": list(_model().parameters()), "lr": 0.1}], _scheduled_adamw())
+    # Where another part's learning rate is a number, "lr" is that number's, as before.
+    mixed = tf.chain(tf.scale_by_learning_rate(0.1), tf.scale_by_learning_rate(schedule))
+    assert tf.Optimizer(_model().parameters(), mixed).param_groups[0]["lr"] == 0.1
 
 
 @pytest.mark.parametrize(

@@ -204,7 +204,8 @@ class Optimizer(torch.optim.Optimizer):
             defaults["differentiable"] = differentiable
         if defaults.get("differentiable") and compile:
             raise ValueError("Optimizer: differentiable=True runs eagerly; drop compile=True.")
-        self._scheduled_by = _schedule_driven_lr(tx)
+        # A number mirrored as "lr" (another part's learning rate) keeps the key for itself.
+        self._scheduled_by = None if "lr" in defaults else _schedule_driven_lr(tx)
         super().__init__(params, defaults)
         if _closure_driven(tx) and len(self.param_groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
@@ -232,9 +233,9 @@ class Optimizer(torch.optim.Optimizer):
         self.stochastic_rounding = state.pop("stochastic_rounding", False)
         self.generator = state.pop("generator", None)
         self._ambiguous = state.pop("_ambiguous")
-        self._scheduled_by = _schedule_driven_lr(self.tx)
         self._runtimes = {}
         super().__setstate__(state)
+        self._scheduled_by = None if "lr" in self.defaults else _schedule_driven_lr(self.tx)
 
     # ------------------------------------------------------------------ param groups
 
