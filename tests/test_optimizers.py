@@ -16,6 +16,7 @@ from tests.helpers import (
     ROSENBROCK,
     OptCase,
     all_finite,
+    assert_trees_close,
     make_tx,
     run_case,
 )
@@ -224,3 +225,35 @@ def test_adapter_on_views_and_odd_gradients_equals_contiguous(case: OptCase):
         results.append([p.detach().contiguous() for p in params])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "nadamw"])
+def test_state_dtype_and_nu_dtype_set_the_moments_dtypes(name):
+    """``state_dtype`` is the shorthand for both moments; ``mu_dtype``/``nu_dtype`` win over
+    it. The numbers are those of `scale_by_adam` with the same dtypes (the fused kernel, which
+    keeps the params' dtype, steps aside)."""
+    factory = getattr(tf, name)
+    params = {"w": torch.randn(4, 3), "b": torch.randn(3)}
+    grads = [tf.tree_map(torch.randn_like, params) for _ in range(5)]
+    bf16, f64 = torch.bfloat16, torch.float64
+    for kwargs, (mu, nu) in [
+        ({"state_dtype": bf16}, (bf16, bf16)),
+        ({"nu_dtype": f64}, (torch.float32, f64)),
+        ({"state_dtype": bf16, "mu_dtype": torch.float32}, (torch.float32, bf16)),
+    ]:
+        tx = factory(1e-2, **kwargs)
+        nesterov = name.startswith("nadam")
+        by_hand = tf.chain(
+            tf.scale_by_adam(mu_dtype=mu, nu_dtype=nu, nesterov=nesterov),
+            *([tf.add_decayed_weights(1e-4)] if name.endswith("w") else []),
+            tf.scale_by_learning_rate(1e-2),
+        )
+        runs = []
+        for t in (tx, by_hand):
+            p, state = params, t.init(params)
+            for g in grads:
+                u, state = t.update(g, state, p)
+                p = tf.apply_updates(p, u)
+            runs.append((p, state))
+        assert runs[0][1][0].mu["w"].dtype == mu and runs[0][1][0].nu["w"].dtype == nu
+        assert_trees_close(runs[0], runs[1], rtol=0, atol=0)

@@ -35,6 +35,13 @@ __all__ = [
 ]
 
 
+def _moment_dtypes(
+    mu_dtype: torch.dtype | None, nu_dtype: torch.dtype | None, state_dtype: torch.dtype | None
+) -> tuple[torch.dtype | None, torch.dtype | None]:
+    """``mu_dtype`` and ``nu_dtype``, each defaulting to ``state_dtype`` (the shorthand)."""
+    return mu_dtype or state_dtype, nu_dtype or state_dtype
+
+
 def _is_zero(x: Any) -> bool:
     return isinstance(x, (int, float)) and x == 0
 
@@ -49,6 +56,8 @@ def adam(
     mu_dtype: torch.dtype | None = None,
     *,
     nesterov: bool = False,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""Adam: steps scaled by bias-corrected estimates of the gradient's first two moments.
 
@@ -67,10 +76,13 @@ def adam(
             differentiating through the update).
         mu_dtype: dtype of the first moment (default: the params').
         nesterov: use Nesterov momentum (NAdam).
+        nu_dtype: dtype of the second moment (default: the params'; optax has no such
+            argument). bfloat16 halves its memory but rounds $v_t$ to 8 bits of mantissa.
+        state_dtype: the dtype of both moments where ``mu_dtype``/``nu_dtype`` are not given.
 
     Returns:
-        ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
-        scale_by_learning_rate(learning_rate))``.
+        ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov,
+        nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))``.
 
     Raises:
         ValueError: for a negative learning rate, ``b1``/``b2`` outside ``[0, 1)`` or a
@@ -96,13 +108,20 @@ def adam(
     torch.optim equivalent: `torch.optim.Adam(lr, betas=(b1, b2), eps=eps)` gives the same
     numbers; torch's coupled ``weight_decay`` is ``chain(add_decayed_weights(wd), adam(...))``.
     """
+    mu_dtype, nu_dtype = _moment_dtypes(mu_dtype, nu_dtype, state_dtype)
     tx = chain(
         transforms.scale_by_adam(
-            b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
         ),
         transforms.scale_by_learning_rate(learning_rate),
     )
-    plain = _is_zero(eps_root) and mu_dtype is None and not nesterov
+    plain = _is_zero(eps_root) and mu_dtype is None and nu_dtype is None and not nesterov
     plan = adam_plan(False, learning_rate, b1, b2, eps, 0.0) if plain else None
     return with_fused_adam(tx, plan)
 
@@ -119,6 +138,8 @@ def adamw(
     mask: MaskOrFn = None,
     *,
     nesterov: bool = False,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""AdamW: Adam with decoupled weight decay.
 
@@ -137,6 +158,9 @@ def adamw(
         mask: a tree of booleans (or a function of the params returning one) selecting the
             parameters to decay, e.g. to skip biases and norms. Adam applies to all.
         nesterov: use Nesterov momentum (NAdamW).
+        nu_dtype: dtype of the second moment (default: the params'; optax has no such
+            argument). bfloat16 halves its memory but rounds $v_t$ to 8 bits of mantissa.
+        state_dtype: the dtype of both moments where ``mu_dtype``/``nu_dtype`` are not given.
 
     Returns:
         ``chain(scale_by_adam(...), add_decayed_weights(weight_decay, mask),
@@ -167,14 +191,21 @@ def adamw(
     different defaults: 1e-4 here and in optax, 1e-2 in torch).
     """
     check_non_negative("weight_decay", weight_decay)  # as torch.optim does
+    mu_dtype, nu_dtype = _moment_dtypes(mu_dtype, nu_dtype, state_dtype)
     tx = chain(
         transforms.scale_by_adam(
-            b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            eps_root=eps_root,
+            mu_dtype=mu_dtype,
+            nesterov=nesterov,
+            nu_dtype=nu_dtype,
         ),
         transforms.add_decayed_weights(weight_decay, mask),
         transforms.scale_by_learning_rate(learning_rate),
     )
-    plain = _is_zero(eps_root) and mu_dtype is None and not nesterov
+    plain = _is_zero(eps_root) and mu_dtype is None and nu_dtype is None and not nesterov
     plan = adam_plan(True, learning_rate, b1, b2, eps, weight_decay, mask) if plain else None
     return with_fused_adam(tx, plan)
 
@@ -189,6 +220,8 @@ def nadam(
     mu_dtype: torch.dtype | None = None,
     *,
     nesterov: bool = True,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""NAdam: Adam with Nesterov momentum (`adam` with ``nesterov=True`` by default).
 
@@ -204,6 +237,8 @@ def nadam(
         eps_root: $\epsilon_{root}$, added inside the square root.
         mu_dtype: dtype of the first moment (default: the params').
         nesterov: use Nesterov momentum; ``False`` gives plain Adam.
+        nu_dtype: dtype of the second moment (default: the params').
+        state_dtype: the dtype of both moments where ``mu_dtype``/``nu_dtype`` are not given.
 
     Returns:
         ``adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)``.
@@ -232,7 +267,17 @@ def nadam(
     momentum-decay schedule $1 - \tfrac12 0.96^{t\psi}$. Only with a huge ``momentum_decay``
     $\psi$ (e.g. ``1e9``) do the two agree, to ~1e-6 (torch's float32 bias-correction factors).
     """
-    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+    return adam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        mu_dtype,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
+        state_dtype=state_dtype,
+    )
 
 
 @record_hyperparams
@@ -247,6 +292,8 @@ def nadamw(
     mask: MaskOrFn = None,
     *,
     nesterov: bool = True,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""NAdamW: NAdam with decoupled weight decay (`adamw` with ``nesterov=True``).
 
@@ -263,6 +310,8 @@ def nadamw(
         mask: a tree of booleans (or a function of the params returning one) selecting the
             parameters to decay.
         nesterov: use Nesterov momentum; ``False`` gives `adamw`.
+        nu_dtype: dtype of the second moment (default: the params').
+        state_dtype: the dtype of both moments where ``mu_dtype``/``nu_dtype`` are not given.
 
     Returns:
         ``adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask,
@@ -293,7 +342,17 @@ def nadamw(
     momentum-decay schedule (see `nadam`).
     """
     return adamw(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        mu_dtype,
+        weight_decay,
+        mask,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
+        state_dtype=state_dtype,
     )
 
 
