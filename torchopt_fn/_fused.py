@@ -29,7 +29,6 @@ from torchopt_fn.tree._math import next_count, walked_count
 from torchopt_fn.tree._ops import map_leaves, scalar_shape
 
 __all__ = [
-    "TORCH_CLIP_EPS",
     "DenseLayout",
     "FusedPlan",
     "adam_plan",
@@ -41,11 +40,12 @@ __all__ = [
     "resolve_mask",
     "run_fused_",
     "sgd_plan",
+    "torch_clip_coef",
     "with_fused_adam",
 ]
 
 # torch.nn.utils.clip_grad_norm_'s addition to the total norm (`clip_by_torch_global_norm`).
-TORCH_CLIP_EPS = 1e-6
+_TORCH_CLIP_EPS = 1e-6
 
 _FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 _PLAIN_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
@@ -160,10 +160,18 @@ def clip_grads(
     The same operations as `clip_by_torch_global_norm` on these leaves, so the same bits.
     """
     max_norm, norm_type = plan.clip
-    each = torch._foreach_norm(grads, norm_type)
-    total = torch.linalg.vector_norm(torch.stack(list(each)), norm_type)
-    coef = torch.clamp(max_norm / (total + TORCH_CLIP_EPS), max=1.0)
+    total, coef = torch_clip_coef(list(torch._foreach_norm(grads, norm_type)), max_norm, norm_type)
     return list(torch._foreach_mul(grads, coef.to(grads[0].dtype))), total
+
+
+def torch_clip_coef(
+    norms: list[torch.Tensor], max_norm: Any, norm_type: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``clip_grad_norm_``'s total norm of the leaves' ``norms`` and its factor,
+    ``min(1, max_norm / (total + 1e-6))``, computed as torch computes them."""
+    device = norms[0].device
+    total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), norm_type)
+    return total, torch.clamp(max_norm / (total + _TORCH_CLIP_EPS), max=1.0)
 
 
 class _Fusable(GradientTransformation):

@@ -11,6 +11,7 @@ from torchopt_fn._base import GradientTransformation
 from torchopt_fn._record import recorded_nodes
 from torchopt_fn._update import apply_updates, copy_pairs
 from torchopt_fn.tree._flatten import tree_leaves
+from torchopt_fn.tree._math import tree_add, tree_scale
 from torchopt_fn.tree._ravel import ravel_parameters_
 from torchopt_fn.tree._state import tree_load_state_dict_, tree_state_dict
 from torchopt_fn.wrappers._layout import Layout, flatten, with_flat_masks
@@ -159,9 +160,9 @@ class TrainStep:
                 g, value = self._grad(
                     self._trained(), self._buffers, tuple(m[i] for m in micro), kwargs
                 )
-                grads = g if grads is None else _add(grads, g)
+                grads = g if grads is None else tree_add(grads, g)
                 loss = value if loss is None else loss + value
-            grads = _scale(grads, 1.0 / k)
+            grads = tree_scale(1.0 / k, grads)
             outs = self._update(self._trained(), self.state, grads, loss / k)
             return self._write(outs)
 
@@ -257,15 +258,3 @@ def _split(x: Any, k: int) -> list[Any]:
             f"accumulation_steps={k} equal micro-batches along its first dimension."
         )
     return list(x.chunk(k))
-
-
-def _add(a: Any, b: Any) -> Any:
-    if isinstance(a, torch.Tensor):
-        return a + b
-    return {n: a[n] + b[n] for n in a}
-
-
-def _scale(a: Any, c: float) -> Any:
-    if isinstance(a, torch.Tensor):
-        return a * c
-    return {n: x * c for n, x in a.items()}

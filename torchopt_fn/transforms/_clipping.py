@@ -10,7 +10,7 @@ import torch
 
 from torchopt_fn._base import EmptyState, GradientTransformation, Scalar, empty_init
 from torchopt_fn._branch import concrete
-from torchopt_fn._fused import TORCH_CLIP_EPS
+from torchopt_fn._fused import torch_clip_coef
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_non_negative, check_positive, require_params
 from torchopt_fn.tree._flatten import tree_flatten, tree_leaves, tree_map, tree_unflatten
@@ -190,8 +190,7 @@ def clip_by_torch_global_norm(
                 each = list(torch._foreach_norm(gs, norm_type))
             else:
                 each = [torch.linalg.vector_norm(g, norm_type) for g in gs]
-            device = gs[0].device if gs else None
-            total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in each]), norm_type)
+            total, coef = torch_clip_coef(each, max_norm, norm_type)
             norms.append(total)
             known = concrete(total.isfinite()) if error_if_nonfinite else True
             if known is False:
@@ -199,7 +198,6 @@ def clip_by_torch_global_norm(
                     f"clip_by_torch_global_norm: the total norm of order {norm_type} of the "
                     "gradients is non-finite, so it cannot be clipped (error_if_nonfinite=True)."
                 )
-            coef = torch.clamp(max_norm / (total + TORCH_CLIP_EPS), max=1.0)
             return ops.mul(gs, ops.scalar(gs, lambda dt, dev: coef.to(dev, dt)))
 
         out = map_leaves(step, updates, what="clip_by_torch_global_norm")
