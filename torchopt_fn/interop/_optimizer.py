@@ -77,7 +77,7 @@ class ScheduledLR(float):
 def _schedule_driven_lr(tx: GradientTransformation) -> str | None:
     """The name of the factory whose learning rate is a schedule, or None."""
     for node in recorded_nodes(tx):
-        if callable(recorded_arguments(node).get("learning_rate")):
+        if is_schedule(recorded_arguments(node).get("learning_rate")):
             return node.factory.__name__
     return None
 

@@ -35,11 +35,30 @@ __all__ = [
 ]
 
 
-def _moment_dtypes(
-    mu_dtype: torch.dtype | None, nu_dtype: torch.dtype | None, state_dtype: torch.dtype | None
-) -> tuple[torch.dtype | None, torch.dtype | None]:
-    """``mu_dtype`` and ``nu_dtype``, each defaulting to ``state_dtype`` (the shorthand)."""
-    return mu_dtype or state_dtype, nu_dtype or state_dtype
+def _adam_scaling(
+    b1: Scalar,
+    b2: Scalar,
+    eps: Scalar,
+    eps_root: Scalar,
+    mu_dtype: torch.dtype | None,
+    nu_dtype: torch.dtype | None,
+    state_dtype: torch.dtype | None,
+    nesterov: bool,
+) -> tuple[GradientTransformation, bool]:
+    """`adam`'s and `adamw`'s `scale_by_adam` (each moment's dtype defaulting to
+    ``state_dtype``, the shorthand), and whether it is plain Adam, which a fused kernel runs."""
+    mu_dtype, nu_dtype = mu_dtype or state_dtype, nu_dtype or state_dtype
+    scaling = transforms.scale_by_adam(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
+    )
+    plain = _is_zero(eps_root) and mu_dtype is None and nu_dtype is None and not nesterov
+    return scaling, plain
 
 
 def _is_zero(x: Any) -> bool:
@@ -108,20 +127,8 @@ def adam(
     torch.optim equivalent: `torch.optim.Adam(lr, betas=(b1, b2), eps=eps)` gives the same
     numbers; torch's coupled ``weight_decay`` is ``chain(add_decayed_weights(wd), adam(...))``.
     """
-    mu_dtype, nu_dtype = _moment_dtypes(mu_dtype, nu_dtype, state_dtype)
-    tx = chain(
-        transforms.scale_by_adam(
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            eps_root=eps_root,
-            mu_dtype=mu_dtype,
-            nesterov=nesterov,
-            nu_dtype=nu_dtype,
-        ),
-        transforms.scale_by_learning_rate(learning_rate),
-    )
-    plain = _is_zero(eps_root) and mu_dtype is None and nu_dtype is None and not nesterov
+    scaling, plain = _adam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, state_dtype, nesterov)
+    tx = chain(scaling, transforms.scale_by_learning_rate(learning_rate))
     plan = adam_plan(False, learning_rate, b1, b2, eps, 0.0) if plain else None
     return with_fused_adam(tx, plan)
 
@@ -191,21 +198,12 @@ def adamw(
     different defaults: 1e-4 here and in optax, 1e-2 in torch).
     """
     check_non_negative("weight_decay", weight_decay)  # as torch.optim does
-    mu_dtype, nu_dtype = _moment_dtypes(mu_dtype, nu_dtype, state_dtype)
+    scaling, plain = _adam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, state_dtype, nesterov)
     tx = chain(
-        transforms.scale_by_adam(
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            eps_root=eps_root,
-            mu_dtype=mu_dtype,
-            nesterov=nesterov,
-            nu_dtype=nu_dtype,
-        ),
+        scaling,
         transforms.add_decayed_weights(weight_decay, mask),
         transforms.scale_by_learning_rate(learning_rate),
     )
-    plain = _is_zero(eps_root) and mu_dtype is None and nu_dtype is None and not nesterov
     plan = adam_plan(True, learning_rate, b1, b2, eps, weight_decay, mask) if plain else None
     return with_fused_adam(tx, plan)
 
