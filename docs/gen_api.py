@@ -24,6 +24,10 @@ PAGES = {
     "schedules.md": ("Schedules", "Pure torch functions of the 0-d step count."),
     "wrappers.md": ("Wrappers", "Transformations that wrap other transformations."),
     "second_order.md": ("Curvature", "Hessian-vector products, diagonals, eigenvalues, roots."),
+    "implicit.md": (
+        "Implicit differentiation",
+        "`custom_root` and the matrix-free linear solvers it uses.",
+    ),
     "projections.md": ("Projections", "Closest points of convex sets, for projected gradients."),
     "interop.md": ("torch.optim interoperability", "From and to `torch.optim`."),
     "tree.md": ("Tree utilities", "Pytree arithmetic; `None` leaves mean 'no value'."),

@@ -62,10 +62,25 @@ MARKDOWN_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CODE_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
+SNIPPET = re.compile(r'^--8<-- "([^":]+):([\w-]+)"$', re.MULTILINE)
+
+
+def expand_snippets(block: str) -> str:
+    """A block with pymdownx.snippets' ``--8<-- "file:section"`` lines, as the site shows it."""
+
+    def section(match: re.Match) -> str:
+        text = (ROOT / match.group(1)).read_text()
+        start, end = f"# --8<-- [start:{match.group(2)}]\n", f"# --8<-- [end:{match.group(2)}]"
+        return text[text.index(start) + len(start) : text.index(end)]
+
+    return SNIPPET.sub(section, block)
+
+
 @pytest.mark.parametrize("path", MARKDOWN_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_markdown_code_blocks_run(path):
-    """Each page's ```python blocks run in order, in one namespace, as a reader would."""
-    blocks = CODE_BLOCK.findall(path.read_text())
+    """Each page's ```python blocks run in order, in one namespace, as a reader would (with
+    the sections of files that they include)."""
+    blocks = [expand_snippets(b) for b in CODE_BLOCK.findall(path.read_text())]
     namespace: dict[str, object] = {"__name__": "__docs__"}
     for i, block in enumerate(blocks):
         try:

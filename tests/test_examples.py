@@ -104,3 +104,13 @@ def test_gpt_train_quick_trains_and_resumes_exactly(tmp_path):
     assert val[0] == val[1]
     assert float(val[0]) < math.log(256) - 0.1  # it learned: below a uniform guess
     assert (tmp_path / "a" / "gpt_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_fsdp_train_quick_learns_and_resumes_from_its_checkpoint_exactly(tmp_path):
+    out = run_example(
+        "fsdp_train.py", "--quick", "--checkpoint-at", "12", "--checkpoint", str(tmp_path / "ck")
+    )
+    assert "FSDP2 on 2 processes" in out
+    assert "resumed run ends where the uninterrupted one did: True" in out
+    assert _percent(out, "test accuracy") > 60.0

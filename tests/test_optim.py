@@ -395,6 +395,33 @@ def test_distributed_checkpoint_state_dict_round_trip():
     _assert_same_trajectory(_train(model2, opt2, None, 3), _train(model, opt, None, 3))
 
 
+def test_distributed_checkpoint_materialises_a_schedule_driven_state_without_an_update():
+    """DCP makes the state exist by writing lr 0 over every group and stepping on zero
+    gradients; with a schedule driving the lr (and weight decay it would apply) that step
+    must create the state and change nothing else."""
+    dcp_sd = pytest.importorskip("torch.distributed.checkpoint.state_dict")
+    schedule = tf.warmup_cosine_decay_schedule(1e-2, 2e-2, 2, 10)
+    make = lambda: tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(schedule, weight_decay=0.5))  # noqa: E731
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    opt = tf.Optimizer(model.parameters(), make())
+    sd = dcp_sd.get_optimizer_state_dict(model, opt)
+    assert set(sd["state"]) == {name for name, _ in model.named_parameters()}
+    assert all(int(entry["step"]) == 0 for entry in sd["state"].values())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all(p.grad is None for p in model.parameters())
+    # The state it made loads a trained one, and the run goes on as the trained one does.
+    trained = _model()
+    trained_opt = tf.Optimizer(trained.parameters(), make())
+    _train(trained, trained_opt, None, 3)
+    model.load_state_dict(trained.state_dict())
+    dcp_sd.set_optimizer_state_dict(
+        model, opt, dcp_sd.get_optimizer_state_dict(trained, trained_opt)
+    )
+    _assert_same_trajectory(_train(model, opt, None, 3), _train(trained, trained_opt, None, 3))
+
+
 def test_compiled_step_does_not_recompile_when_scheduler_changes_lr():
     """Each new lr is new data to the compiled step, not a new constant: no recompile, and the
     trajectory is torch's under the same scheduler (so every new lr took effect)."""

@@ -13,6 +13,7 @@ import torch
 
 from torchopt_fn import (
     contrib,
+    implicit,
     interop,
     optimizers,
     projections,
@@ -69,6 +70,7 @@ from torchopt_fn._update import (
     periodic_update,
     stochastic_round,
 )
+from torchopt_fn.implicit import *
 from torchopt_fn.interop import *
 from torchopt_fn.optimizers import *
 from torchopt_fn.projections import *
@@ -116,6 +118,7 @@ __all__ = [
     "interop",
     "masked",
     "named_chain",
+    "implicit",
     "optimizers",
     "partition",
     "periodic_update",
@@ -132,6 +135,7 @@ __all__ = [
     "tree",
     "with_extra_args_support",
     "wrappers",
+    *implicit.__all__,
     *interop.__all__,
     *optimizers.__all__,
     *projections.__all__,

@@ -8,6 +8,7 @@ import torch
 
 from torchopt_fn._base import Params, Updates
 from torchopt_fn._branch import branch
+from torchopt_fn.tree._dtensor import placed_like
 from torchopt_fn.tree._flatten import flatten_like, leaf_paths, path_str, tree_flatten, tree_map
 from torchopt_fn.tree._ops import cast_like, map_leaves
 
@@ -96,6 +97,7 @@ def apply_updates(
     """
 
     def add(ops: Any, us: list, ps: list) -> list:
+        us = placed_like(us, ps)
         if not stochastic_rounding or all(p.dtype not in _LOW_PRECISION for p in ps):
             return ops.add(ps, cast_like(us, ps))
         return [
@@ -130,6 +132,7 @@ def apply_updates_(
     """
 
     def add_(ops, us: list, ps: list) -> None:
+        us = placed_like(us, ps)
         with torch.no_grad():
             if stochastic_rounding and any(p.dtype in _LOW_PRECISION for p in ps):
                 for p, u in zip(ps, us):

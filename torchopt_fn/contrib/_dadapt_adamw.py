@@ -20,9 +20,8 @@ from torchopt_fn._validate import (
     check_positive,
     require_params,
 )
-from torchopt_fn.transforms._lbfgs import real_vdot
 from torchopt_fn.tree._flatten import tree_flatten, tree_map
-from torchopt_fn.tree._math import bias_factor, tree_dtype
+from torchopt_fn.tree._math import bias_factor, real_vdot, tree_dtype
 from torchopt_fn.tree._ops import Shared, cast_like, check_like, compute_dtype, map_leaves
 
 __all__ = ["DAdaptAdamWState", "dadapt_adamw"]

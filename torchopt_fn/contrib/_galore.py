@@ -31,6 +31,7 @@ from torchopt_fn._base import (
 )
 from torchopt_fn._branch import branch
 from torchopt_fn._combine import chain
+from torchopt_fn._gathered import gathered
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_number
 from torchopt_fn.transforms._adam import scale_by_adam
@@ -384,7 +385,7 @@ def scale_by_galore(
             state.count + 1, base_state, tree_unflatten(spec, new_projectors)
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return gathered(GradientTransformation(init_fn, update_fn))
 
 
 @record_hyperparams

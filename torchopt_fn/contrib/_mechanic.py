@@ -11,9 +11,8 @@ from torchopt_fn._branch import branch
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_non_negative, check_positive, require_params
 from torchopt_fn.contrib._dog import _sqrt
-from torchopt_fn.transforms._lbfgs import real_vdot
 from torchopt_fn.tree._flatten import tree_flatten, tree_map
-from torchopt_fn.tree._math import tree_dtype, tree_l2_norm
+from torchopt_fn.tree._math import real_vdot, tree_dtype, tree_l2_norm
 from torchopt_fn.tree._ops import check_like, compute_dtype, map_leaves
 
 __all__ = ["MechanicState", "mechanize"]

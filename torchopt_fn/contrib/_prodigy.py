@@ -15,9 +15,8 @@ from torchopt_fn._base import (
 )
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import require_params
-from torchopt_fn.transforms._lbfgs import real_vdot
 from torchopt_fn.tree._flatten import tree_flatten, tree_map
-from torchopt_fn.tree._math import tree_dtype
+from torchopt_fn.tree._math import real_vdot, tree_dtype
 from torchopt_fn.tree._ops import check_like, map_leaves
 
 __all__ = ["ProdigyState", "prodigy"]

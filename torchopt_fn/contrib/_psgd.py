@@ -31,6 +31,7 @@ from torchopt_fn._base import (
 )
 from torchopt_fn._branch import branch
 from torchopt_fn._combine import chain
+from torchopt_fn._gathered import gathered
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._scalar import is_schedule
 from torchopt_fn._validate import (
@@ -596,7 +597,7 @@ def scale_by_psgd_kron(
         )
         return out, PSGDKronState(count, state.rng_key, mu, qs)
 
-    return GradientTransformation(init_fn, update_fn)
+    return gathered(GradientTransformation(init_fn, update_fn))
 
 
 @record_hyperparams

@@ -17,6 +17,7 @@ import torch
 from torchopt_fn._base import GradientTransformation, Scalar, ScalarOrSchedule, params_device
 from torchopt_fn._branch import branch
 from torchopt_fn._combine import chain
+from torchopt_fn._gathered import gathered
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._scalar import step_scalar
 from torchopt_fn._validate import check_in_range, check_non_negative, check_positive
@@ -384,7 +385,7 @@ def scale_by_shampoo(
         )
         return out, ShampooState(t, mu, graft, factors, roots)
 
-    return GradientTransformation(init_fn, update_fn)
+    return gathered(GradientTransformation(init_fn, update_fn))
 
 
 def check_int(name: str, value: Any, low: int) -> None:

@@ -18,6 +18,7 @@ from torchopt_fn._base import (
 )
 from torchopt_fn._branch import branch, concrete
 from torchopt_fn._combine import chain
+from torchopt_fn._gathered import gathered
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._scalar import step_scalar
 from torchopt_fn._validate import check_in_range, check_non_negative
@@ -290,7 +291,7 @@ def scale_by_soap(
         )
         return out, SOAPState(count + 1, mu, nu, factors, bases)
 
-    return GradientTransformation(init_fn, update_fn)
+    return gathered(GradientTransformation(init_fn, update_fn))
 
 
 @record_hyperparams

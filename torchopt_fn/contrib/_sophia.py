@@ -21,6 +21,7 @@ from torchopt_fn._base import (
 )
 from torchopt_fn._branch import branch, concrete
 from torchopt_fn._combine import chain
+from torchopt_fn._gathered import gathered
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import (
     check_in_range,
@@ -30,7 +31,13 @@ from torchopt_fn._validate import (
 )
 from torchopt_fn.transforms._adding import _normal, _path_seed, add_decayed_weights
 from torchopt_fn.transforms._scaling import scale_by_learning_rate
-from torchopt_fn.tree._flatten import leaf_paths, tree_leaves, tree_structure, tree_unflatten
+from torchopt_fn.tree._flatten import (
+    leaf_paths,
+    tree_flatten,
+    tree_leaves,
+    tree_structure,
+    tree_unflatten,
+)
 from torchopt_fn.tree._math import bias_correction, moment, tree_update_moment, tree_zeros_like
 from torchopt_fn.tree._ops import cast_like, check_like, map_leaves
 
@@ -165,13 +172,17 @@ def hutchinson_estimator_diag_hessian(
         if all(u is None for u in tree_leaves(updates)):
             return updates, HutchinsonState(key=key)
         signs = _rademacher_like(params, state.key)
-        hz = torch.func.jvp(torch.func.grad(obj_fn), (params,), (signs,))[1]
+        # On the leaves: torch.func takes lists and dicts, not every container a tree may use.
+        leaves, spec = tree_flatten(params)
+
+        gradient = torch.func.grad(lambda xs: obj_fn(tree_unflatten(spec, xs)))
+        hz = tree_unflatten(spec, torch.func.jvp(gradient, (leaves,), (tree_leaves(signs),))[1])
         diag = map_leaves(
             lambda ops, gs, zs, hs: ops.mul(zs, cast_like(hs, zs)), updates, signs, hz, what=what
         )
         return diag, HutchinsonState(key=key)
 
-    return GradientTransformation(init_fn, update_fn)
+    return gathered(GradientTransformation(init_fn, update_fn))
 
 
 _HUTCHINSON = hutchinson_estimator_diag_hessian()

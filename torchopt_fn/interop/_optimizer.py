@@ -495,6 +495,9 @@ class Optimizer(torch.optim.Optimizer):
                 "Optimizer: step() in eval mode; call optimizer.train() first (Schedule-Free "
                 "evaluates at other parameters than it trains at)."
             )
+        if self._materialising():
+            self._materialise_state()
+            return None
         extra = _grad_fn_from(closure, self.param_groups) if _takes_grad_fn(self.tx) else {}
         loss = None
         if closure is not None:
@@ -514,6 +517,38 @@ class Optimizer(torch.optim.Optimizer):
             with _step_mode(group):
                 commit()
         return loss
+
+    def _materialising(self) -> bool:
+        """Whether this step is `torch.distributed.checkpoint`'s way to make the state exist
+        before loading into it: no state yet, every ``lr`` set to 0 and zero gradients.
+
+        Only a schedule-driven learning rate needs telling apart (elsewhere such a step
+        changes nothing that the load does not overwrite): there a 0 over the stand-in would be
+        refused, and the step would apply the schedule's rate to the weight decay.
+        """
+        if self.state or self._scheduled_by is None:
+            return False
+        groups = self.param_groups
+        if any(type(g.get("lr")) is ScheduledLR or g.get("lr") != 0 for g in groups):
+            return False
+        grads = [p.grad for g in groups for p in g["params"] if p.grad is not None]
+        return bool(grads) and not any(bool(g.any()) for g in grads)
+
+    def _materialise_state(self) -> None:
+        """Give every parameter with a gradient its initial state, with no update."""
+        for group in self.param_groups:
+            live = [p.grad is not None for p in group["params"]]
+            if not any(live):
+                continue
+            written, group["lr"] = group["lr"], ScheduledLR()
+            try:
+                with _step_mode(group):
+                    rt = self._runtime(group)
+                    entries, fresh = self._entries(rt, live)
+            finally:
+                group["lr"] = written
+            for i in fresh:
+                self.state[rt.params[i]] = entries[i]
 
     def _closure_step(self, closure: Callable[[], Any] | None) -> Any:
         """torch.optim.LBFGS's step: closure-driven, several iterations, one flat vector."""

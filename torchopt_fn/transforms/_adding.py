@@ -20,6 +20,7 @@ from torchopt_fn._record import record_hyperparams
 from torchopt_fn._scalar import is_schedule, step_scalar
 from torchopt_fn._validate import check_non_negative, check_number, require_params
 from torchopt_fn.transforms._scaling import ScaleByScheduleState
+from torchopt_fn.tree._dtensor import place_like
 from torchopt_fn.tree._flatten import leaf_paths, tree_leaves
 from torchopt_fn.tree._ops import cast_like, compute_dtype, map_leaves
 
@@ -267,7 +268,10 @@ def add_noise(
                     torch.sqrt(eta / torch.pow(count.to(device=device, dtype=cd), gamma))
                 )
                 for k, z in zip(ks, flat.split(numels)):
-                    out[k] = gs[k] + (std * z.reshape(gs[k].shape)).to(gs[k].dtype)
+                    # A DTensor leaf's noise is drawn whole, as for one process, and cut
+                    # to its shard: the same numbers however the leaf is placed.
+                    noise = (std * z.reshape(gs[k].shape)).to(gs[k].dtype)
+                    out[k] = gs[k] + place_like(noise, gs[k])
             return out
 
         out = map_leaves(step, updates, complex_as_real=True, what="add_noise")

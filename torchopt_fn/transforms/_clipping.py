@@ -13,6 +13,7 @@ from torchopt_fn._branch import concrete
 from torchopt_fn._fused import torch_clip_coef
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_non_negative, check_positive, require_params
+from torchopt_fn.tree._dtensor import plain, replicated_like
 from torchopt_fn.tree._flatten import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from torchopt_fn.tree._math import norms_squared_sum
 from torchopt_fn.tree._ops import map_leaves
@@ -268,7 +269,7 @@ def unitwise_norm(x: torch.Tensor, axis: int | Sequence[int] | None = None) -> t
     if axis is not None:
         dims: Any = axis if isinstance(axis, int) else tuple(axis)
         norm_sq = sq.sum(dim=dims, keepdim=True)
-    elif x.squeeze().dim() <= 1:
+    elif sum(n != 1 for n in x.shape) <= 1:  # a vector or scalar, whatever its unit axes
         norm_sq = sq.sum().reshape([1] * x.dim())
     elif x.dim() in (2, 3):
         norm_sq = sq.sum(dim=0, keepdim=True)
@@ -383,6 +384,17 @@ def _per_example(grads: Any, what: str) -> list[torch.Tensor]:
     return leaves
 
 
+def _square_sums(g: torch.Tensor) -> torch.Tensor:
+    """Each example's sum of squares, over every axis but the first."""
+    squares = g.abs().square()
+    return squares.sum(tuple(range(1, g.dim()))) if g.dim() > 1 else squares
+
+
+def _per_row(m: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-example factors ``m`` shaped to multiply ``g``'s rows (replicated beside a DTensor)."""
+    return replicated_like(m.to(g.dtype).reshape(-1, *[1] * (g.dim() - 1)), g)
+
+
 def per_example_global_norm_clip(grads: Any, l2_norm_clip: Scalar) -> tuple[Any, torch.Tensor]:
     """Clip each example's gradient to global norm ``l2_norm_clip``, then sum over examples.
 
@@ -401,10 +413,11 @@ def per_example_global_norm_clip(grads: Any, l2_norm_clip: Scalar) -> tuple[Any,
         ({'w': tensor([0.9000, 1.2000])}, tensor(1))
     """
     leaves = _per_example(grads, "per_example_global_norm_clip")
-    squares = [g.reshape(g.shape[0], -1).abs().square().sum(1) for g in leaves]
+    # Summed over every axis but the first (not reshaped: a sharded leaf has no flat view).
+    squares = [plain(_square_sums(g)) for g in leaves]
     norms = torch.sqrt(torch.stack(squares).sum(0))
     multipliers = torch.nan_to_num(torch.clamp(l2_norm_clip / norms, max=1.0), nan=1.0)
-    clipped = tree_map(lambda g: torch.tensordot(multipliers.to(g.dtype), g, dims=1), grads)
+    clipped = tree_map(lambda g: (_per_row(multipliers, g) * g).sum(0), grads)
     return clipped, (multipliers < 1.0).sum()
 
 

@@ -7,10 +7,11 @@ from typing import Any, NamedTuple
 import torch
 
 from torchopt_fn._base import GradientTransformation
+from torchopt_fn._gathered import gathered
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import require_params
 from torchopt_fn.tree._flatten import tree_flatten, tree_map, tree_unflatten
-from torchopt_fn.tree._math import tree_float_dtype
+from torchopt_fn.tree._math import real_vdot, tree_float_dtype
 from torchopt_fn.tree._ops import check_like
 
 __all__ = ["ScaleByLBFGSState", "scale_by_lbfgs"]
@@ -43,14 +44,6 @@ class ScaleByLBFGSState(NamedTuple):
     diff_params_memory: Any
     diff_updates_memory: Any
     weights_memory: torch.Tensor
-
-
-def real_vdot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """Re(sum_i <a_i, b_i>) over lists of leaves, ``a`` conjugated (optax's
-    ``real(tree.vdot)``); the line searches use it too."""
-    parts = [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
-    total = torch.stack(parts).sum()
-    return total.real if total.is_complex() else total
 
 
 def _nonzero(x: torch.Tensor) -> torch.Tensor:
@@ -215,4 +208,4 @@ def scale_by_lbfgs(
         out = rebuild(updates, direction)
         return out, new_state
 
-    return GradientTransformation(init_fn, update_fn)
+    return gathered(GradientTransformation(init_fn, update_fn))

@@ -28,8 +28,8 @@ from torchopt_fn._base import GradientTransformation, Params
 from torchopt_fn._branch import branch, while_loop
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import require_params
-from torchopt_fn.transforms._lbfgs import real_vdot
 from torchopt_fn.tree._flatten import tree_leaves, tree_map
+from torchopt_fn.tree._math import real_vdot
 from torchopt_fn.tree._state import tree_get
 
 __all__ = [

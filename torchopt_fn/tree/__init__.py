@@ -1,4 +1,5 @@
-"""Pytree utilities: flattening, the one leaf walker, tree maths, state access, raveling.
+"""Pytree utilities: flattening, the one leaf walker, tree maths, state access, raveling,
+stacking.
 
 The public functions are re-exported by `torchopt_fn`. Transforms are written with the rest,
 imported from the private modules: `_ops.map_leaves` (the one leaf walker) and `_ops.Ops`, the
@@ -45,6 +46,7 @@ from torchopt_fn.tree._math import (
     tree_zeros_like,
 )
 from torchopt_fn.tree._ravel import ravel_parameters_, ravel_tree
+from torchopt_fn.tree._stack import tree_stack, tree_unstack
 from torchopt_fn.tree._state import (
     tree_get,
     tree_get_all_with_path,
@@ -96,9 +98,11 @@ __all__ = [
     "tree_scale",
     "tree_set",
     "tree_size",
+    "tree_stack",
     "tree_state_dict",
     "tree_sub",
     "tree_sum",
+    "tree_unstack",
     "tree_update_infinity_moment",
     "tree_update_moment",
     "tree_update_moment_per_elem_norm",

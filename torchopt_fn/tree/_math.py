@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from torchopt_fn._scalar import Scalar
+from torchopt_fn.tree._dtensor import abs_max, any_dtensor, vdot
 from torchopt_fn.tree._flatten import tree_leaves, tree_map
 from torchopt_fn.tree._ops import Ops, Shared, cast_like, map_leaves, widest_dtype
 
@@ -359,13 +360,15 @@ def tree_vdot(a: Tree, b: Tree) -> torch.Tensor:
         tensor(4.)
     """
     return map_leaves(
-        lambda ops, xs, ys: _sum_all(
-            [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
-        ),
-        a,
-        b,
-        what="tree_vdot",
+        lambda ops, xs, ys: _sum_all([vdot(x, y) for x, y in zip(xs, ys)]), a, b, what="tree_vdot"
     )
+
+
+def real_vdot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """Re(sum_i <a_i, b_i>) over lists of leaves, ``a`` conjugated (optax's
+    ``real(tree.vdot)``): L-BFGS, the line searches and the step-size tuners use it."""
+    total = torch.stack([vdot(x, y) for x, y in zip(a, b)]).sum()
+    return total.real if total.is_complex() else total
 
 
 def norms_squared_sum(ops: Ops, xs: list) -> torch.Tensor:
@@ -406,7 +409,10 @@ def tree_l1_norm(tree: Tree) -> torch.Tensor:
 def _max_abs(ops: Ops, xs: list) -> torch.Tensor:
     if not xs:
         return torch.zeros(())
-    if ops.foreach and all(x.numel() for x in xs):  # the inf-norm of nothing is an error there
+    # The foreach inf-norm of nothing is an error.
+    if any_dtensor(xs):
+        maxima = [abs_max(x) for x in xs]
+    elif ops.foreach and all(x.numel() for x in xs):
         maxima = list(torch._foreach_norm(xs, float("inf")))
     else:
         maxima = [x.abs().amax() if x.numel() else x.new_zeros(()) for x in xs]

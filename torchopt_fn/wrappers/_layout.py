@@ -9,6 +9,7 @@ import torch
 from torchopt_fn._base import GradientTransformation, Params
 from torchopt_fn._combine import _mask_leaves
 from torchopt_fn._record import rebuild, record_hyperparams, recorded_arguments, recorded_nodes
+from torchopt_fn.tree._dtensor import any_dtensor
 from torchopt_fn.tree._flatten import tree_flatten, tree_structure, tree_unflatten
 from torchopt_fn.tree._ops import check_like
 
@@ -195,6 +196,9 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     values), and become element masks over the buffer: the same selection, with the masked
     part's state kept for the whole buffer.
 
+    DTensor leaves (FSDP2, tensor parallel) cannot share a buffer: there ``inner`` runs on the
+    tree as it is.
+
     Raises:
         ValueError: if ``inner`` contains a per-tensor transformation.
 
@@ -233,6 +237,8 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
 
     def init_fn(params: Params):
         leaves, _ = _tensor_leaves(params, "params")
+        if any_dtensor(leaves):  # sharded leaves have no common buffer: run on the tree
+            return inner.init(params)
         live = [x for x in leaves if x is not None]
         layout = Layout(live)
         return masked_inner(params, leaves, layout).init(layout.pack(live))
@@ -240,6 +246,8 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
     def update_fn(updates, state, params=None, **extra_args):
         leaves, spec = _tensor_leaves(updates, "update")
         check_like(updates, params, "flatten")
+        if any_dtensor(leaves):
+            return inner.update(updates, state, params, **extra_args)
         if params is not None:
             param_leaves = spec.flatten_up_to(params)
             layout = Layout(param_leaves)
