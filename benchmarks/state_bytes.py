@@ -3,7 +3,8 @@
 The state of each optimizer is initialised on a small transformer's parameters (float32:
 embeddings, attention and MLP matrices, biases and norms; 726,144 parameters in 10 tensors) and
 its tensors are counted: every floating leaf, and the step counters (a few bytes). Where the
-optimizer takes ``mu_dtype``, a second column keeps its first moment in bfloat16. Prints a
+optimizer takes ``mu_dtype``, a second column keeps its first moment in bfloat16; the third
+wraps it in ``quantized_state`` (leaves of 4096 elements or more in 8 bits). Prints a
 markdown table (docs/benchmarks.md holds it):
 
     python benchmarks/state_bytes.py
@@ -61,12 +62,16 @@ def main() -> None:
         if "mu_dtype" in inspect.signature(case.factory).parameters:
             low_tx = case.factory(**{**case.kwargs, "mu_dtype": torch.bfloat16})
             low = f"{state_bytes(low_tx, p) / n:.2f}"
-        rows.append((case.name, fp32, low))
+        eight = state_bytes(tf.quantized_state(tx), p) / n
+        rows.append((case.name, fp32, low, eight))
     print(f"State on {n:,} float32 parameters in {len(p)} tensors.\n")
-    print("| optimizer | state bytes / parameter | with `mu_dtype=torch.bfloat16` |")
-    print("|---|---:|---:|")
-    for name, fp32, low in sorted(rows, key=lambda r: (r[1], r[0])):
-        print(f"| `{name}` | {fp32:.2f} | {low} |")
+    print(
+        "| optimizer | state bytes / parameter | with `mu_dtype=torch.bfloat16` "
+        "| in `quantized_state` (8-bit) |"
+    )
+    print("|---|---:|---:|---:|")
+    for name, fp32, low, eight in sorted(rows, key=lambda r: (r[1], r[0])):
+        print(f"| `{name}` | {fp32:.2f} | {low} | {eight:.2f} |")
 
 
 if __name__ == "__main__":

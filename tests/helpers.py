@@ -902,6 +902,12 @@ TRANSFORMS: list[TxCase] = [
     TxCase(
         "scale_by_lbfgs", lambda: tf.scale_by_lbfgs(memory_size=3), needs_params=True, exact=False
     ),
+    TxCase(
+        "quantized_state",
+        lambda: tf.quantized_state(tf.adamw(0.1, weight_decay=0.1), min_size=4, block_size=16),
+        needs_params=True,
+        exact=False,
+    ),
     TxCase("freeze", lambda: tf.chain(tf.scale_by_adam(), tf.freeze(_first))),
     # contrib
     TxCase("contrib.scale_by_adopt", lambda: tf.contrib.scale_by_adopt(), exact=False),

@@ -257,3 +257,36 @@ def test_state_dtype_and_nu_dtype_set_the_moments_dtypes(name):
             runs.append((p, state))
         assert runs[0][1][0].mu["w"].dtype == mu and runs[0][1][0].nu["w"].dtype == nu
         assert_trees_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["amsgrad", "optimistic_adam_v2"])
+def test_state_dtype_reaches_every_moment_of_the_other_adam_aliases(name):
+    """amsgrad's maximum is a second moment too; the optimistic variants keep Adam's."""
+    params = {"w": torch.randn(4, 3), "b": torch.randn(3)}
+    grads = [tf.tree_map(torch.randn_like, params) for _ in range(4)]
+    bf16, f64 = torch.bfloat16, torch.float64
+    for kwargs, (mu, nu) in [
+        ({"state_dtype": bf16}, (bf16, bf16)),
+        ({"nu_dtype": f64}, (torch.float32, f64)),
+    ]:
+        tx = getattr(tf, name)(1e-2, **kwargs)
+        if name == "amsgrad":
+            scaling = tf.scale_by_amsgrad(mu_dtype=mu, nu_dtype=nu)
+            by_hand = tf.chain(scaling, tf.scale_by_learning_rate(1e-2))
+        else:
+            scaling = tf.scale_by_adam(mu_dtype=mu, nu_dtype=nu, nesterov=True)
+            by_hand = tf.chain(
+                scaling, tf.scale_by_optimistic_gradient(), tf.scale_by_learning_rate(1e-2)
+            )
+        runs = []
+        for t in (tx, by_hand):
+            p, state = params, t.init(params)
+            for g in grads:
+                u, state = t.update(g, state, p)
+                p = tf.apply_updates(p, u)
+            runs.append((p, state))
+        moments = runs[0][1][0]
+        assert moments.mu["w"].dtype == mu and moments.nu["w"].dtype == nu
+        if name == "amsgrad":
+            assert moments.nu_max["w"].dtype == nu
+        assert_trees_close(runs[0], runs[1], rtol=0, atol=0)

@@ -52,7 +52,8 @@ BAD_HYPERPARAMETERS = [
     ("adam-string-b1", lambda: tf.adam(0.1, b1="0.9"), TypeError, "b1"),
     ("adam-bool-lr", lambda: tf.adam(True), TypeError, "learning_rate"),
     ("adam-list-eps", lambda: tf.adam(0.1, eps=[1e-8]), TypeError, "eps"),
-    ("adam-vector-lr", lambda: tf.adam(torch.tensor([0.1, 0.2])), ValueError, "0-d"),
+    # (a vector is one value per member of stacked params: tests/test_members.py)
+    ("adam-matrix-lr", lambda: tf.adam(torch.ones(2, 3)), ValueError, "learning_rate"),
     ("adam-complex-lr", lambda: tf.adam(torch.tensor(0.1 + 0j)), TypeError, "real"),
     ("adam-nan-b2", lambda: tf.adam(0.1, b2=NAN), ValueError, "b2"),
     ("adamw-negative-wd", lambda: tf.adamw(0.1, weight_decay=-1.0), ValueError, "weight_decay"),
@@ -83,7 +84,7 @@ BAD_HYPERPARAMETERS = [
     ("add_decayed_weights-nan", lambda: tf.add_decayed_weights(NAN), ValueError, "weight_decay"),
     ("sgd-nan-momentum", lambda: tf.sgd(0.1, momentum=NAN), ValueError, "decay"),
     ("sgd-string-momentum", lambda: tf.sgd(0.1, momentum="0.9"), TypeError, "decay"),
-    ("rmsprop-vector-decay", lambda: tf.rmsprop(0.1, decay=torch.ones(2)), ValueError, "decay"),
+    ("rmsprop-matrix-decay", lambda: tf.rmsprop(0.1, decay=torch.ones(2, 2)), ValueError, "decay"),
     ("clip_by_global_norm-zero", lambda: tf.clip_by_global_norm(0.0), ValueError, "max_norm"),
     ("clip_by_global_norm-negative", lambda: tf.clip_by_global_norm(-1.0), ValueError, "max_norm"),
     ("clip-string", lambda: tf.clip("1"), TypeError, "max_delta"),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torchopt_fn._base import GradientTransformation
+from torchopt_fn._members import member_values, per_member
 
 __all__ = [
     "bind_arguments",
@@ -109,6 +110,10 @@ def record_hyperparams(factory: Callable[..., Any]) -> Callable[..., Any]:
     with a group's values, so lr schedulers and per-group overrides reach every place the
     argument is used; and the transformation pickles as the call.
 
+    A floating tensor argument with a leading axis of M values (shape ``(M,)``) is one value
+    per member of params stacked along a leading member axis: the transformation is built
+    member by member under `torch.func.vmap`, each member's factory getting its 0-d value.
+
     Examples:
         >>> import torch, torchopt_fn as tf
         >>> @tf.record_hyperparams
@@ -122,7 +127,13 @@ def record_hyperparams(factory: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(factory)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return record(factory(*args, **kwargs), wrapper, bind_arguments(signature, args, kwargs))
+        arguments = bind_arguments(signature, args, kwargs)
+        values = member_values(arguments)
+        if values:  # one value per member of stacked params: built member by member
+            built = per_member(functools.partial(_call_recorded, factory), arguments, values)
+        else:
+            built = factory(*args, **kwargs)
+        return record(built, wrapper, arguments)
 
     return wrapper
 

@@ -364,6 +364,9 @@ def amsgrad(
     mu_dtype: torch.dtype | None = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
+    *,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""AMSGrad: Adam with a non-decreasing second-moment estimate.
 
@@ -380,6 +383,8 @@ def amsgrad(
         mu_dtype: dtype of the first moment (default: the params').
         bias_correction_mu: bias-correct the first moment.
         bias_correction_nu: bias-correct the second moment (before taking the maximum).
+        nu_dtype: dtype of the second moment and its maximum (default: the params').
+        state_dtype: the dtype of all three where ``mu_dtype``/``nu_dtype`` are not given.
 
     Returns:
         ``chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate))``.
@@ -413,9 +418,10 @@ def amsgrad(
             b2=b2,
             eps=eps,
             eps_root=eps_root,
-            mu_dtype=mu_dtype,
+            mu_dtype=mu_dtype or state_dtype,
             bias_correction_mu=bias_correction_mu,
             bias_correction_nu=bias_correction_nu,
+            nu_dtype=nu_dtype or state_dtype,
         ),
         transforms.scale_by_learning_rate(learning_rate),
     )
@@ -769,11 +775,14 @@ def optimistic_adam_v2(
     eps_root: Scalar = 0.0,
     mu_dtype: torch.dtype | None = None,
     nesterov: bool = True,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""Optimistic Adam, for min-max games (GANs): Adam's direction made optimistic.
 
-    $d_t$ = Adam's (Nesterov by default) direction, $u_t = -\eta_t((lpha+eta) d_t -
-    eta d_{t-1})$: `scale_by_adam`, then `scale_by_optimistic_gradient`, then the lr.
+    $d_t$ = Adam's (Nesterov by default) direction, $u_t = -\eta_t((\alpha+\beta) d_t -
+    \beta d_{t-1})$: `scale_by_adam`, then `scale_by_optimistic_gradient`, then the lr.
+    ``mu_dtype``, ``nu_dtype`` and ``state_dtype`` set the moments' dtypes as in `adam`.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -786,8 +795,9 @@ def optimistic_adam_v2(
     References:
         Daskalakis et al., Training GANs with Optimism, ICLR 2018.
     """
+    moments, _ = _adam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, state_dtype, nesterov)
     return chain(
-        transforms.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        moments,
         transforms.scale_by_optimistic_gradient(alpha=alpha, beta=beta),
         transforms.scale_by_learning_rate(learning_rate),
     )
@@ -804,9 +814,11 @@ def optimistic_adam(
     mu_dtype: torch.dtype | None = None,
     *,
     nesterov: bool = True,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
-    r"""Deprecated in optax 0.2.8 for `optimistic_adam_v2`: $lpha = $ ``learning_rate``,
-    $eta = $ ``optimism`` (default: the learning rate), and a unit learning rate.
+    r"""Deprecated in optax 0.2.8 for `optimistic_adam_v2`: $\alpha = $ ``learning_rate``,
+    $\beta = $ ``optimism`` (default: the learning rate), and a unit learning rate.
 
     Raises:
         ValueError: for a schedule as the learning rate (use `optimistic_adam_v2`).
@@ -829,8 +841,9 @@ def optimistic_adam(
         raise ValueError(
             "optimistic_adam: learning rate schedules are not supported; use optimistic_adam_v2."
         )
+    moments, _ = _adam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, state_dtype, nesterov)
     return chain(
-        transforms.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        moments,
         transforms.scale_by_optimistic_gradient(
             alpha=learning_rate, beta=learning_rate if optimism is None else optimism
         ),

@@ -335,6 +335,8 @@ def scale_by_amsgrad(
     mu_dtype: torch.dtype | None = None,
     bias_correction_mu: bool = True,
     bias_correction_nu: bool = True,
+    *,
+    nu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""Rescale updates by AMSGrad: Adam with a non-decreasing second moment.
 
@@ -354,6 +356,8 @@ def scale_by_amsgrad(
         mu_dtype: dtype of the first moment (default: the params').
         bias_correction_mu: divide the first moment by $1-\beta_1^t$.
         bias_correction_nu: divide the second moment by $1-\beta_2^t$ before the maximum.
+        nu_dtype: dtype of the second moment and its maximum (default: the params'); optax
+            lacks it.
 
     Returns:
         A `GradientTransformation` with state `ScaleByAmsgradState`.
@@ -383,8 +387,8 @@ def scale_by_amsgrad(
         return ScaleByAmsgradState(
             count=init_count(params),
             mu=tree_zeros_like(params, dtype=mu_dtype),
-            nu=tree_zeros_like(params),
-            nu_max=tree_zeros_like(params),
+            nu=tree_zeros_like(params, dtype=nu_dtype),
+            nu_max=tree_zeros_like(params, dtype=nu_dtype),
         )
 
     def update_fn(updates, state, params=None, **extra_args):

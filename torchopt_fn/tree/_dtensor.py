@@ -1,17 +1,19 @@
 """DTensor leaves (FSDP2, tensor parallel): what the shared maths needs to stay exact on them.
 
-Element-wise maths runs shard-locally on DTensors as it is. Three things do not:
+Element-wise maths runs shard-locally on DTensors as it is. These do not:
 
 - a reduction (a norm, an inner product) over a sharded tensor gives a 0-d DTensor with a
   pending sum; `plain` finishes it and returns an ordinary 0-d tensor, which then mixes with
   any leaf (DTensor takes 0-d plain tensors as scalars, and nothing else);
 - a flat view (``x.reshape(-1)``) of an unevenly sharded tensor does not exist: `vdot` sums
   products instead;
+- DTensor's maximum fails on a rank whose shard is empty (and the ranks then fall out of
+  step): `abs_max` reduces each shard itself;
 - a tensor made whole on every rank (noise drawn from a seed, a whole-matrix result) is cut to
-  a leaf's placement by `place_like`, without communication.
-
-`replace_placement` puts an update back in its parameter's placement before it is added (a
-reduction such as SM3's may have left it replicated, and an in-place add cannot move it).
+  a leaf's placement by `place_like`, without communication; an operand that fits no leaf's
+  placement (per-example factors) is replicated by `replicated_like`;
+- `replace_placement` puts an update back in its parameter's placement before it is added (a
+  reduction such as SM3's may have left it replicated, and an in-place add cannot move it).
 """
 
 from __future__ import annotations

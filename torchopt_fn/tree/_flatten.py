@@ -357,11 +357,18 @@ def flatten_like(spec: TreeSpec, reference: Tree, other: Tree, what: str) -> lis
         raise _mismatch_error(reference, other, what) from e
 
 
-def tree_map(f: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
+def tree_map(
+    f: Callable[..., Any],
+    tree: Tree,
+    *rest: Tree,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> Tree:
     """Map ``f`` over the leaves of ``tree`` and the matching leaves of ``rest``.
 
     Where the leaf of ``tree`` is `None`, ``f`` is not called and the result is `None`.
     Trees of different structure raise a `ValueError` naming the first differing path.
+    ``is_leaf(node)`` (as in optax's ``jax.tree.map``) stops the walk at the nodes it accepts:
+    they reach ``f`` whole, and ``rest`` need only match ``tree`` down to them.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -374,6 +381,7 @@ def tree_map(f: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
             lambda x, *xs: None if x is None else f(x, *xs),
             tree,
             *rest,
+            is_leaf=is_leaf,
             none_is_leaf=True,
             namespace=NAMESPACE,
         )

@@ -39,14 +39,15 @@ class InjectHyperparamsState(NamedTuple):
 
 
 def _is_injectable(v: Any) -> bool:
-    # Floats and floating tensors become state; ints and bools stay static (they usually pick a
-    # code path, e.g. `min_dim_size_to_factor`), as do dtypes, masks and other objects.
+    # Floats and floating tensors (0-d, or one value per member of stacked params) become
+    # state; ints and bools stay static (they usually pick a code path, e.g.
+    # `min_dim_size_to_factor`), as do dtypes, masks and other objects.
     if isinstance(v, bool):
         return False
     if isinstance(v, float):
         return True
     if isinstance(v, torch.Tensor):
-        return v.numel() == 1 and v.is_floating_point()
+        return v.is_floating_point()
     return is_schedule(v)
 
 
@@ -65,8 +66,9 @@ def inject_hyperparams(
     ``state.hyperparams`` and fed to a fresh ``inner_factory(**hyperparams)`` on every update,
     so they can be read (``tf.tree_get(state, "learning_rate")``) and changed between steps
     (``tf.tree_set(state, learning_rate=torch.tensor(1e-4))`` or in place) without recompiling
-    a compiled step. Integer and boolean arguments, and those named in ``static_args``, stay
-    Python values.
+    a compiled step. A tensor of one value per member of stacked params (shape ``(M,)``, see
+    `record_hyperparams`) is stored as it is. Integer and boolean arguments, and those named
+    in ``static_args``, stay Python values.
 
     Args:
         inner_factory: a function returning a `GradientTransformation`, e.g. `adam`.
@@ -127,18 +129,22 @@ class _InjectedFactory:
         # Build once with the given values so invalid hyperparameters fail here.
         inner_factory(**all_args)
 
-        def values_at(count: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        def values_at(
+            count: torch.Tensor, device: torch.device, keys: Iterable[str]
+        ) -> dict[str, torch.Tensor]:
             dtype = hyperparam_dtype or _default_dtype(device)
             out = {}
-            for k, v in injected.items():
-                v = v(count) if is_schedule(v) else v
-                # Straight to `dtype`: through float32 first, 0.999 would become 0.99900001.
-                out[k] = torch.as_tensor(v, dtype=dtype, device=device)
+            for k in keys:
+                v = injected[k](count) if is_schedule(injected[k]) else injected[k]
+                if isinstance(v, torch.Tensor):  # a copy: the state's, not the caller's
+                    out[k] = v.to(dtype=dtype, device=device, copy=True)
+                else:  # straight to `dtype`: through float32, 0.999 would become 0.99900001
+                    out[k] = torch.as_tensor(v, dtype=dtype, device=device)
             return out
 
         def init_fn(params):
             count = init_count(params)
-            hyperparams = values_at(count, params_device(params))
+            hyperparams = values_at(count, params_device(params), injected)
             with checks_disabled():
                 inner = inner_factory(**fixed, **hyperparams)
             return InjectHyperparamsState(count, hyperparams, inner.init(params))
@@ -149,8 +155,7 @@ class _InjectedFactory:
             # user-modified) stored values.
             scheduled = {k for k, v in injected.items() if is_schedule(v)}
             if scheduled:
-                now = values_at(state.count, state.count.device)
-                hyperparams.update({k: now[k] for k in scheduled})
+                hyperparams.update(values_at(state.count, state.count.device, scheduled))
             with checks_disabled():
                 inner = inner_factory(**fixed, **hyperparams)
             new_updates, inner_state = inner.update(
