@@ -36,6 +36,15 @@ def _run(tx: tf.GradientTransformation, params: Any, grads: Any, steps: int = 4)
     return params, state
 
 
+def _without_recompiling(step: Callable, params: Any, grads: Any, state: Any, steps: int = 4):
+    """``steps`` calls of ``step(params, grads, state)``; all but the first may not compile."""
+    params, state = step(params, grads, state)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for _ in range(steps - 1):
+            params, state = step(params, grads, state)
+    return params, state
+
+
 def _member(tree: Any, m: int) -> Any:
     return tf.tree_map(lambda x: x[m], tree)
 
@@ -78,15 +87,13 @@ def test_compiled_per_member_step_equals_eager_without_recompiling():
     params, grads = _stacked()
     tx = tf.adamw(torch.tensor([1e-3, 1e-2, 1e-1], dtype=F64), weight_decay=0.1)
     expected, _ = _run(tx, params, grads)
-    step = torch.compile(lambda g, s, p: tx.update(g, s, p), backend="aot_eager", fullgraph=True)
-    state, p = tx.init(params), params
-    for i in range(4):
-        if i:
-            with torch.compiler.set_stance("fail_on_recompile"):
-                updates, state = step(grads, state, p)
-        else:
-            updates, state = step(grads, state, p)
-        p = tf.apply_updates(p, updates)
+    update = torch.compile(tx.update, backend="aot_eager", fullgraph=True)
+
+    def step(p: Any, g: Any, state: Any) -> tuple[Any, Any]:
+        updates, state = update(g, state, p)
+        return tf.apply_updates(p, updates), state
+
+    p, _ = _without_recompiling(step, params, grads, tx.init(params))
     for k in params:
         torch.testing.assert_close(p[k], expected[k], rtol=1e-12, atol=1e-14)
 
@@ -127,14 +134,7 @@ def test_compile_step_runs_a_stacked_ensemble_in_place_without_recompiling():
     params, grads = _stacked()
     tx = tf.adamw(torch.tensor([1e-3, 1e-2, 1e-1], dtype=F64), weight_decay=0.1)
     expected, _ = _run(tx, params, grads)
-    step = tf.compile_step(tx, backend="aot_eager")
     p = tf.tree_map(torch.clone, params)
-    state = tx.init(p)
-    for i in range(4):
-        if i:
-            with torch.compiler.set_stance("fail_on_recompile"):
-                p, state = step(p, grads, state)
-        else:
-            p, state = step(p, grads, state)
+    p, _ = _without_recompiling(tf.compile_step(tx, backend="aot_eager"), p, grads, tx.init(p))
     for k in params:
         torch.testing.assert_close(p[k], expected[k], rtol=1e-12, atol=1e-14)

@@ -227,6 +227,15 @@ def test_adapter_on_views_and_odd_gradients_equals_contiguous(case: OptCase):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
 
 
+def _trajectory(tx: tf.GradientTransformation, params: Any, grads: list) -> tuple[Any, Any]:
+    """The params and state after one update per gradient in ``grads``."""
+    state = tx.init(params)
+    for g in grads:
+        updates, state = tx.update(g, state, params)
+        params = tf.apply_updates(params, updates)
+    return params, state
+
+
 @pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "nadamw"])
 def test_state_dtype_and_nu_dtype_set_the_moments_dtypes(name):
     """``state_dtype`` is the shorthand for both moments; ``mu_dtype``/``nu_dtype`` win over
@@ -248,13 +257,7 @@ def test_state_dtype_and_nu_dtype_set_the_moments_dtypes(name):
             *([tf.add_decayed_weights(1e-4)] if name.endswith("w") else []),
             tf.scale_by_learning_rate(1e-2),
         )
-        runs = []
-        for t in (tx, by_hand):
-            p, state = params, t.init(params)
-            for g in grads:
-                u, state = t.update(g, state, p)
-                p = tf.apply_updates(p, u)
-            runs.append((p, state))
+        runs = [_trajectory(t, params, grads) for t in (tx, by_hand)]
         assert runs[0][1][0].mu["w"].dtype == mu and runs[0][1][0].nu["w"].dtype == nu
         assert_trees_close(runs[0], runs[1], rtol=0, atol=0)
 
@@ -278,13 +281,7 @@ def test_state_dtype_reaches_every_moment_of_the_other_adam_aliases(name):
             by_hand = tf.chain(
                 scaling, tf.scale_by_optimistic_gradient(), tf.scale_by_learning_rate(1e-2)
             )
-        runs = []
-        for t in (tx, by_hand):
-            p, state = params, t.init(params)
-            for g in grads:
-                u, state = t.update(g, state, p)
-                p = tf.apply_updates(p, u)
-            runs.append((p, state))
+        runs = [_trajectory(t, params, grads) for t in (tx, by_hand)]
         moments = runs[0][1][0]
         assert moments.mu["w"].dtype == mu and moments.nu["w"].dtype == nu
         if name == "amsgrad":
