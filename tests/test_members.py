@@ -138,3 +138,20 @@ def test_compile_step_runs_a_stacked_ensemble_in_place_without_recompiling():
     p, _ = _without_recompiling(tf.compile_step(tx, backend="aot_eager"), p, grads, tx.init(p))
     for k in params:
         torch.testing.assert_close(p[k], expected[k], rtol=1e-12, atol=1e-14)
+
+
+def test_a_per_member_clip_clips_each_member_on_its_own():
+    params, grads = _stacked()
+    scale = torch.tensor([0.1, 1.0, 10.0], dtype=F64)  # one member under the norm, two over
+    grads = tf.tree_map(lambda g: g * scale.reshape(-1, *[1] * (g.dim() - 1)), grads)
+    lrs = [0.1, 0.2, 0.3]
+    tx = tf.chain(
+        tf.clip_by_global_norm(torch.full((M,), 1.0, dtype=F64)),
+        tf.sgd(torch.tensor(lrs, dtype=F64)),
+    )
+    stacked, _ = _run(tx, params, grads, steps=1)
+    for m in range(M):
+        alone_tx = tf.chain(tf.clip_by_global_norm(1.0), tf.sgd(lrs[m]))
+        alone, _ = _run(alone_tx, _member(params, m), _member(grads, m), steps=1)
+        for k in params:
+            torch.testing.assert_close(stacked[k][m], alone[k], rtol=1e-12, atol=1e-14)
