@@ -308,3 +308,49 @@ def test_cautious_adamw_matches_heavyball_adamw_with_caution():
     # computes that ratio in float32, hence the tolerance.
     got = _run(cautious_adamw(_LR, 0.9, 0.99, eps=0.0, weight_decay=_WD, caution_eps=1e-9))
     assert_trees_close(got, want, rtol=1e-5)
+
+
+_MOMENT_ALIASES = {
+    "adopt": lambda **k: tf.contrib.adopt(0.01, **k),
+    "ademamix": lambda **k: tf.contrib.ademamix(0.01, **k),
+    "laprop": lambda **k: tf.contrib.laprop(0.01, **k),
+    "mars": lambda **k: tf.contrib.mars(0.01, **k),
+    "sophia": lambda **k: tf.contrib.sophia(0.01, update_interval=1, **k),
+    "cautious_adamw": lambda **k: tf.contrib.cautious_adamw(0.01, **k),
+}
+
+
+@pytest.mark.parametrize("name", list(_MOMENT_ALIASES))
+def test_contrib_moment_aliases_take_nu_dtype_and_state_dtype(name):
+    """First moments (mu, m1, m2, ema) follow ``mu_dtype``, second ones (nu) ``nu_dtype``,
+    both ``state_dtype``; the run stays finite and near float32's."""
+    params = {
+        "w": torch.randn(4, 3, generator=torch.Generator().manual_seed(0)),
+        "b": torch.zeros(3),
+    }
+
+    def objective(p):
+        return sum((x**2).sum() for x in tf.tree_leaves(p))
+
+    def run(**kwargs):
+        tx = _MOMENT_ALIASES[name](**kwargs)
+        p, state = params, tx.init(params)
+        for _ in range(3):
+            grads = torch.func.grad(objective)(p)
+            updates, state = tx.update(grads, state, p, obj_fn=objective)
+            p = tf.apply_updates(p, updates)
+        return p, tf.tree_state_dict(state)
+
+    def moment_dtypes(state, kind):
+        fields = {"nu"} if kind == "second" else {"mu", "m1", "m2", "ema"}
+        return {x.dtype for key, x in state.items() if x.dim() and fields & set(key.split("."))}
+
+    full, _ = run()
+    low, bf16_state = run(state_dtype=torch.bfloat16)
+    _, f64_state = run(nu_dtype=torch.float64)
+    assert moment_dtypes(bf16_state, "first") == {torch.bfloat16}
+    assert moment_dtypes(bf16_state, "second") == {torch.bfloat16}
+    assert moment_dtypes(f64_state, "first") == {torch.float32}
+    assert moment_dtypes(f64_state, "second") == {torch.float64}
+    for k in params:
+        torch.testing.assert_close(low[k], full[k], rtol=0, atol=0.05)

@@ -68,6 +68,8 @@ def scale_by_ademamix(
     eps: Scalar = 1e-8,
     eps_root: Scalar = 0.0,
     mu_dtype: torch.dtype | None = None,
+    *,
+    nu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""AdEMAMix's direction: $(\hat m_1 + \alpha m_2) / (\sqrt{\hat\nu + \epsilon_{root}} +
     \epsilon)$.
@@ -75,7 +77,8 @@ def scale_by_ademamix(
     $m_1$ is Adam's momentum ($\beta_1$, bias-corrected), $m_2$ a slow one ($\beta_3$, not
     corrected), $\nu$ Adam's second moment. ``b3`` and ``alpha`` may be schedules of the
     step count (the paper warms both up). optax's default ``alpha`` is 6 here and 5 in
-    `ademamix`; both kept.
+    `ademamix`; both kept. ``mu_dtype`` is the dtype of $m_1$ and $m_2$ (and of $\nu$
+    unless ``nu_dtype`` is given).
 
     Returns:
         A `GradientTransformation` with state `ScaleByAdemamixState`.
@@ -93,9 +96,15 @@ def scale_by_ademamix(
     """
 
     def init_fn(params):
-        zeros = lambda: tree_map(lambda p: torch.zeros_like(p, dtype=mu_dtype), params)  # noqa: E731
+        def zeros(dtype: torch.dtype | None) -> Any:
+            return tree_map(lambda p: torch.zeros_like(p, dtype=dtype), params)
+
         return ScaleByAdemamixState(
-            init_count(params), init_count(params), zeros(), zeros(), zeros()
+            init_count(params),
+            init_count(params),
+            zeros(mu_dtype),
+            zeros(mu_dtype),
+            zeros(nu_dtype or mu_dtype),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -135,8 +144,14 @@ def ademamix(
     mu_dtype: torch.dtype | None = None,
     weight_decay: Scalar = 0.0,
     mask: MaskOrFn = None,
+    *,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     """AdEMAMix: `scale_by_ademamix`, decoupled weight decay, then ``-learning_rate``.
+
+    ``state_dtype`` is the dtype of all three moments where ``mu_dtype``/``nu_dtype`` are not
+    given.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -146,7 +161,16 @@ def ademamix(
         tensor([-0.1000])
     """
     return chain(
-        scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype),
+        scale_by_ademamix(
+            b1,
+            b2,
+            b3,
+            alpha,
+            eps,
+            eps_root,
+            mu_dtype or state_dtype,
+            nu_dtype=nu_dtype or state_dtype,
+        ),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

@@ -32,6 +32,7 @@ def scale_by_adopt(
     nesterov: bool = False,
     use_clipping: bool = True,
     clip_value_fn: Callable[[torch.Tensor], torch.Tensor] = _fourth_root,
+    nu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""ADOPT's direction (Taniguchi et al., 2024).
 
@@ -40,7 +41,8 @@ def scale_by_adopt(
     $\pm$ ``clip_value_fn(t)`` (default $t^{1/4}$), then averaged into the momentum,
     $m_t = \beta_1 m_{t-1} + (1 - \beta_1)\tilde g_t$; $v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2$.
     The first step only initialises $v_1 = g_1^2$ (its update is 0). No bias correction.
-    ``clip_value_fn`` receives the step count as a float of the updates' dtype.
+    ``clip_value_fn`` receives the step count as a float of the updates' dtype. ``mu_dtype``
+    and ``nu_dtype`` set the moments' dtypes (default: the params').
 
     Returns:
         A `GradientTransformation` with state `ScaleByAdamState`.
@@ -64,7 +66,7 @@ def scale_by_adopt(
         return ScaleByAdamState(
             count=torch.zeros((), dtype=torch.int64, device=params_device(params)),
             mu=tree_map(lambda p: torch.zeros_like(p, dtype=mu_dtype), params),
-            nu=tree_map(torch.zeros_like, params),
+            nu=tree_map(lambda p: torch.zeros_like(p, dtype=nu_dtype), params),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -108,8 +110,11 @@ def adopt(
     nesterov: bool = False,
     use_clipping: bool = True,
     clip_value_fn: Callable[[torch.Tensor], torch.Tensor] = _fourth_root,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
-    """ADOPT: `scale_by_adopt`, then ``-learning_rate``.
+    """ADOPT: `scale_by_adopt`, then ``-learning_rate``. ``state_dtype`` is the dtype of both
+    moments where ``mu_dtype``/``nu_dtype`` are not given.
 
     Examples:
         >>> import torch, torchopt_fn as tf
@@ -126,10 +131,11 @@ def adopt(
             b1,
             b2,
             eps,
-            mu_dtype,
+            mu_dtype or state_dtype,
             nesterov=nesterov,
             use_clipping=use_clipping,
             clip_value_fn=clip_value_fn,
+            nu_dtype=nu_dtype or state_dtype,
         ),
         scale_by_learning_rate(learning_rate),
     )

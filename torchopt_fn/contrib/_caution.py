@@ -104,6 +104,8 @@ def cautious_adamw(
     *,
     nesterov: bool = False,
     caution_eps: Scalar = 1e-3,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""C-AdamW: `adamw` with Adam's direction made cautious, the weight decay not.
 
@@ -118,6 +120,8 @@ def cautious_adamw(
         eps: $\epsilon$, added to the denominator outside the square root.
         eps_root: $\epsilon_{root}$, added inside the square root.
         mu_dtype: dtype of the first moment (default: the params').
+        nu_dtype: dtype of the second moment (default: the params').
+        state_dtype: the dtype of both where ``mu_dtype``/``nu_dtype`` are not given.
         weight_decay: $\lambda \ge 0$, multiplied by the learning rate.
         mask: a tree of booleans (or a function of the params returning one) selecting the
             parameters to decay.
@@ -146,7 +150,15 @@ def cautious_adamw(
     check_non_negative("weight_decay", weight_decay)
     return chain(
         caution(
-            scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+            scale_by_adam(
+                b1,
+                b2,
+                eps,
+                eps_root,
+                mu_dtype or state_dtype,
+                nesterov=nesterov,
+                nu_dtype=nu_dtype or state_dtype,
+            ),
             caution_eps,
             negated=False,
         ),

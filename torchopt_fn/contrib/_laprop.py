@@ -22,6 +22,8 @@ def scale_by_laprop(
     b2: Scalar = 0.999,
     eps: Scalar = 1e-8,
     mu_dtype: torch.dtype | None = None,
+    *,
+    nu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""LaProp's direction (Ziyin et al., 2020): normalise first, then take momentum.
 
@@ -43,6 +45,7 @@ def scale_by_laprop(
         b2: $\beta_2 \in [0, 1)$, decay of the second moment.
         eps: $\epsilon \ge 0$, added to the denominator outside the square root.
         mu_dtype: dtype of the momentum (default: the params').
+        nu_dtype: dtype of the second moment (default: the params').
 
     Returns:
         A `GradientTransformation` whose state is ``(ScaleByRmsWithCountState, EmaState)``.
@@ -68,7 +71,7 @@ def scale_by_laprop(
     check_in_range("b2", b2, 0.0, 1.0)
     check_non_negative("eps", eps)
     return chain(
-        scale_by_rms(b2, eps, eps_in_sqrt=False, bias_correction=True),
+        scale_by_rms(b2, eps, eps_in_sqrt=False, bias_correction=True, nu_dtype=nu_dtype),
         ema(b1, debias=True, accumulator_dtype=mu_dtype),
     )
 
@@ -82,6 +85,9 @@ def laprop(
     mu_dtype: torch.dtype | None = None,
     weight_decay: ScalarOrSchedule = 0.0,
     mask: MaskOrFn = None,
+    *,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""LaProp: `scale_by_laprop`, decoupled weight decay, then ``-learning_rate``.
 
@@ -102,6 +108,8 @@ def laprop(
         b2: $\beta_2 \in [0, 1)$, decay of the second moment.
         eps: $\epsilon \ge 0$, added to the denominator outside the square root.
         mu_dtype: dtype of the momentum (default: the params').
+        nu_dtype: dtype of the second moment (default: the params').
+        state_dtype: the dtype of both where ``mu_dtype``/``nu_dtype`` are not given.
         weight_decay: $\lambda \ge 0$ (a float, a 0-d tensor or a schedule).
         mask: a tree of booleans (or a function of the params returning one) selecting the
             parameters to decay.
@@ -132,7 +140,7 @@ def laprop(
     """
     check_non_negative("weight_decay", weight_decay)
     return chain(
-        scale_by_laprop(b1, b2, eps, mu_dtype),
+        scale_by_laprop(b1, b2, eps, mu_dtype or state_dtype, nu_dtype=nu_dtype or state_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

@@ -71,6 +71,7 @@ def scale_by_mars(
     mu_dtype: torch.dtype | None = None,
     *,
     mars_type: str = "mars-adamw",
+    nu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""MARS's direction (Yuan et al., 2024), the authors' approximate form ("MARS-approx").
 
@@ -95,6 +96,7 @@ def scale_by_mars(
             a schedule of the step count); 0 gives Adam's direction (with ``"mars-lion"``,
             the sign of the momentum) on the clipped gradient.
         mu_dtype: dtype of the momentum (default: the params').
+        nu_dtype: dtype of the second moment (default: the params').
         mars_type: ``"mars-adamw"`` or ``"mars-lion"``.
 
     Returns:
@@ -121,7 +123,7 @@ def scale_by_mars(
         return ScaleByMarsState(
             count=init_count(params),
             mu=tree_zeros_like(params, dtype=mu_dtype),
-            nu=tree_zeros_like(params) if adam else EmptyState(),
+            nu=tree_zeros_like(params, dtype=nu_dtype) if adam else EmptyState(),
             last_grad=tree_zeros_like(params),
         )
 
@@ -176,6 +178,8 @@ def mars(
     b1_1d: Scalar = 0.9,
     b2_1d: Scalar = 0.95,
     weight_decay_1d: ScalarOrSchedule = 0.1,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""MARS: `scale_by_mars`, decoupled weight decay, then ``-learning_rate``.
 
@@ -197,6 +201,8 @@ def mars(
         weight_decay: $\lambda \ge 0$ of the matrices, multiplied by the learning rate.
         gamma: $\gamma_t \ge 0$, the strength of the correction.
         mu_dtype: dtype of the momentum (default: the params').
+        nu_dtype: dtype of the second moment (default: the params').
+        state_dtype: the dtype of both where ``mu_dtype``/``nu_dtype`` are not given.
         mars_type: ``"mars-adamw"`` or ``"mars-lion"``.
         optimize_1d: give MARS to the params that are not matrices too.
         learning_rate_1d: the other params' `adamw` learning rate.
@@ -230,11 +236,28 @@ def mars(
     """
     check_non_negative("weight_decay", weight_decay)
     main = chain(
-        scale_by_mars(b1, b2, eps, gamma, mu_dtype, mars_type=mars_type),
+        scale_by_mars(
+            b1,
+            b2,
+            eps,
+            gamma,
+            mu_dtype or state_dtype,
+            mars_type=mars_type,
+            nu_dtype=nu_dtype or state_dtype,
+        ),
         add_decayed_weights(weight_decay),
         scale_by_learning_rate(learning_rate),
     )
     if optimize_1d:
         return main
-    others = adamw(learning_rate_1d, b1_1d, b2_1d, eps, weight_decay=weight_decay_1d)
+    others = adamw(  # the 1-d parameters' moments take the same dtypes
+        learning_rate_1d,
+        b1_1d,
+        b2_1d,
+        eps,
+        mu_dtype=mu_dtype,
+        weight_decay=weight_decay_1d,
+        nu_dtype=nu_dtype,
+        state_dtype=state_dtype,
+    )
     return partition({"mars": main, "adamw": others}, _matrices)

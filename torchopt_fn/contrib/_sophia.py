@@ -218,6 +218,8 @@ def scale_by_sophia(
     mu_dtype: torch.dtype | None = None,
     verbose: bool = False,
     print_win_rate_every_n_steps: int = 0,
+    *,
+    nu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""Sophia's direction: momentum over a clipped running Hessian diagonal.
 
@@ -246,6 +248,7 @@ def scale_by_sophia(
         hessian_diagonal_fn: a `GradientTransformation` mapping (gradients, its state,
             ``params``, extra arguments) to the diagonal estimate; Hutchinson's by default.
         mu_dtype: the momentum's dtype (default: the params').
+        nu_dtype: the running Hessian diagonal's dtype (default: the params').
         verbose: print the win rate.
         print_win_rate_every_n_steps: how often to print it (0: never).
 
@@ -287,7 +290,7 @@ def scale_by_sophia(
         return SophiaState(
             count=init_count(params),
             mu=tree_zeros_like(params, dtype=mu_dtype),
-            nu=tree_zeros_like(params),
+            nu=tree_zeros_like(params, dtype=nu_dtype),
             hessian_fn_state=hessian_diagonal_fn.init(params),
         )
 
@@ -347,6 +350,9 @@ def sophia(
     mu_dtype: torch.dtype | None = None,
     verbose: bool = False,
     print_win_rate_every_n_steps: int = 0,
+    *,
+    nu_dtype: torch.dtype | None = None,
+    state_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""Sophia: `scale_by_sophia`, decayed weights, then ``-learning_rate``.
 
@@ -369,6 +375,8 @@ def sophia(
         update_interval: refresh the Hessian diagonal every this many steps.
         hessian_diagonal_fn: the Hessian-diagonal estimator (a `GradientTransformation`).
         mu_dtype: the momentum's dtype.
+        nu_dtype: the running Hessian diagonal's dtype.
+        state_dtype: the dtype of both where ``mu_dtype``/``nu_dtype`` are not given.
         verbose: print the win rate (eagerly).
         print_win_rate_every_n_steps: how often to print it (0: never).
 
@@ -402,7 +410,8 @@ def sophia(
             clip_threshold=clip_threshold,
             update_interval=update_interval,
             hessian_diagonal_fn=hessian_diagonal_fn,
-            mu_dtype=mu_dtype,
+            mu_dtype=mu_dtype or state_dtype,
+            nu_dtype=nu_dtype or state_dtype,
             verbose=verbose,
             print_win_rate_every_n_steps=print_win_rate_every_n_steps,
         ),

@@ -79,6 +79,8 @@ def scale_by_rms(
     initial_scale: Scalar = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    *,
+    nu_dtype: torch.dtype | None = None,
 ) -> GradientTransformation:
     r"""Rescale updates by the root of an exponential moving average of their squares (RMSProp).
 
@@ -99,6 +101,8 @@ def scale_by_rms(
     Returns:
         A `GradientTransformation` with state `ScaleByRmsState`, or
         `ScaleByRmsWithCountState` with ``bias_correction``.
+
+    The accumulator is in ``nu_dtype`` where given (optax has no such argument).
 
     Raises:
         ValueError: for ``decay`` out of range or a negative ``eps``/``initial_scale``.
@@ -123,7 +127,7 @@ def scale_by_rms(
     debias = bias_correction  # the argument shadows the list helper of the same name
 
     def init_fn(params):
-        nu = tree_full_like(params, initial_scale)
+        nu = tree_full_like(params, initial_scale, dtype=nu_dtype)
         if debias:
             return ScaleByRmsWithCountState(count=init_count(params), nu=nu)
         return ScaleByRmsState(nu=nu)
