@@ -39,7 +39,7 @@ pytestmark = [
     pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is missing"),
 ]
 
-STEPS = 3
+STEPS = 2
 F64 = torch.float64
 
 
