@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from torchopt_fn._base import GradientTransformation
+from torchopt_fn._validate import checks_enabled
 from torchopt_fn.tree._flatten import leaf_paths, path_str, tree_leaves, tree_map
 
 __all__: list[str] = []
@@ -84,8 +85,10 @@ def per_member(
     first = build(*(vectors[n][0] for n in names))  # checks the first member's values
     if not isinstance(first, GradientTransformation):
         return call(arguments)
-    if not torch.compiler.is_compiling():
-        for m in range(1, members):  # every member's values checked, naming the argument
+    # Every member's values checked, naming the argument; not where the factory is rebuilt
+    # from checked values (`inject_hyperparams`, every step), nor while tracing.
+    if checks_enabled() and not torch.compiler.is_compiling():
+        for m in range(1, members):
             build(*(vectors[n][m] for n in names))
     hyper = tuple(vectors[n] for n in names)
 

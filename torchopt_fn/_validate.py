@@ -24,6 +24,7 @@ __all__ = [
     "check_number",
     "check_positive",
     "checks_disabled",
+    "checks_enabled",
     "require_params",
 ]
 
@@ -51,6 +52,11 @@ def checks_disabled() -> Iterator[None]:
         yield
     finally:
         _CHECKS_OFF.reset(token)
+
+
+def checks_enabled() -> bool:
+    """Whether values are checked here (not under `checks_disabled`)."""
+    return not _CHECKS_OFF.get()
 
 
 def _value(name: str, x: Any) -> float | None:

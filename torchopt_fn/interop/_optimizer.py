@@ -82,9 +82,10 @@ def _schedule_driven_lr(tx: GradientTransformation) -> str | None:
     return None
 
 
-def _check_scheduled_lr(group: dict[str, Any], index: int, owner: str) -> None:
+def _check_scheduled_lr(groups: list[dict[str, Any]], group: dict[str, Any], owner: str) -> None:
     lr = group.get("lr")
     if type(lr) is not ScheduledLR:
+        index = next(i for i, g in enumerate(groups) if g is group)
         raise ValueError(
             f"Optimizer: param_groups[{index}]['lr'] was set to {lr!r} (by an lr scheduler?), "
             f"but {owner}'s learning rate is a schedule, which drives it. Either give "
@@ -358,9 +359,8 @@ class Optimizer(torch.optim.Optimizer):
         A scheduler changes ``lr`` every step: that rebuilds the transformation (a few factory
         calls) but keeps the state layout, which depends only on the structure.
         """
-        if self._scheduled_by is not None and type(group.get("lr")) is not ScheduledLR:
-            index = next(i for i, g in enumerate(self.param_groups) if g is group)
-            _check_scheduled_lr(group, index, self._scheduled_by)
+        if self._scheduled_by is not None:
+            _check_scheduled_lr(self.param_groups, group, self._scheduled_by)
         runtime = self._runtimes.get(id(group))
         if runtime is not None and runtime.group is not group:
             runtime = None  # a group that died, its id reused

@@ -13,7 +13,7 @@ from torchopt_fn._branch import concrete
 from torchopt_fn._fused import torch_clip_coef
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._validate import check_non_negative, check_positive, require_params
-from torchopt_fn.tree._dtensor import plain, replicated_like
+from torchopt_fn.tree._dtensor import is_dtensor, plain, replicated_like
 from torchopt_fn.tree._flatten import tree_flatten, tree_leaves, tree_map, tree_unflatten
 from torchopt_fn.tree._math import norms_squared_sum
 from torchopt_fn.tree._ops import map_leaves
@@ -390,9 +390,13 @@ def _square_sums(g: torch.Tensor) -> torch.Tensor:
     return squares.sum(tuple(range(1, g.dim()))) if g.dim() > 1 else squares
 
 
-def _per_row(m: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Per-example factors ``m`` shaped to multiply ``g``'s rows (replicated beside a DTensor)."""
-    return replicated_like(m.to(g.dtype).reshape(-1, *[1] * (g.dim() - 1)), g)
+def _weighted_sum(m: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    r"""$\sum_b m_b g_b$ over ``g``'s first axis: a matrix product, or for a DTensor (which
+    has no flat view to multiply) a broadcast product summed, ``m`` replicated beside it."""
+    m = m.to(g.dtype)
+    if is_dtensor(g):
+        return (replicated_like(m.reshape(-1, *[1] * (g.dim() - 1)), g) * g).sum(0)
+    return torch.tensordot(m, g, dims=1)
 
 
 def per_example_global_norm_clip(grads: Any, l2_norm_clip: Scalar) -> tuple[Any, torch.Tensor]:
@@ -417,7 +421,7 @@ def per_example_global_norm_clip(grads: Any, l2_norm_clip: Scalar) -> tuple[Any,
     squares = [plain(_square_sums(g)) for g in leaves]
     norms = torch.sqrt(torch.stack(squares).sum(0))
     multipliers = torch.nan_to_num(torch.clamp(l2_norm_clip / norms, max=1.0), nan=1.0)
-    clipped = tree_map(lambda g: (_per_row(multipliers, g) * g).sum(0), grads)
+    clipped = tree_map(lambda g: _weighted_sum(multipliers, g), grads)
     return clipped, (multipliers < 1.0).sum()
 
 

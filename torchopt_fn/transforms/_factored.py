@@ -17,7 +17,7 @@ from torchopt_fn._base import GradientTransformation, Scalar, init_count
 from torchopt_fn._record import record_hyperparams
 from torchopt_fn._scalar import step_scalar
 from torchopt_fn._validate import check_in_range, check_non_negative
-from torchopt_fn.tree._dtensor import DTensor, Partial, Replicate, Shard, is_dtensor
+from torchopt_fn.tree._dtensor import is_dtensor, vector_max_along
 from torchopt_fn.tree._flatten import tree_flatten, tree_map, tree_unflatten
 from torchopt_fn.tree._math import tree_zeros_like
 from torchopt_fn.tree._ops import columns, map_leaves
@@ -245,28 +245,10 @@ class ScaleBySM3State(NamedTuple):
 
 def _max_over_others(x: torch.Tensor, axis: int) -> torch.Tensor:
     """The maximum of ``x >= 0`` over every axis but ``axis`` (0 where there is nothing to take)."""
-    if is_dtensor(x):
-        return _sharded_max_over_others(x, axis)
+    if is_dtensor(x):  # each rank its shard (an empty one gives 0s, where DTensor's fails)
+        return vector_max_along(_max_over_others(x.to_local(), axis), x, axis)
     others = [d for d in range(x.dim()) if d != axis]
     return x.amax(dim=others) if x.numel() else x.new_zeros((x.shape[axis],))
-
-
-def _sharded_max_over_others(x: torch.Tensor, axis: int) -> torch.Tensor:
-    """`_max_over_others` of a DTensor: each rank reduces its shard (an empty one gives 0s, where
-    DTensor's ``amax`` fails), the vector stays sharded where ``axis`` is, and the ranks take
-    the maximum where another axis is sharded."""
-    local = _max_over_others(x.to_local(), axis)
-    placements = [
-        (Shard(0) if p.dim == axis else Partial("max")) if isinstance(p, Shard) else p
-        for p in x.placements
-    ]
-    n = x.shape[axis]
-    vector = DTensor.from_local(
-        local, x.device_mesh, placements, run_check=False, shape=(n,), stride=(1,)
-    )
-    return vector.redistribute(
-        x.device_mesh, [Replicate() if isinstance(p, Partial) else p for p in placements]
-    )
 
 
 def _sm3_shapes(shape: Sequence[int]) -> list[tuple[int, ...]]:

@@ -97,12 +97,11 @@ def scale_by_rms(
             (torch's).
         bias_correction: divide the second moment by $1-\rho^t$; the state then also counts
             steps (`ScaleByRmsWithCountState`).
+        nu_dtype: dtype of the second moment (default: the params'); optax lacks it.
 
     Returns:
         A `GradientTransformation` with state `ScaleByRmsState`, or
         `ScaleByRmsWithCountState` with ``bias_correction``.
-
-    The accumulator is in ``nu_dtype`` where given (optax has no such argument).
 
     Raises:
         ValueError: for ``decay`` out of range or a negative ``eps``/``initial_scale``.

@@ -8,7 +8,7 @@ Element-wise maths runs shard-locally on DTensors as it is. These do not:
 - a flat view (``x.reshape(-1)``) of an unevenly sharded tensor does not exist: `vdot` sums
   products instead;
 - DTensor's maximum fails on a rank whose shard is empty (and the ranks then fall out of
-  step): `abs_max` reduces each shard itself;
+  step): `abs_max` and `vector_max_along` take each rank's own reduction;
 - a tensor made whole on every rank (noise drawn from a seed, a whole-matrix result) is cut to
   a leaf's placement by `place_like`, without communication; an operand that fits no leaf's
   placement (per-example factors) is replicated by `replicated_like`;
@@ -94,6 +94,21 @@ def abs_max(x: torch.Tensor) -> torch.Tensor:
     found = DTensor.from_local(found, mesh, [Partial("max")] * mesh.ndim, run_check=False)
     largest, any_nan = plain(found).unbind()
     return torch.where(any_nan > 0, torch.nan, largest)
+
+
+def vector_max_along(local: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    """The vector along ``axis`` of DTensor ``x`` whose shard on each rank is ``local``, that
+    rank's maximum over its shard's other axes: sharded where ``axis`` is sharded, the ranks'
+    maximum where another axis is (SM3's statistics of a sharded matrix)."""
+    placements = [
+        (Shard(0) if p.dim == axis else Partial("max")) if isinstance(p, Shard) else p
+        for p in x.placements
+    ]
+    vector = DTensor.from_local(
+        local, x.device_mesh, placements, run_check=False, shape=(x.shape[axis],), stride=(1,)
+    )
+    whole = [Replicate() if isinstance(p, Partial) else p for p in placements]
+    return vector.redistribute(x.device_mesh, whole)
 
 
 def vdot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

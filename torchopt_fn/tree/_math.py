@@ -409,10 +409,9 @@ def tree_l1_norm(tree: Tree) -> torch.Tensor:
 def _max_abs(ops: Ops, xs: list) -> torch.Tensor:
     if not xs:
         return torch.zeros(())
-    # The foreach inf-norm of nothing is an error.
     if any_dtensor(xs):
         maxima = [abs_max(x) for x in xs]
-    elif ops.foreach and all(x.numel() for x in xs):
+    elif ops.foreach and all(x.numel() for x in xs):  # the inf-norm of nothing is an error
         maxima = list(torch._foreach_norm(xs, float("inf")))
     else:
         maxima = [x.abs().amax() if x.numel() else x.new_zeros(()) for x in xs]
