@@ -283,3 +283,134 @@ def test_transform_refuses_a_broadcastable_update_naming_its_path(case: TxCase):
     with pytest.raises(ValueError, match=r"\['conv'\]"):
         tx_step(case, tx, grads, state, params)
     assert_trees_close((grads, state, params), before, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- vmap: whole batches
+
+
+def _batch_path_runs(monkeypatch: pytest.MonkeyPatch, per_op: bool) -> list[bool]:
+    """Record whether each element-wise `map_leaves` call ran under the batch (`_batched`);
+    with ``per_op``, make every one take the per-op path instead."""
+    taken: list[bool] = []
+    under_batch = _ops._under_batch
+
+    def spy(*args: Any) -> Any:
+        result = _ops._PER_OP if per_op else under_batch(*args)
+        taken.append(result is not _ops._PER_OP)
+        return result
+
+    monkeypatch.setattr(_ops, "_under_batch", spy)
+    return taken
+
+
+def _vmapped_steps(case: TxCase) -> tuple[Any, Any]:
+    """Three steps under vmap: gradients batched along their *last* axis (the tensors under the
+    batch need moving), the params shared by all members (in_dims None: stride-0 expanded)."""
+    members = [transform_inputs(seed=i) for i in range(3)]
+    params = members[0][0]
+    tx = case.make()
+    stacked = tf.tree_map(lambda p: torch.stack([p] * 3), params)
+    state = torch.func.vmap(tx.init, randomness="same")(stacked)
+    step = torch.func.vmap(
+        lambda g, s, p: tx_step(case, tx, g, s, p), in_dims=(-1, 0, None), randomness="same"
+    )
+    for k in range(len(members[0][1])):
+        grads = tf.tree_map(lambda *xs: torch.stack(xs, dim=-1), *[gs[k] for _, gs in members])
+        updates, state = step(grads, state, params)
+    return updates, state
+
+
+@pytest.mark.parametrize("case", TRANSFORMS, ids=str)
+def test_vmapped_update_under_the_batch_equals_the_per_op_path(
+    case: TxCase, monkeypatch: pytest.MonkeyPatch
+):
+    """Element-wise maths run on the tensors under a vmap's batch with multi-tensor kernels
+    gives the per-op path's numbers bit for bit, for every transformation."""
+    _batch_path_runs(monkeypatch, per_op=True)
+    expected = _vmapped_steps(case)
+    _batch_path_runs(monkeypatch, per_op=False)
+    got = _vmapped_steps(case)
+    assert_trees_close(got, expected, rtol=0.0, atol=0.0)
+
+
+# Transformations whose every element-wise step runs under the batch in a plain vmap: each is
+# a row whose maths is all `Ops` primitives (the rest run per op, correct and slower).
+UNDER_THE_BATCH = {
+    "sgd_momentum": lambda: tf.sgd(0.1, momentum=0.9, nesterov=True),
+    "adam": lambda: tf.adam(0.1),
+    "adamw": lambda: tf.adamw(0.1, weight_decay=0.1),
+    "nadam": lambda: tf.nadam(0.1),
+    "amsgrad": lambda: tf.amsgrad(0.1),
+    "adamax": lambda: tf.adamax(0.1),
+    "radam": lambda: tf.radam(0.1),
+    "adabelief": lambda: tf.adabelief(0.1),
+    "yogi": lambda: tf.yogi(0.1),
+    "rmsprop_centered": lambda: tf.rmsprop(0.1, centered=True, momentum=0.9),
+    "adagrad": lambda: tf.adagrad(0.1),
+    "adadelta": lambda: tf.adadelta(0.1),
+    "lion": lambda: tf.lion(0.1, weight_decay=0.1),
+    "sign_sgd": lambda: tf.chain(tf.scale_by_sign(), tf.scale(-0.1)),
+    "rprop": lambda: tf.rprop(0.1),
+    "ema": lambda: tf.ema(0.9),
+    "torch_adam": lambda: tf.from_torch("Adam", lr=0.1, amsgrad=True),
+    "torch_nadam": lambda: tf.from_torch("NAdam", lr=0.1),
+    "torch_radam": lambda: tf.from_torch("RAdam", lr=0.1),
+    "torch_asgd": lambda: tf.from_torch("ASGD", lr=0.1),
+    "torch_sgd": lambda: tf.from_torch("SGD", lr=0.1, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("name", list(UNDER_THE_BATCH))
+def test_elementwise_optimizers_run_under_the_batch(name: str, monkeypatch: pytest.MonkeyPatch):
+    taken = _batch_path_runs(monkeypatch, per_op=False)
+    tx = UNDER_THE_BATCH[name]()
+    params = tf.tree_map(lambda p: torch.stack([p, 2 * p]), transform_inputs()[0])
+    state = torch.func.vmap(tx.init)(params)
+    updates, state = torch.func.vmap(tx.update)(tf.tree_map(torch.ones_like, params), state, params)
+    torch.func.vmap(tf.apply_updates)(params, updates)
+    assert taken and all(taken), taken
+
+
+def test_per_member_hyperparameters_run_under_the_batch(monkeypatch: pytest.MonkeyPatch):
+    """`tf.adamw(lrs)` on stacked params is a vmap inside: its scalars, batched there, are
+    lifted to one value per member, so its steps run under the batch too."""
+    taken = _batch_path_runs(monkeypatch, per_op=False)
+    lrs = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    tx = tf.adamw(lrs, b1=torch.tensor([0.9, 0.8], dtype=torch.float64), weight_decay=0.1)
+    params = tf.tree_map(lambda p: torch.stack([p, 2 * p]), transform_inputs()[0])
+    state = tx.init(params)
+    for _ in range(2):
+        _, state = tx.update(tf.tree_map(torch.ones_like, params), state, params)
+    assert taken and all(taken), taken
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tf.adamw(0.1, weight_decay=0.1),
+        lambda: tf.adam(tf.linear_schedule(0.1, 0.01, 5)),
+        lambda: tf.from_torch("AdamW", lr=0.1),
+    ],
+    ids=["adamw", "adam_schedule", "torch_adamw"],
+)
+def test_fused_adam_under_the_batch_gives_each_member_its_own_step(make: Callable[[], Any]):
+    """Adam's fused kernel takes one step count and learning rate for all the tensors it gets.
+    Under a vmap's batch it runs where every member has the same (read on the host), and the
+    members whose counts differ (states stacked from different points of training) take the
+    generic ops: each member's update equals its own unbatched update either way."""
+    tx = make()
+    params, grads = transform_inputs()
+    params = {k: v for k, v in params.items() if k != "empty"}  # a dense layout, as fused needs
+    members = [tf.tree_map(lambda p, i=i: (i + 1) * p, params) for i in range(3)]
+    g = {k: v for k, v in grads[0].items() if k != "empty"}
+    for counts in ((2, 2, 2), (0, 1, 3)):
+        states = []
+        for p, n in zip(members, counts):
+            state = tx.init(p)
+            for _ in range(n):
+                _, state = tx.update(g, state, p)
+            states.append(state)
+        expected = [tx.update(g, s, p) for s, p in zip(states, members)]
+        stack = lambda trees: tf.tree_map(lambda *xs: torch.stack(xs), *trees)  # noqa: E731
+        got = torch.func.vmap(tx.update, in_dims=(None, 0, 0))(g, stack(states), stack(members))
+        assert_trees_close(got, stack(expected), rtol=1e-15, atol=1e-15)

@@ -24,6 +24,7 @@ import torch
 from torchopt_fn._base import GradientTransformation
 from torchopt_fn._record import recorded_arguments
 from torchopt_fn._scalar import is_schedule, step_scalar
+from torchopt_fn.tree._batched import one_value
 from torchopt_fn.tree._flatten import tree_leaves
 from torchopt_fn.tree._math import next_count, walked_count
 from torchopt_fn.tree._ops import map_leaves, scalar_shape
@@ -319,15 +320,18 @@ def run_fused_(
 # --------------------------------------------------------------------------- functional
 
 
-def _eager_plain(tensors: list[torch.Tensor]) -> bool:
+def _eager_plain(tensors: list[torch.Tensor], under_batch: bool = False) -> bool:
     """Whether pure eager float32/float64 work may call a kernel instead of the generic ops.
 
     Not while compiling (the generic maths is what gets traced), not under vmap/grad (no
-    batching rule), not where autograd would record the generic ops; and not in lower
-    precisions, which the kernel computes in float32 and rounds once, so more accurately than,
-    and differently from, the generic ops.
+    batching rule) unless ``tensors`` are under a vmap's batch (`map_leaves`' ``elementwise``),
+    not where autograd would record the generic ops; and not in lower precisions, which the
+    kernel computes in float32 and rounds once, so more accurately than, and differently from,
+    the generic ops.
     """
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling():
+        return False
+    if not under_batch and torch._C._are_functorch_transforms_active():
         return False
     if tensors[0].dtype not in (torch.float32, torch.float64):
         return False
@@ -363,7 +367,7 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
     def update_fn(updates, state, params=None, **extra_args):
         if len(state) == 0 or (decay and params is None):
             return tx.update(updates, state, params, **extra_args)  # it raises the error
-        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        if torch.compiler.is_compiling():
             return tx.update(updates, state, params, **extra_args)  # traced: the chain's maths
         decays = resolve_mask(plan, params) if decay else None
         if decay and decays is None:
@@ -388,26 +392,46 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
 
         def fused(ops, gs, mus, nus, count, *ps):
             tensors = [*gs, *mus, *nus, *(ps[0] if ps else ())]
-            if not gs or not _eager_plain(tensors) or not fusable(gs, mus, nus, *ps):
+            batch = ops.vmap
+            if not gs or not _eager_plain(tensors, batch is not None):
+                return None
+            if not fusable(gs, mus, nus, *ps):
                 return None
             count = next_count(count)
+            steps = count if per_leaf else [count] * len(gs)
+            rate = lr
+            if batch is not None:  # one count and rate for every member, or the generic ops
+                plain = {id(s): one_value(s, batch) for s in steps}  # each count read once
+                steps, rate = [plain[id(s)] for s in steps], one_value(lr, batch)
+                if rate is None or any(s is None for s in steps):
+                    return None
             new_mus = [m.clone() for m in mus]
             new_nus = [v.clone() for v in nus]
             # The kernel subtracts lr * m_hat / denom from `out`: start it at the decay term,
             # or at 0 * g (NaN where g is not finite, as the generic update is there).
             if live is None or all(live):
-                out = list(torch._foreach_mul(ps[0] if ps else gs, -lr * decay))
+                out = list(torch._foreach_mul(ps[0] if ps else gs, -rate * decay))
             else:  # masked: the decay term where the mask holds, 0 * g elsewhere
-                out = [p * (-lr * decay) if d else g * 0.0 for p, g, d in zip(ps[0], gs, live)]
-            steps = count if per_leaf else [count] * len(gs)
-            run_fused_(adam_only, out, gs, [new_mus, new_nus], steps)
+                out = [p * (-rate * decay) if d else g * 0.0 for p, g, d in zip(ps[0], gs, live)]
+            kernel = (
+                adam_only
+                if rate is lr
+                else adam_only._replace(options={**adam_only.options, "lr": rate})
+            )
+            run_fused_(kernel, out, gs, [new_mus, new_nus], steps)
             return out, new_mus, new_nus, count
 
         others = (adam_state.mu, adam_state.nu, walked_count(adam_state.count, per_leaf))
         if decay:
             others += (params,)
         result = map_leaves(
-            fused, updates, *others, keep=(None, 0, 1, 2), shapes={2: scalar_shape}, what="update"
+            fused,
+            updates,
+            *others,
+            keep=(None, 0, 1, 2),
+            shapes={2: scalar_shape},
+            elementwise=True,
+            what="update",
         )
         if result is None:
             return tx.update(updates, state, params, **extra_args)

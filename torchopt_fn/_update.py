@@ -105,7 +105,15 @@ def apply_updates(
             for p, u in zip(ps, us)
         ]
 
-    return map_leaves(add, updates, params, keep=(0,), complex_as_real=True, what="apply_updates")
+    return map_leaves(
+        add,
+        updates,
+        params,
+        keep=(0,),
+        complex_as_real=True,
+        elementwise=not stochastic_rounding,  # random draws are not per member under vmap
+        what="apply_updates",
+    )
 
 
 def apply_updates_(

@@ -88,7 +88,13 @@ def trace(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         out, new_trace = map_leaves(
-            step, updates, state.trace, keep=(None, 0), complex_as_real=True, what="trace"
+            step,
+            updates,
+            state.trace,
+            keep=(None, 0),
+            complex_as_real=True,
+            elementwise=True,
+            what="trace",
         )
         return out, TraceState(trace=new_trace)
 
@@ -155,7 +161,9 @@ def ema(
             new = moment(ops, gs, es, decay, order=1)
             return (bias_correction(ops, new, decay, count) if debias else new), new
 
-        out, new_ema = map_leaves(step, updates, state.ema, keep=(None, 0), what="ema")
+        out, new_ema = map_leaves(
+            step, updates, state.ema, keep=(None, 0), elementwise=True, what="ema"
+        )
         return out, EmaState(count=count, ema=new_ema)
 
     return GradientTransformation(init_fn, update_fn)

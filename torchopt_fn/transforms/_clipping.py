@@ -64,6 +64,7 @@ def clip(max_delta: Scalar) -> GradientTransformation:
         out = map_leaves(
             lambda ops, gs: [torch.clamp(g, -max_delta, max_delta) for g in gs],
             updates,
+            elementwise=True,
             what="clip",
         )
         return out, state

@@ -141,7 +141,13 @@ def scale_by_rms(
             return rms_scaled(ops, gs, nu_hat, eps, eps_in_sqrt), nus
 
         out, nu = map_leaves(
-            step, updates, state.nu, keep=(None, 0), complex_as_real=True, what="scale_by_rms"
+            step,
+            updates,
+            state.nu,
+            keep=(None, 0),
+            complex_as_real=True,
+            elementwise=True,
+            what="scale_by_rms",
         )
         if debias:
             return out, ScaleByRmsWithCountState(count=count, nu=nu)
@@ -260,6 +266,7 @@ def scale_by_stddev(
             state.nu,
             keep=(None, 0, 1),
             complex_as_real=True,
+            elementwise=True,
             what="scale_by_stddev",
         )
         if debias:
@@ -342,6 +349,7 @@ def scale_by_rss(
             state.sum_of_squares,
             keep=(None, 0),
             complex_as_real=True,
+            elementwise=True,
             what="scale_by_rss",
         )
         return out, ScaleByRssState(sum_of_squares=sums)
@@ -420,6 +428,7 @@ def scale_by_adadelta(rho: Scalar = 0.9, eps: Scalar = 1e-6) -> GradientTransfor
             state.e_x,
             keep=(None, 0, 1),
             complex_as_real=True,
+            elementwise=True,
             what="scale_by_adadelta",
         )
         return out, ScaleByAdaDeltaState(e_g=e_g, e_x=e_x)

@@ -38,6 +38,7 @@ def _scaled(updates, factor):
         updates,
         complex_as_real=True,
         sparse_updates=True,  # a scaling keeps the sparsity: SparseAdam's lr stage
+        elementwise=True,
         what="scale",
     )
 

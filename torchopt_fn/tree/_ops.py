@@ -14,14 +14,23 @@ leaf in the dtype of the leaf it replaces.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import torch
+from torch._C import _functorch
 
 from torchopt_fn._scalar import Scalar, step_scalar
+from torchopt_fn.tree._batched import (
+    VmapLevel,
+    batched_again,
+    batched_operand,
+    sole_vmap,
+    under_batch,
+)
 from torchopt_fn.tree._flatten import (
     flatten_like,
     leaf_paths,
@@ -73,6 +82,11 @@ def use_foreach(tensors: Sequence[torch.Tensor]) -> bool:
     # take the per-leaf path too.
     if not tensors or torch._C._are_functorch_transforms_active():
         return False
+    return _foreach_fits(tensors)
+
+
+def _foreach_fits(tensors: Sequence[torch.Tensor]) -> bool:
+    """`use_foreach` for tensors that may take them: no complex ones, not in `per_leaf_kernels`."""
     if not torch.compiler.is_compiling() and _PER_LEAF.get():
         return False
     return True not in frozenset(map(torch.Tensor.is_complex, tensors))
@@ -125,16 +139,33 @@ class Ops:
     with no autograd graph to keep, they do, which saves allocating and touching a fresh
     buffer (on CPU that is most of a step's cost); otherwise they return new tensors. Always
     use what they return.
+
+    Given a ``vmap`` (`map_leaves` running element-wise maths under a vmap's batch, see
+    `torchopt_fn.tree._batched`), the lists hold the tensors under the batch, and every
+    scalar or tensor operand batched at that level is first lifted to match them.
     """
 
-    __slots__ = ("_inplace", "_inputs", "foreach")
+    __slots__ = ("_inplace", "_inputs", "_lifted", "_vmap", "foreach")
 
     def __init__(
-        self, tensors: Sequence[torch.Tensor], inputs: Sequence[list] = (), multi: bool = True
+        self,
+        tensors: Sequence[torch.Tensor],
+        inputs: Sequence[list] = (),
+        multi: bool = True,
+        vmap: VmapLevel | None = None,
     ):
-        self.foreach = multi and use_foreach(tensors)
+        self._vmap = vmap
+        # Under a vmap's batch the tensors are plain ones, which multi-tensor kernels take.
+        under = vmap is not None and bool(tensors) and _foreach_fits(tensors)
+        self.foreach = multi and (under or use_foreach(tensors))
         self._inputs = (tensors, *inputs)
         self._inplace: bool | None = None
+        self._lifted: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def vmap(self) -> VmapLevel | None:
+        """The vmap whose batch the lists are under (`map_leaves`' ``elementwise``), or `None`."""
+        return self._vmap
 
     @property
     def inplace(self) -> bool:
@@ -147,6 +178,30 @@ class Ops:
             )
         return self._inplace
 
+    def _lift(self, s: Any, xs: list) -> Any:
+        """Operand ``s`` for the leaves ``xs``: as it is, or (under a vmap's batch) with every
+        tensor batched at that level turned into a plain one per leaf (`batched_operand`)."""
+        if self._vmap is None:
+            return s
+        if isinstance(s, list):
+            if True not in frozenset(map(_functorch.is_batchedtensor, s)):
+                return s
+            return [self._lift_one(y, x) for y, x in zip(s, xs)]
+        if isinstance(s, torch.Tensor) and _functorch.is_batchedtensor(s):
+            return [self._lift_one(s, x) for x in xs]
+        return s
+
+    def _lift_one(self, y: Any, x: torch.Tensor) -> Any:
+        if not _functorch.is_batchedtensor(y):
+            return y
+        # One scalar serves every leaf of a rank: lift it once per rank (the cache holds
+        # ``y`` too, so its id stays its own while cached).
+        key = (id(y), x.dim())
+        hit = self._lifted.get(key)
+        if hit is None:
+            hit = self._lifted[key] = (y, batched_operand(y, self._vmap, x))
+        return hit[1]
+
     def _multi(self, xs: list, s: Any = None) -> bool:
         return self.foreach and not _requires_grad(s) and not _scalars(xs)
 
@@ -154,6 +209,7 @@ class Ops:
         return self.inplace and not _requires_grad(s)
 
     def mul(self, xs: list, s: Scalar | list) -> list:
+        s = self._lift(s, xs)
         if self._multi(xs, s):
             return list(torch._foreach_mul(xs, s))
         if isinstance(s, list):
@@ -161,12 +217,14 @@ class Ops:
         return [x * s for x in xs]
 
     def mul_(self, xs: list, s: Scalar | list) -> list:
+        s = self._lift(s, xs)
         if self._in_place(s):
             torch._foreach_mul_(xs, s)
             return xs
         return self.mul(xs, s)
 
     def div(self, xs: list, s: Scalar | list) -> list:
+        s = self._lift(s, xs)
         if self._multi(xs, s):
             return list(torch._foreach_div(xs, s))
         if isinstance(s, list):
@@ -174,6 +232,7 @@ class Ops:
         return [x / s for x in xs]
 
     def div_(self, xs: list, s: Scalar | list) -> list:
+        s = self._lift(s, xs)
         if self._in_place(s):
             torch._foreach_div_(xs, s)
             return xs
@@ -181,10 +240,14 @@ class Ops:
 
     def add(self, xs: list, ys: list | Scalar, alpha: Scalar = 1.0) -> list:
         """``x + alpha * y`` (``y`` a list) or ``x + y`` (``y`` a scalar)."""
+        lifted = self._lift(ys, xs)
         if not isinstance(ys, list):
+            if isinstance(lifted, list):  # a batched scalar, now one tensor per leaf
+                return self.add(xs, lifted)
             if self._multi(xs, ys):
                 return list(torch._foreach_add(xs, ys))
             return [x + ys for x in xs]
+        ys = lifted
         if isinstance(alpha, torch.Tensor):
             ys = self.mul(ys, alpha)
             alpha = 1.0
@@ -193,6 +256,7 @@ class Ops:
         return [torch.add(x, y, alpha=alpha) for x, y in zip(xs, ys)]
 
     def add_(self, xs: list, ys: list | Scalar, alpha: Scalar = 1.0) -> list:
+        ys = self._lift(ys, xs)
         if self._in_place(ys) and not isinstance(alpha, torch.Tensor):
             if isinstance(ys, list):
                 torch._foreach_add_(xs, ys, alpha=alpha)
@@ -203,6 +267,7 @@ class Ops:
 
     def addcmul(self, xs: list, ys: list, zs: list, value: Scalar = 1.0) -> list:
         """``x + value * y * z``."""
+        ys, zs = self._lift(ys, xs), self._lift(zs, xs)
         if isinstance(value, torch.Tensor):
             return self.add(xs, self.mul(self.mul(ys, zs), value))
         if self._multi(xs):
@@ -210,12 +275,13 @@ class Ops:
         return [torch.addcmul(x, y, z, value=value) for x, y, z in zip(xs, ys, zs)]
 
     def addcmul_(self, xs: list, ys: list, zs: list, value: Scalar = 1.0) -> list:
-        if self._in_place(value):
-            torch._foreach_addcmul_(xs, ys, zs, value=value)
+        if self._in_place(value) and not isinstance(self._lift(value, xs), list):
+            torch._foreach_addcmul_(xs, self._lift(ys, xs), self._lift(zs, xs), value=value)
             return xs
         return self.addcmul(xs, ys, zs, value)
 
     def sub(self, xs: list, ys: list) -> list:
+        ys = self._lift(ys, xs)
         if self._multi(xs):
             return list(torch._foreach_sub(xs, ys))
         return [x - y for x, y in zip(xs, ys)]
@@ -227,6 +293,7 @@ class Ops:
             # computed in the graph (``1 - b1``) in float32 inside `_foreach_lerp`, losing
             # float64 precision; for w < 1/2 this is exactly lerp's own formula.
             return self.add(xs, self.mul(self.sub(ys, xs), w))
+        ys = self._lift(ys, xs)
         if self._multi(xs):
             return list(torch._foreach_lerp(xs, ys, w))
         return [torch.lerp(x, y, w) for x, y in zip(xs, ys)]
@@ -250,13 +317,14 @@ class Ops:
         return list(torch._foreach_sign(xs)) if self.foreach else [torch.sign(x) for x in xs]
 
     def maximum(self, xs: list, ys: list) -> list:
+        ys = self._lift(ys, xs)
         if self.foreach:
             return list(torch._foreach_maximum(xs, ys))
         return [torch.maximum(x, y) for x, y in zip(xs, ys)]
 
     def maximum_(self, xs: list, ys: list) -> list:
         if self.inplace:
-            torch._foreach_maximum_(xs, ys)
+            torch._foreach_maximum_(xs, self._lift(ys, xs))
             return xs
         return self.maximum(xs, ys)
 
@@ -267,6 +335,7 @@ class Ops:
         the host) instead of running a ``where`` per leaf; compiled or batched it is the
         element-wise ``where``, the same values.
         """
+        condition, ys = self._lift(condition, xs), self._lift(ys, xs)
         if (
             isinstance(condition, torch.Tensor)
             and self.foreach
@@ -278,6 +347,8 @@ class Ops:
 
     def norm(self, xs: list) -> list:
         """The L2 norm of every tensor, as 0-d tensors."""
+        if self._vmap is not None:  # a norm of a whole batch is not element-wise maths
+            raise RuntimeError("Ops.norm in a map_leaves call marked element-wise")
         if self.foreach:
             return list(torch._foreach_norm(xs))
         return [torch.linalg.vector_norm(x) for x in xs]
@@ -390,6 +461,7 @@ def map_leaves(
     shapes: Mapping[int, Callable[[torch.Size], Any]] | None = None,
     complex_as_real: bool = False,
     sparse_updates: bool = False,
+    elementwise: bool = False,
     what: str = "update",
 ) -> Any:
     """Apply a list function to the leaves of ``updates`` that are not `None`, and of ``trees``.
@@ -420,6 +492,12 @@ def map_leaves(
             transforms whose maths is element-wise (or reads whole-tensor norms).
         sparse_updates: accept sparse COO updates (for transforms written for them); ``fn``
             then runs one op per leaf. Otherwise a sparse update is a `ValueError`.
+        elementwise: ``fn``'s outputs are element-wise in the leaves shaped like the updates:
+            it uses `Ops` primitives (no `Ops.norm`) and reads no shapes. Under
+            `torch.func.vmap` ``fn`` then runs on the tensors under the batch, with
+            multi-tensor kernels (`torchopt_fn.tree._batched`); the numbers are the same.
+            ``fn`` must return its results, or `None` to decline (it acts on nothing in
+            place).
         what: the name used in error messages.
 
     Returns:
@@ -471,7 +549,16 @@ def map_leaves(
             for k, xs in enumerate(lists)
         ]
         walked = [xs for k, xs in enumerate(lists) if k not in shared]
-    result = fn(Ops(gs, walked, multi=not sparse), gs, *lists)
+    result = _PER_OP
+    if (
+        elementwise
+        and torch._C._are_functorch_transforms_active()
+        and not sparse
+        and complex_at is None
+    ):
+        result = _under_batch(fn, gs, lists, shared | frozenset(shapes), keep)
+    if result is _PER_OP:
+        result = fn(Ops(gs, walked, multi=not sparse), gs, *lists)
     if result is None or isinstance(result, torch.Tensor):
         return result
     single = isinstance(result, list)
@@ -490,6 +577,42 @@ def map_leaves(
             new = _complex_again(new, complex_at)
         trees_out.append(_rebuild(spec, new, idx, None if j is None else others[j]))
     return trees_out[0] if single else tuple(trees_out)
+
+
+_PER_OP = object()  # `_under_batch`'s "take the per-op path"
+
+
+def _under_batch(
+    fn: Callable[..., Any], gs: list, lists: list, whole: frozenset[int], keep: Sequence
+) -> Any:
+    """``fn``'s result computed on the tensors under a vmap's batch, or `_PER_OP` (not here).
+
+    ``lists[k]`` for ``k`` in ``whole`` (shared values, statistics of their own shapes) are
+    handed over as they are, and so are the outputs kept at them; `Ops` lifts whatever
+    batched values ``fn`` uses as operands. An output list holding a batched tensor means
+    ``fn`` mixed in a batched value `Ops` never saw (one it closes over, used outside `Ops`):
+    that result is dropped for the per-op path, which is correct for any function.
+    """
+    walked = [xs for k, xs in enumerate(lists) if k not in whole]
+    vmap = sole_vmap(itertools.chain(gs, *walked))
+    if vmap is None:
+        return _PER_OP
+    inner_gs = [under_batch(g, vmap) for g in gs]
+    inner = [xs if k in whole else [under_batch(x, vmap) for x in xs] for k, xs in enumerate(lists)]
+    inner_walked = [xs for k, xs in enumerate(inner) if k not in whole]
+    result = fn(Ops(inner_gs, inner_walked, vmap=vmap), inner_gs, *inner)
+    if result is None:  # ``fn`` declined (a kernel's preconditions do not hold): per op
+        return _PER_OP
+    if not isinstance(result, (list, tuple)):
+        raise TypeError(f"map_leaves(elementwise=True): {fn} returned {type(result)}, not lists")
+    outs = [result] if isinstance(result, list) else list(result)
+    for k, out in enumerate(outs):
+        if k < len(keep) and keep[k] in whole:
+            continue
+        if True in frozenset(map(_functorch.is_batchedtensor, out)):
+            return _PER_OP
+        outs[k] = [batched_again(x, vmap) for x in out]
+    return outs[0] if isinstance(result, list) else tuple(outs)
 
 
 def _real_views(xs: list, complex_at: list[bool]) -> list:
