@@ -195,7 +195,15 @@ def _fsdp_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
         {"params": dict(params), "state": tf.tree_state_dict(state)},
         checkpoint_id=f"{checkpoint}/functional",
     )
-    return {"failures": failures + _functional_battery()}
+    params, state = _quantized_run(_distributed_params(_WIDE, _ROWS), range(STEPS))
+    dcp.save(
+        {"params": dict(params), "state": tf.tree_state_dict(state)},
+        checkpoint_id=f"{checkpoint}/quantized",
+    )
+    return {
+        "failures": failures + _functional_battery() + _quantized_layout(state),
+        "quantized": {k: _whole(v) for k, v in params.items()},
+    }
 
 
 # --------------------------------------------------------------------------- DTensor leaves
@@ -292,6 +300,49 @@ def _functional_battery() -> list[str]:
     return failures
 
 
+# `quantized_state` on DTensor leaves: rows of whole blocks (16), sharded along the first
+# axis (unevenly over 2 and 3 ranks, "v" empty on all ranks but one) or replicated; "b" is 1-d
+# and "t" sharded along its second axis, so both stay as they are (one process quantizes "t":
+# it follows the inner optimizer's numbers instead, AdamW being element-wise).
+_WIDE = {
+    "w": torch.randn(5, 2, 16, generator=_GEN, dtype=F64),
+    "v": torch.randn(1, 32, generator=_GEN, dtype=F64),
+    "r": torch.randn(3, 16, generator=_GEN, dtype=F64),
+    "b": torch.randn(7, generator=_GEN, dtype=F64),
+    "t": torch.randn(3, 16, generator=_GEN, dtype=F64),
+}
+_ROWS = {"w": "Shard(0)", "v": "Shard(0)", "r": "Replicate()", "b": "Shard(0)", "t": "Shard(1)"}
+_QUANTIZED = ("w", "v", "r")
+
+
+def _quantized_inner() -> tf.GradientTransformation:
+    return tf.adamw(0.05, weight_decay=0.1)
+
+
+def _quantized_tx() -> tf.GradientTransformation:
+    return tf.quantized_state(_quantized_inner(), block_size=16, min_size=16)
+
+
+def _quantized_run(params, steps: range, state=None):
+    return _functional_run(params, steps, _quantized_tx(), state)
+
+
+def _quantized_layout(state: Any) -> list[str]:
+    """What is not as `quantized_state` documents it: the leaves in `_QUANTIZED` held as
+    8-bit DTensor codes with DTensor scales, the others as DTensors of the inner's state."""
+    failures = []
+    for moment in ("mu", "nu"):
+        for k, leaf in getattr(state[0], moment).items():
+            quantized = isinstance(leaf, tf.QuantizedLeaf)
+            if quantized != (k in _QUANTIZED):
+                failures.append(f"quantized_state: {moment}[{k}] quantized is {quantized}")
+            elif quantized and not (
+                hasattr(leaf.codes, "device_mesh") and hasattr(leaf.absmax, "device_mesh")
+            ):
+                failures.append(f"quantized_state: {moment}[{k}] codes are not DTensors")
+    return failures
+
+
 def _resume_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -311,9 +362,16 @@ def _resume_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
     loaded = {"params": params, "state": tf.tree_state_dict(state)}
     dcp.load(loaded, checkpoint_id=f"{checkpoint}/functional")  # into these tensors, resharded
     params, _ = _functional_run(params, range(STEPS, 2 * STEPS), state=state)
+
+    wide = _distributed_params(_WIDE, _ROWS)
+    wide_state = _quantized_tx().init(wide)
+    loaded = {"params": wide, "state": tf.tree_state_dict(wide_state)}
+    dcp.load(loaded, checkpoint_id=f"{checkpoint}/quantized")
+    wide, _ = _quantized_run(wide, range(STEPS, 2 * STEPS), state=wide_state)
     return {
         "adapter": [_whole(p) for p in model.parameters()],
         "functional": {k: _whole(v) for k, v in params.items()},
+        "quantized": {k: _whole(v) for k, v in wide.items()},
     }
 
 
@@ -332,3 +390,12 @@ def test_every_optimizer_under_fsdp2_and_on_dtensor_leaves_equals_one_process(tm
             torch.testing.assert_close(ours, theirs.detach(), rtol=1e-12, atol=1e-14)
         for k in _PARAMS:
             torch.testing.assert_close(result["functional"][k], params[k], rtol=1e-12, atol=1e-14)
+
+    # quantized_state on DTensors: the same blocks, the same numbers as one process, and a
+    # resume on three ranks ends where one process does.
+    for steps, results in ((STEPS, two), (2 * STEPS, three)):
+        wide, _ = _quantized_run(dict(_WIDE), range(steps))
+        wide["t"] = _functional_run(dict(_WIDE), range(steps), _quantized_inner())[0]["t"]
+        for result in results:
+            for k in _WIDE:
+                torch.testing.assert_close(result["quantized"][k], wide[k], rtol=1e-12, atol=1e-14)

@@ -8,7 +8,7 @@ Element-wise maths runs shard-locally on DTensors as it is. These do not:
 - a flat view (``x.reshape(-1)``) of an unevenly sharded tensor does not exist: `vdot` sums
   products instead;
 - DTensor's maximum fails on a rank whose shard is empty (and the ranks then fall out of
-  step): `abs_max` and `vector_max_along` take each rank's own reduction;
+  step): `abs_max`, `all_non_negative` and `vector_max_along` take each rank's own reduction;
 - a tensor made whole on every rank (noise drawn from a seed, a whole-matrix result) is cut to
   a leaf's placement by `place_like`, without communication; an operand that fits no leaf's
   placement (per-example factors) is replicated by `replicated_like`;
@@ -94,6 +94,23 @@ def abs_max(x: torch.Tensor) -> torch.Tensor:
     found = DTensor.from_local(found, mesh, [Partial("max")] * mesh.ndim, run_check=False)
     largest, any_nan = plain(found).unbind()
     return torch.where(any_nan > 0, torch.nan, largest)
+
+
+def all_non_negative(x: torch.Tensor) -> torch.Tensor:
+    """Whether DTensor ``x`` has no negative (and no NaN) element: an ordinary 0-d bool, the
+    same on every rank (an empty shard has none)."""
+    local = x.to_local()
+    ok = local.amin() >= 0 if local.numel() else local.new_ones((), dtype=torch.bool)
+    mesh = x.device_mesh
+    found = DTensor.from_local(
+        ok.to(torch.float32).reshape(1), mesh, [Partial("min")] * mesh.ndim, run_check=False
+    )
+    return plain(found)[0] > 0
+
+
+def sharded_by_rows(x: torch.Tensor) -> bool:
+    """Whether each rank holds whole rows of DTensor ``x``: sharded along axis 0 or replicated."""
+    return all(isinstance(p, Replicate) or p == Shard(0) for p in x.placements)
 
 
 def vector_max_along(local: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ state, rounding to nearest.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -20,7 +21,13 @@ import torch
 from torchopt_fn._base import GradientTransformation
 from torchopt_fn._branch import branch
 from torchopt_fn._record import record_hyperparams
-from torchopt_fn.tree._dtensor import is_dtensor
+from torchopt_fn.tree._dtensor import (
+    DTensor,
+    all_non_negative,
+    is_dtensor,
+    replace_placement,
+    sharded_by_rows,
+)
 from torchopt_fn.tree._flatten import tree_map
 
 __all__ = ["QuantizedLeaf", "quantized_state"]
@@ -38,7 +45,9 @@ class QuantizedLeaf(NamedTuple):
         codes: the leaf's shape, ``uint8``: float8 bit patterns (e5m2 where ``non_negative``,
             else e4m3), each block scaled by its ``absmax``.
         absmax: the largest magnitude of each block of ``block_size`` consecutive elements
-            (the leaf flattened), in the leaf's dtype, which decoding restores.
+            (the leaf flattened), in the leaf's dtype, which decoding restores: a vector, or,
+            where each row of the leaf (index of its first axis) is a whole number of blocks,
+            a ``(rows, blocks per row)`` matrix, which shards along with the rows.
         non_negative: a 0-d bool, whether the leaf had no negative element.
 
     Examples:
@@ -63,13 +72,70 @@ def _blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
     return flat.reshape(-1, block_size)
 
 
+def blocks_per_row(shape: torch.Size, block_size: int) -> int | None:
+    """How many blocks each row holds, where every row is a whole number of them, else `None`.
+
+    A row is the elements at one index of the first axis. Where rows are whole blocks, the
+    flat blocks are row blocks: the scales are kept as a ``(rows, blocks per row)`` matrix, and
+    a shard of whole rows (FSDP2's ``Shard(0)``) is quantized on its own rank, with the numbers
+    one process would get.
+    """
+    if len(shape) < 2 or shape[0] == 0:
+        return None
+    row = math.prod(shape[1:])
+    return row // block_size if row and row % block_size == 0 else None
+
+
+def quantizable(x: Any, block_size: int, min_size: int) -> bool:
+    """Whether `quantized_state` stores state leaf ``x`` in 8 bits.
+
+    A floating tensor of at least ``min_size`` elements; a DTensor only where its rows are
+    whole blocks and it is sharded along its first axis or replicated (another shard is not
+    a set of whole blocks).
+    """
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() >= min_size):
+        return False
+    if not is_dtensor(x):
+        return True
+    return blocks_per_row(x.shape, block_size) is not None and sharded_by_rows(x)
+
+
 def quantize(x: torch.Tensor, block_size: int) -> QuantizedLeaf:
-    """``x`` as a `QuantizedLeaf` (blocks of ``block_size``, rounding to nearest)."""
+    """``x`` as a `QuantizedLeaf` (blocks of ``block_size``, rounding to nearest).
+
+    A DTensor (sharded by rows, see `quantizable`) is quantized shard by shard, and its codes
+    and scales are DTensors placed as it is; the choice of code is agreed between the ranks.
+    """
+    if is_dtensor(x):
+        shard = x.to_local()
+        q = _quantized(shard, block_size, all_non_negative(x))
+        per_row = blocks_per_row(x.shape, block_size)
+        codes = DTensor.from_local(
+            q.codes, x.device_mesh, x.placements, run_check=False, shape=x.shape, stride=x.stride()
+        )
+        absmax = DTensor.from_local(
+            q.absmax.reshape(shard.shape[0], per_row),
+            x.device_mesh,
+            x.placements,
+            run_check=False,
+            shape=(x.shape[0], per_row),
+            stride=(per_row, 1),
+        )
+        return QuantizedLeaf(codes, absmax, q.non_negative)
+    return _quantized(x, block_size)
+
+
+def _quantized(
+    x: torch.Tensor, block_size: int, non_negative: torch.Tensor | None = None
+) -> QuantizedLeaf:
+    """`quantize` of an ordinary tensor; ``non_negative`` decided already (across ranks) or
+    `None`, to be read off ``x``."""
     blocks = _blocks(x, block_size)
     if blocks.dtype.itemsize < 4:  # scale in float32 at least: a bf16 scale errs by 1/256
         blocks = blocks.float()
     absmax = blocks.abs().amax(dim=1)
-    non_negative = blocks.amin() >= 0  # (torch.aminmax along rows is 10x slower on CPU)
+    if non_negative is None:
+        non_negative = blocks.amin() >= 0  # (torch.aminmax along rows is 10x slower on CPU)
 
     def encode(code: torch.dtype, code_max: float) -> torch.Tensor:
         # A block of zeros stays zeros; a non-finite value stays non-finite (no silent repair).
@@ -83,6 +149,9 @@ def quantize(x: torch.Tensor, block_size: int) -> QuantizedLeaf:
         lambda: encode(_SIGNED, _SIGNED_MAX),
     )
     codes = codes.reshape(-1)[: x.numel()].reshape(x.shape)
+    per_row = blocks_per_row(x.shape, block_size)
+    if per_row is not None:
+        absmax = absmax.reshape(x.shape[0], per_row)
     return QuantizedLeaf(codes, absmax.to(x.dtype), non_negative)
 
 
@@ -101,14 +170,35 @@ _CODE_VALUES = _code_values()
 
 
 def dequantize(leaf: QuantizedLeaf, block_size: int) -> torch.Tensor:
-    """The tensor a `QuantizedLeaf` stands for, in its original dtype."""
-    signed, non_negative = _CODE_VALUES.to(leaf.codes.device)
-    table = torch.where(leaf.non_negative, non_negative, signed)
-    unit = table.index_select(0, _blocks(leaf.codes, block_size).reshape(-1).int())
-    dtype = leaf.absmax.dtype
-    absmax = leaf.absmax if dtype.itemsize >= 4 else leaf.absmax.float()
-    values = unit.to(absmax.dtype).reshape(-1, block_size) * absmax.unsqueeze(1)
-    return values.reshape(-1)[: leaf.codes.numel()].reshape(leaf.codes.shape).to(dtype)
+    """The tensor a `QuantizedLeaf` stands for, in its original dtype (a DTensor, placed as
+    its codes are, for a DTensor's)."""
+    codes = leaf.codes
+    if is_dtensor(codes):
+        shard = _dequantized(
+            codes.to_local(), leaf.absmax.to_local(), leaf.non_negative, block_size
+        )
+        return DTensor.from_local(
+            shard,
+            codes.device_mesh,
+            codes.placements,
+            run_check=False,
+            shape=codes.shape,
+            stride=codes.stride(),
+        )
+    return _dequantized(codes, leaf.absmax, leaf.non_negative, block_size)
+
+
+def _dequantized(
+    codes: torch.Tensor, absmax: torch.Tensor, non_negative: torch.Tensor, block_size: int
+) -> torch.Tensor:
+    """`dequantize` of ordinary tensors."""
+    signed, non_negative_values = _CODE_VALUES.to(codes.device)
+    table = torch.where(non_negative, non_negative_values, signed)
+    unit = table.index_select(0, _blocks(codes, block_size).reshape(-1).int())
+    dtype = absmax.dtype
+    scales = (absmax if dtype.itemsize >= 4 else absmax.float()).reshape(-1, 1)
+    values = unit.to(scales.dtype).reshape(-1, block_size) * scales
+    return values.reshape(-1)[: codes.numel()].reshape(codes.shape).to(dtype)
 
 
 def _is_quantized(x: Any) -> bool:
@@ -137,8 +227,12 @@ def quantized_state(
     dynamic code, dense near zero, so small second moments do not round to zero and blow up
     the step. Rounding is to nearest.
 
-    DTensor leaves (FSDP2) are kept as they are: a flat block of an unevenly sharded tensor
-    does not exist.
+    DTensor leaves (FSDP2) are quantized shard by shard where the leaf's rows (the elements
+    at each index of its first axis) are whole blocks and it is sharded along that axis or
+    replicated: each rank then holds whole blocks, the same numbers as one process, and the
+    codes and scales are DTensors that `torch.distributed.checkpoint` reshards. Other DTensor
+    leaves (1-d, sharded along another axis, rows not a multiple of ``block_size``) are kept
+    as they are. Each quantized DTensor leaf costs one all-reduce of one number per step.
 
     Args:
         inner: the transformation whose state to store.
@@ -177,8 +271,7 @@ def quantized_state(
         raise ValueError(f"quantized_state: min_size must be an int >= 0, got {min_size}.")
 
     def stored(x: Any) -> Any:
-        large = isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() >= min_size
-        return quantize(x, block_size) if large and not is_dtensor(x) else x
+        return quantize(x, block_size) if quantizable(x, block_size, min_size) else x
 
     def decoded(state: Any) -> Any:
         return tree_map(
@@ -193,8 +286,14 @@ def quantized_state(
     def update_fn(updates, state, params=None, **extra_args):
         updates, new_state = inner.update(updates, decoded(state), params, **extra_args)
         # The leaves that were quantized are quantized again (the layout never changes).
+        # (A DTensor leaf goes back to its codes' placement first, should the inner update
+        # have left it otherwise.)
         new_state = tree_map(
-            lambda old, new: quantize(new, block_size) if _is_quantized(old) else new,
+            lambda old, new: (
+                quantize(replace_placement(new, old.codes), block_size)
+                if _is_quantized(old)
+                else new
+            ),
             state,
             new_state,
             is_leaf=_is_quantized,
