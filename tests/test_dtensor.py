@@ -195,6 +195,7 @@ def _fsdp_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
         {"params": dict(params), "state": tf.tree_state_dict(state)},
         checkpoint_id=f"{checkpoint}/functional",
     )
+    failures += _quantized_adapter()
     params, state = _quantized_run(_distributed_params(_WIDE, _ROWS), range(STEPS))
     dcp.save(
         {"params": dict(params), "state": tf.tree_state_dict(state)},
@@ -340,6 +341,49 @@ def _quantized_layout(state: Any) -> list[str]:
                 hasattr(leaf.codes, "device_mesh") and hasattr(leaf.absmax, "device_mesh")
             ):
                 failures.append(f"quantized_state: {moment}[{k}] codes are not DTensors")
+    return failures
+
+
+def _quantized_adapter() -> list[str]:
+    """`quantized_state` through the `Optimizer` adapter under FSDP2: the first layer's weight
+    (5 rows of one block, over 2 ranks) is quantized on each rank, the run equals one process,
+    and DCP's `get_state_dict` takes its state. (Every other leaf is below ``min_size``, 16,
+    so both runs keep it at full precision: one process would otherwise quantize a leaf of
+    short rows, which FSDP2 keeps.)"""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    def model() -> torch.nn.Sequential:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(16, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+
+    def run(net: torch.nn.Module) -> tf.Optimizer:
+        opt = tf.Optimizer(net.parameters(), _quantized_tx())
+        for t in range(STEPS):
+            opt.zero_grad()
+            x = torch.randn(8, 16, generator=torch.Generator().manual_seed(t), dtype=F64)
+            torch.sin(net(x)).pow(2).mean().backward()
+            opt.step()
+        return opt
+
+    plain, sharded = model().double(), model().double()
+    run(plain)
+    for layer in (sharded[0], sharded[2]):
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(layer)
+    opt = run(sharded)
+    failures = []
+    error = _error(
+        [_whole(p) for p in sharded.parameters()], [_whole(p) for p in plain.parameters()]
+    )
+    if not error <= 1e-10:
+        failures.append(f"quantized_state in the adapter under FSDP2: differs by {error:.2e}")
+    weight = opt.state[sharded[0].weight]
+    if not any("codes" in k and hasattr(v, "device_mesh") for k, v in weight.items()):
+        failures.append(f"quantized_state in the adapter: weight state {sorted(weight)}")
+    _, optim_sd = get_state_dict(sharded, opt)
+    if not optim_sd["state"]:
+        failures.append("quantized_state in the adapter: get_state_dict has no state")
     return failures
 
 
