@@ -333,8 +333,8 @@ def test_vmapped_update_under_the_batch_equals_the_per_op_path(
     assert_trees_close(got, expected, rtol=0.0, atol=0.0)
 
 
-# Transformations whose every element-wise step runs under the batch in a plain vmap: each is
-# a row whose maths is all `Ops` primitives (the rest run per op, correct and slower).
+# Transformations whose every step runs under the batch in a plain vmap: each is a row whose
+# maths is all `Ops` primitives (the rest run per op, correct and slower).
 UNDER_THE_BATCH = {
     "sgd_momentum": lambda: tf.sgd(0.1, momentum=0.9, nesterov=True),
     "adam": lambda: tf.adam(0.1),
@@ -357,6 +357,12 @@ UNDER_THE_BATCH = {
     "torch_radam": lambda: tf.from_torch("RAdam", lr=0.1),
     "torch_asgd": lambda: tf.from_torch("ASGD", lr=0.1),
     "torch_sgd": lambda: tf.from_torch("SGD", lr=0.1, momentum=0.9),
+    # per-tensor norms, each member's under the batch
+    "clip_adamw": lambda: tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(0.1)),
+    "lamb": lambda: tf.lamb(0.1, weight_decay=0.1),
+    "lars": lambda: tf.lars(0.1),
+    "fromage": lambda: tf.fromage(0.1),
+    "novograd": lambda: tf.novograd(0.1),
 }
 
 

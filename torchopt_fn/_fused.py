@@ -324,7 +324,7 @@ def _eager_plain(tensors: list[torch.Tensor], under_batch: bool = False) -> bool
     """Whether pure eager float32/float64 work may call a kernel instead of the generic ops.
 
     Not while compiling (the generic maths is what gets traced), not under vmap/grad (no
-    batching rule) unless ``tensors`` are under a vmap's batch (`map_leaves`' ``elementwise``),
+    batching rule) unless ``tensors`` are under a vmap's batch (`map_leaves`' ``batchable``),
     not where autograd would record the generic ops; and not in lower precisions, which the
     kernel computes in float32 and rounds once, so more accurately than, and differently from,
     the generic ops.
@@ -430,7 +430,7 @@ def with_fused_adam(tx: GradientTransformation, plan: FusedPlan | None) -> Gradi
             *others,
             keep=(None, 0, 1, 2),
             shapes={2: scalar_shape},
-            elementwise=True,
+            batchable=True,
             what="update",
         )
         if result is None:

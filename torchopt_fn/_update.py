@@ -111,7 +111,7 @@ def apply_updates(
         params,
         keep=(0,),
         complex_as_real=True,
-        elementwise=not stochastic_rounding,  # random draws are not per member under vmap
+        batchable=not stochastic_rounding,  # random draws are not per member under vmap
         what="apply_updates",
     )
 

@@ -100,7 +100,7 @@ def scale_by_acprop(
             state.nu,
             keep=(None, 0, 1),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_acprop",
         )
         return out, ScaleByBeliefState(count=state.count + 1, mu=mu, nu=nu)

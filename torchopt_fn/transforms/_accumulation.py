@@ -93,7 +93,7 @@ def trace(
             state.trace,
             keep=(None, 0),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="trace",
         )
         return out, TraceState(trace=new_trace)
@@ -162,7 +162,7 @@ def ema(
             return (bias_correction(ops, new, decay, count) if debias else new), new
 
         out, new_ema = map_leaves(
-            step, updates, state.ema, keep=(None, 0), elementwise=True, what="ema"
+            step, updates, state.ema, keep=(None, 0), batchable=True, what="ema"
         )
         return out, EmaState(count=count, ema=new_ema)
 

@@ -301,7 +301,7 @@ def scale_by_adam(
             keep=(None, 0, 1, 2),
             shapes={2: scalar_shape},
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_adam",
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
@@ -412,7 +412,7 @@ def scale_by_amsgrad(
             state.nu_max,
             keep=(None, 0, 1, 2),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_amsgrad",
         )
         return out, ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
@@ -504,7 +504,7 @@ def scale_by_adamax(
             keep=(None, 0, 1, 2),
             shapes={2: scalar_shape},
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_adamax",
         )
         return out, ScaleByAdamaxState(count=count, mu=mu, nu=nu)
@@ -594,7 +594,7 @@ def scale_by_radam(
             state.nu,
             keep=(None, 0, 1),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_radam",
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
@@ -687,7 +687,7 @@ def scale_by_belief(
             state.nu,
             keep=(None, 0, 1),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_belief",
         )
         return out, ScaleByBeliefState(count=count, mu=mu, nu=nu)
@@ -768,7 +768,7 @@ def scale_by_yogi(
             state.nu,
             keep=(None, 0, 1),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_yogi",
         )
         return out, ScaleByAdamState(count=count, mu=mu, nu=nu)

@@ -84,7 +84,7 @@ def add_decayed_weights(
             updates,
             params,
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="add_decayed_weights",
         )
         return out, state

@@ -64,7 +64,7 @@ def clip(max_delta: Scalar) -> GradientTransformation:
         out = map_leaves(
             lambda ops, gs: [torch.clamp(g, -max_delta, max_delta) for g in gs],
             updates,
-            elementwise=True,
+            batchable=True,
             what="clip",
         )
         return out, state
@@ -135,8 +135,8 @@ def clip_by_global_norm(max_norm: Scalar) -> GradientTransformation:
             factor = torch.where(over, max_norm / torch.where(over, g_norm, 1.0), 1.0)
             return ops.mul(gs, ops.scalar(gs, lambda dt, dev: factor.to(dev, dt)))
 
-        out = map_leaves(step, updates, what="clip_by_global_norm")
-        return out, ClipByGlobalNormState(norm=norms[0].to(state.norm))
+        out = map_leaves(step, updates, batchable=True, what="clip_by_global_norm")
+        return out, ClipByGlobalNormState(norm=norms[-1].to(state.norm))
 
     return GradientTransformation(init_fn, update_fn)
 

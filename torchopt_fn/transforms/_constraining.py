@@ -53,7 +53,7 @@ def keep_params_nonnegative() -> GradientTransformation:
             lambda ops, us, ps: [torch.where(p + u < 0, -p.to(u.dtype), u) for u, p in zip(us, ps)],
             updates,
             params,
-            elementwise=True,
+            batchable=True,
             what="keep_params_nonnegative",
         )
         return out, state

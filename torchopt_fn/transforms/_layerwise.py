@@ -86,7 +86,7 @@ def scale_by_trust_ratio(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         require_params(params, "scale_by_trust_ratio")
-        return map_leaves(step, updates, params, what="scale_by_trust_ratio"), state
+        return map_leaves(step, updates, params, batchable=True, what="scale_by_trust_ratio"), state
 
     return GradientTransformation(empty_init, update_fn)
 
@@ -193,6 +193,7 @@ def scale_by_novograd(
             *extra,
             keep=(None, 0, 1),
             shapes={1: lambda shape: ()},
+            batchable=True,
             what="scale_by_novograd",
         )
         return out, ScaleByNovogradState(count=count, mu=mu, nu=nu)

@@ -146,7 +146,7 @@ def scale_by_rms(
             state.nu,
             keep=(None, 0),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_rms",
         )
         if debias:
@@ -266,7 +266,7 @@ def scale_by_stddev(
             state.nu,
             keep=(None, 0, 1),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_stddev",
         )
         if debias:
@@ -349,7 +349,7 @@ def scale_by_rss(
             state.sum_of_squares,
             keep=(None, 0),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_rss",
         )
         return out, ScaleByRssState(sum_of_squares=sums)
@@ -428,7 +428,7 @@ def scale_by_adadelta(rho: Scalar = 0.9, eps: Scalar = 1e-6) -> GradientTransfor
             state.e_x,
             keep=(None, 0, 1),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_adadelta",
         )
         return out, ScaleByAdaDeltaState(e_g=e_g, e_x=e_x)

@@ -38,7 +38,7 @@ def _scaled(updates, factor):
         updates,
         complex_as_real=True,
         sparse_updates=True,  # a scaling keeps the sparsity: SparseAdam's lr stage
-        elementwise=True,
+        batchable=True,
         what="scale",
     )
 
@@ -220,7 +220,7 @@ def scale_by_polyak(
             )
             return ops.mul(gs, ops.scalar(gs, lambda dt, dev: size.to(dev, dt)))
 
-        return map_leaves(step, updates, what="scale_by_polyak"), state
+        return map_leaves(step, updates, batchable=True, what="scale_by_polyak"), state
 
     return GradientTransformation(empty_init, update_fn)
 

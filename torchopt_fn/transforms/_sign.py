@@ -52,7 +52,7 @@ def scale_by_sign() -> GradientTransformation:
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         return map_leaves(
-            lambda ops, gs: ops.sign(gs), updates, elementwise=True, what="scale_by_sign"
+            lambda ops, gs: ops.sign(gs), updates, batchable=True, what="scale_by_sign"
         ), state
 
     return GradientTransformation(empty_init, update_fn)
@@ -142,7 +142,7 @@ def scale_by_lion(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         out, mu = map_leaves(
-            step, updates, state.mu, keep=(None, 0), elementwise=True, what="scale_by_lion"
+            step, updates, state.mu, keep=(None, 0), batchable=True, what="scale_by_lion"
         )
         return out, ScaleByLionState(count=state.count + 1, mu=mu)
 
@@ -277,7 +277,7 @@ def scale_by_rprop(
             state.prev_updates,
             keep=(None, 0, 1),
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_rprop",
         )
         return out, ScaleByRpropState(step_sizes=sizes, prev_updates=prevs)

@@ -181,7 +181,7 @@ def scale_by_torch_momentum(
             keep=(None, 0, 1),
             shapes={1: scalar_shape},
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_torch_momentum",
         )
         return out, ScaleByTorchMomentumState(count=count, trace=trace)
@@ -286,7 +286,7 @@ def scale_by_torch_amsgrad(
             keep=(None, 0, 1, 2, 3),
             shapes={3: scalar_shape},
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_torch_amsgrad",
         )
         return out, ScaleByTorchAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
@@ -413,7 +413,7 @@ def scale_by_torch_nadam(
             keep=(None, 0, 1, 2, 3),
             shapes={2: scalar_shape, 3: scalar_shape},
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_torch_nadam",
         )
         return out, ScaleByTorchNadamState(count=count, mu_product=mu_product, mu=mu, nu=nu)
@@ -520,7 +520,7 @@ def scale_by_torch_radam(
             keep=(None, 0, 1, 2),
             shapes={2: scalar_shape},
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_torch_radam",
         )
         return out, ScaleByTorchRadamState(count=count, mu=mu, nu=nu)
@@ -619,7 +619,7 @@ def scale_by_torch_adagrad(
             keep=(None, 0, 1),
             shapes={1: scalar_shape},
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_torch_adagrad",
         )
         return out, ScaleByTorchAdagradState(count=count, sum_of_squares=sums)
@@ -809,7 +809,7 @@ def scale_by_torch_asgd(
             keep=(None, 0, 2, 3, 4),
             shapes={2: scalar_shape, 3: scalar_shape, 4: scalar_shape},
             complex_as_real=True,
-            elementwise=True,
+            batchable=True,
             what="scale_by_torch_asgd",
         )
         return out, ScaleByTorchAsgdState(count=count, eta=eta, mu=mu, ax=ax)

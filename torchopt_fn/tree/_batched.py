@@ -12,8 +12,11 @@ level (per-member hyperparameters, per-member step counts and what is computed f
 unwrapped by `Ops` into one ``(B, 1, ..., 1)`` view per leaf (`batched_operand`), which
 broadcasts over each member's elements.
 
+Per-tensor norms (`member_norm`) are each member's, batched again, so that global-norm clipping
+and trust ratios run under the batch too.
+
 This is only taken where it computes what the per-op path does: for list functions marked
-element-wise, under one ``vmap`` level and no other transform (the tensors under the batch are
+batchable, under one ``vmap`` level and no other transform (the tensors under the batch are
 plain), where nothing requires grad, and not while compiling (Dynamo traces vmap itself, and
 Inductor fuses the per-op maths anyway). A function that mixes in a batched value `Ops` never
 sees (one it closes over and uses directly) returns batched tensors, which `map_leaves` takes
@@ -23,6 +26,7 @@ for bit against the per-op path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -33,6 +37,7 @@ __all__ = [
     "VmapLevel",
     "batched_again",
     "batched_operand",
+    "member_norm",
     "one_value",
     "sole_vmap",
     "under_batch",
@@ -125,3 +130,10 @@ def one_value(x: Any, vmap: VmapLevel) -> Any:
         return None
     first = inner[0]
     return first if bool((inner == first).all()) else None
+
+
+def member_norm(x: torch.Tensor, vmap: VmapLevel) -> torch.Tensor:
+    """The L2 norm of each member of ``x`` (a tensor under the batch, batch axis first), as a
+    0-d tensor batched at ``vmap``'s level: what ``torch.linalg.vector_norm`` gives per member."""
+    rows = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (an empty member has -1 unknown)
+    return batched_again(torch.linalg.vector_norm(rows, dim=1), vmap)

@@ -120,7 +120,7 @@ def tree_add(a: Tree, b: Tree) -> Tree:
         >>> tf.tree_add({"a": torch.ones(2)}, {"a": torch.ones(2)})
         {'a': tensor([2., 2.])}
     """
-    return map_leaves(lambda ops, xs, ys: ops.add(xs, ys), a, b, elementwise=True, what="tree_add")
+    return map_leaves(lambda ops, xs, ys: ops.add(xs, ys), a, b, batchable=True, what="tree_add")
 
 
 def tree_sub(a: Tree, b: Tree) -> Tree:
@@ -131,7 +131,7 @@ def tree_sub(a: Tree, b: Tree) -> Tree:
         >>> tf.tree_sub({"a": torch.ones(2)}, {"a": torch.ones(2)})
         {'a': tensor([0., 0.])}
     """
-    return map_leaves(lambda ops, xs, ys: ops.sub(xs, ys), a, b, elementwise=True, what="tree_sub")
+    return map_leaves(lambda ops, xs, ys: ops.sub(xs, ys), a, b, batchable=True, what="tree_sub")
 
 
 def tree_mul(a: Tree, b: Tree) -> Tree:
@@ -142,7 +142,7 @@ def tree_mul(a: Tree, b: Tree) -> Tree:
         >>> tf.tree_mul({"a": torch.full((2,), 3.0)}, {"a": torch.full((2,), 2.0)})
         {'a': tensor([6., 6.])}
     """
-    return map_leaves(lambda ops, xs, ys: ops.mul(xs, ys), a, b, elementwise=True, what="tree_mul")
+    return map_leaves(lambda ops, xs, ys: ops.mul(xs, ys), a, b, batchable=True, what="tree_mul")
 
 
 def tree_div(a: Tree, b: Tree) -> Tree:
@@ -153,7 +153,7 @@ def tree_div(a: Tree, b: Tree) -> Tree:
         >>> tf.tree_div({"a": torch.full((2,), 3.0)}, {"a": torch.full((2,), 2.0)})
         {'a': tensor([1.5000, 1.5000])}
     """
-    return map_leaves(lambda ops, xs, ys: ops.div(xs, ys), a, b, elementwise=True, what="tree_div")
+    return map_leaves(lambda ops, xs, ys: ops.div(xs, ys), a, b, batchable=True, what="tree_div")
 
 
 def tree_add_scale(a: Tree, s: Scalar, b: Tree) -> Tree:
@@ -165,7 +165,7 @@ def tree_add_scale(a: Tree, s: Scalar, b: Tree) -> Tree:
         {'a': tensor([1.5000, 1.5000])}
     """
     return map_leaves(
-        lambda ops, xs, ys: ops.add(xs, ys, alpha=s), a, b, elementwise=True, what="tree_add_scale"
+        lambda ops, xs, ys: ops.add(xs, ys, alpha=s), a, b, batchable=True, what="tree_add_scale"
     )
 
 
@@ -177,7 +177,7 @@ def tree_scale(s: Scalar, tree: Tree) -> Tree:
         >>> tf.tree_scale(2.0, [torch.ones(2), None])
         [tensor([2., 2.]), None]
     """
-    return map_leaves(lambda ops, xs: ops.mul(xs, s), tree, elementwise=True, what="tree_scale")
+    return map_leaves(lambda ops, xs: ops.mul(xs, s), tree, batchable=True, what="tree_scale")
 
 
 def tree_cast(tree: Tree, dtype: torch.dtype | None) -> Tree:
@@ -267,7 +267,7 @@ def tree_update_moment(updates: Tree, moments: Tree, decay: Scalar, order: int) 
         updates,
         moments,
         keep=(0,),
-        elementwise=True,
+        batchable=True,
         what="tree_update_moment",
     )
 
@@ -290,7 +290,7 @@ def tree_update_moment_per_elem_norm(
         real = not any(g.is_complex() for g in gs)
         return moment(ops, gs if order == 2 and real else ops.abs(gs), ms, decay, order)
 
-    return map_leaves(fn, updates, moments, keep=(0,), elementwise=True, what="tree_update_moment")
+    return map_leaves(fn, updates, moments, keep=(0,), batchable=True, what="tree_update_moment")
 
 
 def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps: Scalar) -> Tree:
@@ -309,7 +309,7 @@ def tree_update_infinity_moment(updates: Tree, moments: Tree, decay: Scalar, eps
         return infinity_moment(ops, gs, ms, decay, eps)
 
     return map_leaves(
-        fn, updates, moments, keep=(0,), elementwise=True, what="tree_update_infinity_moment"
+        fn, updates, moments, keep=(0,), batchable=True, what="tree_update_infinity_moment"
     )
 
 
@@ -324,7 +324,7 @@ def tree_bias_correction(moments: Tree, decay: Scalar, count: torch.Tensor) -> T
     return map_leaves(
         lambda ops, ms: bias_correction(ops, ms, decay, count),
         moments,
-        elementwise=True,
+        batchable=True,
         what="tree_bias_correction",
     )
 

@@ -28,6 +28,7 @@ from torchopt_fn.tree._batched import (
     VmapLevel,
     batched_again,
     batched_operand,
+    member_norm,
     sole_vmap,
     under_batch,
 )
@@ -164,7 +165,7 @@ class Ops:
 
     @property
     def vmap(self) -> VmapLevel | None:
-        """The vmap whose batch the lists are under (`map_leaves`' ``elementwise``), or `None`."""
+        """The vmap whose batch the lists are under (`map_leaves`' ``batchable``), or `None`."""
         return self._vmap
 
     @property
@@ -192,7 +193,9 @@ class Ops:
         return s
 
     def _lift_one(self, y: Any, x: torch.Tensor) -> Any:
-        if not _functorch.is_batchedtensor(y):
+        # A batched ``x`` (a statistic handed over whole, a 0-d second moment) meets ``y``
+        # through vmap's own rules: both stay as they are.
+        if not _functorch.is_batchedtensor(y) or _functorch.is_batchedtensor(x):
             return y
         # One scalar serves every leaf of a rank: lift it once per rank (the cache holds
         # ``y`` too, so its id stays its own while cached).
@@ -346,9 +349,10 @@ class Ops:
         return [torch.where(c, x, y) for c, x, y in zip(conditions, xs, ys)]
 
     def norm(self, xs: list) -> list:
-        """The L2 norm of every tensor, as 0-d tensors."""
-        if self._vmap is not None:  # a norm of a whole batch is not element-wise maths
-            raise RuntimeError("Ops.norm in a map_leaves call marked element-wise")
+        """The L2 norm of every tensor, as 0-d tensors (under a vmap's batch, batched ones:
+        each member's norm)."""
+        if self._vmap is not None:
+            return [member_norm(x, self._vmap) for x in xs]
         if self.foreach:
             return list(torch._foreach_norm(xs))
         return [torch.linalg.vector_norm(x) for x in xs]
@@ -461,7 +465,7 @@ def map_leaves(
     shapes: Mapping[int, Callable[[torch.Size], Any]] | None = None,
     complex_as_real: bool = False,
     sparse_updates: bool = False,
-    elementwise: bool = False,
+    batchable: bool = False,
     what: str = "update",
 ) -> Any:
     """Apply a list function to the leaves of ``updates`` that are not `None`, and of ``trees``.
@@ -492,8 +496,9 @@ def map_leaves(
             transforms whose maths is element-wise (or reads whole-tensor norms).
         sparse_updates: accept sparse COO updates (for transforms written for them); ``fn``
             then runs one op per leaf. Otherwise a sparse update is a `ValueError`.
-        elementwise: ``fn``'s outputs are element-wise in the leaves shaped like the updates:
-            it uses `Ops` primitives (no `Ops.norm`) and reads no shapes. Under
+        batchable: ``fn`` computes each member of a vmap's batch from that member's leaves
+            alone with `Ops` primitives: element-wise maths, and per-tensor norms from
+            `Ops.norm` (each member's under the batch), reading no shapes. Under
             `torch.func.vmap` ``fn`` then runs on the tensors under the batch, with
             multi-tensor kernels (`torchopt_fn.tree._batched`); the numbers are the same.
             ``fn`` must return its results, or `None` to decline (it acts on nothing in
@@ -551,7 +556,7 @@ def map_leaves(
         walked = [xs for k, xs in enumerate(lists) if k not in shared]
     result = _PER_OP
     if (
-        elementwise
+        batchable
         and torch._C._are_functorch_transforms_active()
         and not sparse
         and complex_at is None
@@ -604,7 +609,7 @@ def _under_batch(
     if result is None:  # ``fn`` declined (a kernel's preconditions do not hold): per op
         return _PER_OP
     if not isinstance(result, (list, tuple)):
-        raise TypeError(f"map_leaves(elementwise=True): {fn} returned {type(result)}, not lists")
+        raise TypeError(f"map_leaves(batchable=True): {fn} returned {type(result)}, not lists")
     outs = [result] if isinstance(result, list) else list(result)
     for k, out in enumerate(outs):
         if k < len(keep) and keep[k] in whole:
