@@ -1,6 +1,6 @@
 """torch.func workflows: torchopt_fn against TorchOpt and plain torch, time and peak memory.
 
-Four workflows, each run by every contender that can run it:
+Five workflows, each run by every contender that can run it:
 
 - **ensemble**: 16 MLPs (64-64-64-10, ReLU) trained with AdamW on a fixed batch of 512 of
   scikit-learn's bundled digits; ms per training step (gradient + update + apply), and the
@@ -9,6 +9,11 @@ Four workflows, each run by every contender that can run it:
 - **maml**: the meta-gradient of benchmarks/maml_memory.py's problem (sine regression, a
   1-256-256-1 ReLU net, 25 tasks, 5 inner Adam steps with ``eps_root=1e-8``); ms per
   meta-gradient and peak memory growth.
+- **imaml**: the implicit MAML meta-gradient (Rajeswaran et al., 2019) of that sine problem
+  with 10 tasks: 10 gradient-descent steps on each task's support loss plus
+  ``IMAML_REG / 2 * ||phi - theta||^2``, then 5 conjugate-gradient iterations on
+  ``(I + H / IMAML_REG) g = grad(query loss)``, H the support loss's Hessian at phi, through
+  ``custom_root`` or written out; ms per meta-gradient and peak memory growth.
 - **implicit**: the gradient of a validation loss with respect to the ridge strength of a ridge
   regression (2000 x 200, float64), through ``custom_root`` and conjugate gradient; ms per
   hypergradient.
@@ -29,7 +34,7 @@ contender that raises is listed as "fails" with the error's class.
     python benchmarks/func_workflows.py --workflows maml --reps 3
 
 Without ``import torchopt`` in that interpreter, TorchOpt's rows say "not installed". Takes
-about 3 minutes on a 2-core CPU, a third of it the 24 processes starting torch.
+about 2.5 minutes on a 2-core CPU, a third of it the 28 processes starting torch.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ Tensors = dict[str, torch.Tensor]
 LR, WEIGHT_DECAY = 1e-3, 1e-2
 MEMBERS, SWEEP, BATCH = 16, 8, 512
 MAML_WIDTH, MAML_TASKS, MAML_CHUNK, MAML_LR = 256, 25, 5, 0.01
+# iMAML's reg 40 keeps every task's H + reg I positive definite (H's least eigenvalue is -24
+# here); 5 CG iterations, as the paper's Omniglot runs, stop short of float64 round-off.
+IMAML_TASKS, IMAML_STEPS, IMAML_LR, IMAML_REG, IMAML_CG = 10, 10, 0.004, 40.0, 5
 RIDGE_N, RIDGE_D, RIDGE_LAMBDA = 2000, 200, 1.0
 AGREE = 1e-9  # max relative difference in float64
 
@@ -463,6 +471,166 @@ def maml_torch_loop() -> Case:
     return Case(unit, lambda: flat_grads(net))
 
 
+# ---------------------------------------------------------------- iMAML contenders
+
+
+def imaml_setup() -> tuple[Tensors, tuple[torch.Tensor, ...]]:
+    params, data, _ = problem(MAML_WIDTH, IMAML_TASKS)
+    return params, data
+
+
+def imaml_objective(phi: Tensors, theta: Tensors, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """iMAML's inner objective: the support loss plus ``IMAML_REG / 2 * ||phi - theta||^2``."""
+    distance = sum(((phi[k] - theta[k]) ** 2).sum() for k in phi)
+    return maml_mse(phi, x, y) + IMAML_REG / 2 * distance
+
+
+def imaml_autograd_grad(phi: Tensors, theta: Tensors, x: torch.Tensor, y: torch.Tensor) -> Tensors:
+    """The inner objective's gradient in ``phi`` by ``torch.autograd.grad`` (as TorchOpt's
+    example takes it), ``theta`` held fixed."""
+    with torch.enable_grad():
+        leaves = {k: v.detach().requires_grad_() for k, v in phi.items()}
+        fixed = {k: v.detach() for k, v in theta.items()}
+        loss = imaml_objective(leaves, fixed, x, y)
+        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+
+
+def imaml_tf(func_grad: bool) -> Case:
+    """Each task's query loss at ``tf.custom_root``'s solution (the inner solver ``tf.sgd``).
+    With ``func_grad`` all in `torch.func`: inner gradients and the meta-gradient by
+    ``torch.func.grad``; else as TorchOpt's row: inner gradients by ``torch.autograd.grad``
+    and ``backward`` on leaf tensors."""
+    params, (x_s, y_s, x_q, y_q) = imaml_setup()
+    tasks, tx = x_s.shape[0], tf.sgd(IMAML_LR)
+    solve = functools.partial(tf.solve_cg, tol=0.0, maxiter=IMAML_CG)  # tol 0: every iteration
+    inner_grad = grad(imaml_objective) if func_grad else imaml_autograd_grad
+
+    @tf.custom_root(grad(imaml_objective), solve=solve)
+    def adapt(init: Tensors, theta: Tensors, x: torch.Tensor, y: torch.Tensor) -> Tensors:
+        phi, state = init, tx.init(init)
+        for _ in range(IMAML_STEPS):
+            updates, state = tx.update(inner_grad(phi, theta, x, y), state, phi)
+            phi = tf.apply_updates(phi, updates)
+        return phi
+
+    def task_loss(theta: Tensors, t: int) -> torch.Tensor:
+        return maml_mse(adapt(theta, theta, x_s[t], y_s[t]), x_q[t], y_q[t]) / tasks
+
+    meta = {k: v.clone().requires_grad_(not func_grad) for k, v in params.items()}
+    box: dict[str, Tensors] = {}
+
+    def unit() -> None:
+        if func_grad:
+            total = grad(task_loss)(meta, 0)
+            for t in range(1, tasks):
+                total = tf.tree_add(total, grad(task_loss)(meta, t))
+            box["g"] = total
+            return
+        for p in meta.values():
+            p.grad = None
+        for t in range(tasks):
+            task_loss(meta, t).backward()
+        box["g"] = {k: p.grad for k, p in meta.items()}
+
+    return Case(unit, lambda: torch.cat([box["g"][k].flatten() for k in params]))
+
+
+def imaml_torchopt() -> Case:
+    """TorchOpt's iMAML example: ``custom_root(grad(objective), argnums=1)`` around a solver
+    that runs ``torchopt.sgd`` in place under ``enable_grad``, the meta-parameters a tuple,
+    ``backward`` per task. Its example passes ``solve_normal_cg``; this row uses ``solve_cg``."""
+    import torchopt
+
+    params, (x_s, y_s, x_q, y_q) = imaml_setup()
+    names, tasks = list(params), x_s.shape[0]
+    meta = tuple(p.clone().requires_grad_() for p in params.values())
+
+    def objective(phi: tuple, theta: tuple, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return imaml_objective(dict(zip(names, phi)), dict(zip(names, theta)), x, y)
+
+    solve = torchopt.linear_solve.solve_cg(maxiter=IMAML_CG, rtol=0.0, atol=0.0)
+
+    @torchopt.diff.implicit.custom_root(grad(objective), argnums=1, solve=solve)
+    def adapt(init: tuple, theta: tuple, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        inner = torchopt.sgd(IMAML_LR)
+        phi = tuple(p.clone().detach_().requires_grad_() for p in init)
+        state = inner.init(phi)
+        with torch.enable_grad():
+            for _ in range(IMAML_STEPS):
+                grads = torch.autograd.grad(objective(phi, theta, x, y), phi)
+                updates, state = inner.update(grads, state, inplace=True)
+                phi = torchopt.apply_updates(phi, updates, inplace=True)
+        return phi
+
+    def unit() -> None:
+        for p in meta:
+            p.grad = None
+        for t in range(tasks):
+            phi = adapt(meta, meta, x_s[t], y_s[t])
+            (maml_mse(dict(zip(names, phi)), x_q[t], y_q[t]) / tasks).backward()
+
+    return Case(unit, lambda: torch.cat([p.grad.flatten() for p in meta]))
+
+
+def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum((ai * bi).sum() for ai, bi in zip(a, b))
+
+
+def conjugate_gradient(
+    matvec: Callable[[list[torch.Tensor]], list[torch.Tensor]], b: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``IMAML_CG`` iterations of conjugate gradient for ``A x = b``, from 0."""
+    x, r, p = [torch.zeros_like(t) for t in b], list(b), list(b)
+    rs = dot(r, r)
+    for _ in range(IMAML_CG):
+        ap = matvec(p)
+        alpha = rs / dot(p, ap)
+        x = [xi + alpha * pi for xi, pi in zip(x, p)]
+        r = [ri - alpha * api for ri, api in zip(r, ap)]
+        rs, rs_old = dot(r, r), rs
+        p = [ri + (rs / rs_old) * pi for ri, pi in zip(r, p)]
+    return x
+
+
+def imaml_torch_loop() -> Case:
+    """The iMAML paper's algorithm written out: gradient descent, then conjugate gradient on
+    ``(I + H / reg) g = grad L_test``, H's products by double backward, a task loop."""
+    params, (x_s, y_s, x_q, y_q) = imaml_setup()
+    names, tasks = list(params), x_s.shape[0]
+    theta = list(params.values())
+    box: dict[str, list[torch.Tensor]] = {}
+
+    def mse(p: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return maml_mse(dict(zip(names, p)), x, y)
+
+    def meta_gradient(x_s: torch.Tensor, y_s: torch.Tensor, *query: torch.Tensor) -> list:
+        phi = [p.clone().requires_grad_() for p in theta]
+        for _ in range(IMAML_STEPS):
+            grads = torch.autograd.grad(mse(phi, x_s, y_s), phi)
+            with torch.no_grad():
+                phi = [
+                    p - IMAML_LR * (g + IMAML_REG * (p - t)) for p, g, t in zip(phi, grads, theta)
+                ]
+            phi = [p.requires_grad_() for p in phi]
+        train_grads = torch.autograd.grad(mse(phi, x_s, y_s), phi, create_graph=True)
+        test_grads = torch.autograd.grad(mse(phi, *query), phi)
+
+        def matvec(v: list[torch.Tensor]) -> list[torch.Tensor]:
+            hv = torch.autograd.grad(train_grads, phi, v, retain_graph=True)
+            return [vi + hvi / IMAML_REG for vi, hvi in zip(v, hv)]
+
+        return conjugate_gradient(matvec, list(test_grads))
+
+    def unit() -> None:
+        total = [torch.zeros_like(t) for t in theta]
+        for t in range(tasks):
+            g = meta_gradient(x_s[t], y_s[t], x_q[t], y_q[t])
+            total = [a + gi / tasks for a, gi in zip(total, g)]
+        box["g"] = total
+
+    return Case(unit, lambda: torch.cat([g.flatten() for g in box["g"]]))
+
+
 # ---------------------------------------------------------------- implicit differentiation
 
 
@@ -643,6 +811,28 @@ WORKFLOWS: dict[str, list[Contender]] = {
             lambda: maml_chunks(MAML_TASKS, torch_func_query_loss),
         ),
     ],
+    "imaml": [
+        Contender(
+            "torchopt_fn: `custom_root` + `solve_cg`, all `torch.func.grad`, a task loop",
+            "tf",
+            lambda: imaml_tf(func_grad=True),
+        ),
+        Contender(
+            "torchopt_fn: `custom_root` + `solve_cg`, `autograd.grad` inside, `backward` per task",
+            "tf",
+            lambda: imaml_tf(func_grad=False),
+        ),
+        Contender(
+            "TorchOpt: `custom_root` + `solve_cg`, `autograd.grad` inside, `backward` per task",
+            "torchopt",
+            imaml_torchopt,
+        ),
+        Contender(
+            "torch: CG written out, Hessian-vector products by double backward, a task loop",
+            "torch",
+            imaml_torch_loop,
+        ),
+    ],
     "implicit": [
         Contender("torchopt_fn: `custom_root` + `solve_cg`", "tf", implicit_tf),
         Contender("TorchOpt: `custom_root` + `solve_cg`", "torchopt", implicit_torchopt),
@@ -654,6 +844,7 @@ SCHEDULE = {
     "ensemble": (5, 40),
     "sweep": (5, 40),
     "maml": (1, 5),
+    "imaml": (1, 5),
     "implicit": (2, 20),
 }  # (warm-up, timed)
 CHECK_STEPS = {"ensemble": 10, "sweep": 10}  # training steps of the float64 rerun
@@ -661,6 +852,7 @@ UNITS = {
     "ensemble": "ms / step",
     "sweep": "ms / step",
     "maml": "ms / meta-gradient",
+    "imaml": "ms / meta-gradient",
     "implicit": "ms / hypergradient",
 }
 TITLES = {
@@ -676,12 +868,23 @@ TITLES = {
         f"MAML meta-gradient: sine regression, 1-{MAML_WIDTH}-{MAML_WIDTH}-1 ReLU net, "
         f"{MAML_TASKS} tasks, {INNER_STEPS} inner Adam steps (lr {MAML_LR}, eps_root 1e-8)"
     ),
+    "imaml": (
+        f"iMAML meta-gradient: the MAML problem with {IMAML_TASKS} tasks, {IMAML_STEPS} inner "
+        f"gradient-descent steps (lr {IMAML_LR}) on the support loss + {IMAML_REG:g}/2 "
+        f"||phi - theta||^2, {IMAML_CG} CG iterations on (I + H/{IMAML_REG:g}) g = grad(query loss)"
+    ),
     "implicit": (
         f"Implicit differentiation: d(validation loss)/d(lambda) of ridge regression "
         f"({RIDGE_N} x {RIDGE_D}, float64), CG to tolerance 1e-10"
     ),
 }
-REFERENCE = {"ensemble": "torch", "sweep": "torch", "maml": "torch", "implicit": "closed form"}
+REFERENCE = {
+    "ensemble": "torch",
+    "sweep": "torch",
+    "maml": "torch",
+    "imaml": "torch",
+    "implicit": "closed form",
+}
 
 
 # ---------------------------------------------------------------- one contender, in its process

@@ -303,10 +303,10 @@ def _batch_path_runs(monkeypatch: pytest.MonkeyPatch, per_op: bool) -> list[bool
     return taken
 
 
-def _vmapped_steps(case: TxCase) -> tuple[Any, Any]:
+def _vmapped_steps(case: TxCase, dtype: torch.dtype = torch.float64) -> tuple[Any, Any]:
     """Three steps under vmap: gradients batched along their *last* axis (the tensors under the
     batch need moving), the params shared by all members (in_dims None: stride-0 expanded)."""
-    members = [transform_inputs(seed=i) for i in range(3)]
+    members = [transform_inputs(dtype, seed=i) for i in range(3)]
     params = members[0][0]
     tx = case.make()
     stacked = tf.tree_map(lambda p: torch.stack([p] * 3), params)
@@ -320,16 +320,17 @@ def _vmapped_steps(case: TxCase) -> tuple[Any, Any]:
     return updates, state
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", TRANSFORMS, ids=str)
 def test_vmapped_update_under_the_batch_equals_the_per_op_path(
-    case: TxCase, monkeypatch: pytest.MonkeyPatch
+    case: TxCase, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ):
-    """Element-wise maths run on the tensors under a vmap's batch with multi-tensor kernels
-    gives the per-op path's numbers bit for bit, for every transformation."""
+    """Maths run on the tensors under a vmap's batch with multi-tensor kernels gives the
+    per-op path's numbers bit for bit, for every transformation, in float64 and bfloat16."""
     _batch_path_runs(monkeypatch, per_op=True)
-    expected = _vmapped_steps(case)
+    expected = _vmapped_steps(case, dtype)
     _batch_path_runs(monkeypatch, per_op=False)
-    got = _vmapped_steps(case)
+    got = _vmapped_steps(case, dtype)
     assert_trees_close(got, expected, rtol=0.0, atol=0.0)
 
 
