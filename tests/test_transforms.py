@@ -364,6 +364,8 @@ UNDER_THE_BATCH = {
     "lars": lambda: tf.lars(0.1),
     "fromage": lambda: tf.fromage(0.1),
     "novograd": lambda: tf.novograd(0.1),
+    "adan": lambda: tf.adan(0.1, weight_decay=0.1),
+    "optimistic_adam": lambda: tf.optimistic_adam(0.1),
 }
 
 

@@ -230,7 +230,7 @@ def scale_by_optimistic_gradient(alpha: Scalar = 1.0, beta: Scalar = 1.0) -> Gra
 
         def step(ops, gs, prevs):
             # At the first step the previous gradient is the current one.
-            olds = [torch.where(first, g.to(p.dtype), p).to(g.dtype) for g, p in zip(gs, prevs)]
+            olds = cast_like(ops.where(first, cast_like(gs, prevs), prevs), gs)
             return ops.add(ops.mul(gs, alpha + beta), olds, alpha=-beta), gs
 
         out, previous = map_leaves(
@@ -238,6 +238,7 @@ def scale_by_optimistic_gradient(alpha: Scalar = 1.0, beta: Scalar = 1.0) -> Gra
             updates,
             state.previous_gradient,
             keep=(None, 0),
+            batchable=True,
             what="scale_by_optimistic_gradient",
         )
         return out, ScaleByOptimisticGradientState(

@@ -855,7 +855,7 @@ def scale_by_adan(
 
         def step(ops, gs, ms, vs, ns, prevs):
             news = cast_like(gs, prevs)
-            diffs = [torch.where(started, d, 0.0) for d in ops.sub(news, prevs)]
+            diffs = ops.where_or_zero(started, ops.sub(news, prevs))
             ms = moment(ops, gs, ms, b1, order=1)
             vs = moment(ops, diffs, vs, b2, order=1)
             ns = moment(ops, ops.add(gs, diffs, alpha=1 - b2), ns, b3, order=2)
@@ -874,6 +874,7 @@ def scale_by_adan(
             state.g,
             keep=(None, 0, 1, 2, 3),
             complex_as_real=True,
+            batchable=True,
             what="scale_by_adan",
         )
         return out, ScaleByAdanState(m=m, v=v, n=n, g=g, t=t)

@@ -348,6 +348,14 @@ class Ops:
         conditions = condition if isinstance(condition, list) else [condition] * len(xs)
         return [torch.where(c, x, y) for c, x, y in zip(conditions, xs, ys)]
 
+    def where_or_zero(self, condition: Any, xs: list) -> list:
+        """``torch.where(condition, x, 0)`` per leaf, for a 0-d condition (or one per leaf):
+        0 where the condition is False, whatever ``x`` holds there (NaN included)."""
+        conditions = self._lift(condition, xs)
+        if not isinstance(conditions, list):
+            conditions = [conditions] * len(xs)
+        return [torch.where(c, x, 0.0) for c, x in zip(conditions, xs)]
+
     def norm(self, xs: list) -> list:
         """The L2 norm of every tensor, as 0-d tensors (under a vmap's batch, batched ones:
         each member's norm)."""
