@@ -1,4 +1,4 @@
-"""Element-wise list maths on a whole `torch.func.vmap` batch at once.
+"""A transform's list maths on a whole `torch.func.vmap` batch at once.
 
 Under ``vmap`` every op on a batched tensor goes through its batching rule, and the
 multi-tensor (``torch._foreach_*``) kernels have none, so an update inside ``vmap`` runs one op
