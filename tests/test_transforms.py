@@ -423,3 +423,38 @@ def test_fused_adam_under_the_batch_gives_each_member_its_own_step(make: Callabl
         stack = lambda trees: tf.tree_map(lambda *xs: torch.stack(xs), *trees)  # noqa: E731
         got = torch.func.vmap(tx.update, in_dims=(None, 0, 0))(g, stack(states), stack(members))
         assert_trees_close(got, stack(expected), rtol=1e-15, atol=1e-15)
+
+
+def test_nested_vmap_and_grad_take_the_per_op_path_with_the_same_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Under two vmap levels, or grad around vmap, the tensors under the batch are not plain:
+    the per-op path runs, and each member's update is its own."""
+    taken = _batch_path_runs(monkeypatch, per_op=False)
+    tx = tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(0.1, weight_decay=0.1))
+    params = {"w": torch.randn(2, 3, 4, 5, dtype=torch.float64)}  # 2 x 3 members
+    grads = {"w": torch.randn(2, 3, 4, 5, dtype=torch.float64)}
+    vv = torch.func.vmap(torch.func.vmap(tx.update))
+    state = torch.func.vmap(torch.func.vmap(tx.init))(params)
+    got, _ = vv(grads, state, params)
+    for i in range(2):
+        for j in range(3):
+            member = {"w": params["w"][i, j]}
+            expected, _ = tx.update({"w": grads["w"][i, j]}, tx.init(member), member)
+            torch.testing.assert_close(got["w"][i, j], expected["w"], rtol=1e-14, atol=1e-15)
+
+    # grad around vmap (a meta-gradient through the update): equal to the loop's
+    inner = {"w": params["w"][0]}
+    inner_grads, inner_state = {"w": grads["w"][0]}, torch.func.vmap(tx.init)(inner)
+
+    def batched_total(p: Any) -> torch.Tensor:
+        return torch.func.vmap(tx.update)(inner_grads, inner_state, p)[0]["w"].sum()
+
+    def looped_total(p: Any) -> torch.Tensor:
+        members = [({"w": inner_grads["w"][j]}, {"w": p["w"][j]}) for j in range(3)]
+        return sum(tx.update(g, tx.init(m), m)[0]["w"].sum() for g, m in members)
+
+    got = torch.func.grad(batched_total)(inner)
+    expected = torch.func.grad(looped_total)(inner)
+    torch.testing.assert_close(got["w"], expected["w"], rtol=1e-13, atol=1e-15)
+    assert not any(taken), taken
