@@ -431,7 +431,8 @@ def test_nested_vmap_and_grad_take_the_per_op_path_with_the_same_numbers(
     """Under two vmap levels, or grad around vmap, the tensors under the batch are not plain:
     the per-op path runs, and each member's update is its own."""
     taken = _batch_path_runs(monkeypatch, per_op=False)
-    tx = tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(0.1, weight_decay=0.1))
+    # (eps_root > 0: the gradient below differentiates through Adam's square root)
+    tx = tf.chain(tf.clip_by_global_norm(1.0), tf.adamw(0.1, weight_decay=0.1, eps_root=1e-8))
     params = {"w": torch.randn(2, 3, 4, 5, dtype=torch.float64)}  # 2 x 3 members
     grads = {"w": torch.randn(2, 3, 4, 5, dtype=torch.float64)}
     vv = torch.func.vmap(torch.func.vmap(tx.update))
