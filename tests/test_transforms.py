@@ -289,7 +289,7 @@ def test_transform_refuses_a_broadcastable_update_naming_its_path(case: TxCase):
 
 
 def _batch_path_runs(monkeypatch: pytest.MonkeyPatch, per_op: bool) -> list[bool]:
-    """Record whether each element-wise `map_leaves` call ran under the batch (`_batched`);
+    """Record whether each batchable `map_leaves` call ran under the batch (`_batched`);
     with ``per_op``, make every one take the per-op path instead."""
     taken: list[bool] = []
     under_batch = _ops._under_batch
@@ -370,7 +370,7 @@ UNDER_THE_BATCH = {
 
 
 @pytest.mark.parametrize("name", list(UNDER_THE_BATCH))
-def test_elementwise_optimizers_run_under_the_batch(name: str, monkeypatch: pytest.MonkeyPatch):
+def test_optimizers_run_under_the_batch(name: str, monkeypatch: pytest.MonkeyPatch):
     taken = _batch_path_runs(monkeypatch, per_op=False)
     tx = UNDER_THE_BATCH[name]()
     params = tf.tree_map(lambda p: torch.stack([p, 2 * p]), transform_inputs()[0])
@@ -402,11 +402,20 @@ def test_per_member_hyperparameters_run_under_the_batch(monkeypatch: pytest.Monk
     ],
     ids=["adamw", "adam_schedule", "torch_adamw"],
 )
-def test_fused_adam_under_the_batch_gives_each_member_its_own_step(make: Callable[[], Any]):
+def test_fused_adam_under_the_batch_gives_each_member_its_own_step(
+    make: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+):
     """Adam's fused kernel takes one step count and learning rate for all the tensors it gets.
     Under a vmap's batch it runs where every member has the same (read on the host), and the
     members whose counts differ (states stacked from different points of training) take the
     generic ops: each member's update equals its own unbatched update either way."""
+    from torchopt_fn import _fused
+
+    kernel_runs: list[int] = []
+    run_fused_ = _fused.run_fused_
+    monkeypatch.setattr(
+        _fused, "run_fused_", lambda *args: (kernel_runs.append(1), run_fused_(*args))[1]
+    )
     tx = make()
     params, grads = transform_inputs()
     params = {k: v for k, v in params.items() if k != "empty"}  # a dense layout, as fused needs
@@ -421,8 +430,10 @@ def test_fused_adam_under_the_batch_gives_each_member_its_own_step(make: Callabl
             states.append(state)
         expected = [tx.update(g, s, p) for s, p in zip(states, members)]
         stack = lambda trees: tf.tree_map(lambda *xs: torch.stack(xs), *trees)  # noqa: E731
-        got = torch.func.vmap(tx.update, in_dims=(None, 0, 0))(g, stack(states), stack(members))
+        kernel_runs.clear()
+        got = torch.func.vmap(tx.update)(stack([g] * 3), stack(states), stack(members))
         assert_trees_close(got, stack(expected), rtol=1e-15, atol=1e-15)
+        assert bool(kernel_runs) == (len(set(counts)) == 1), (counts, kernel_runs)
 
 
 def test_nested_vmap_and_grad_take_the_per_op_path_with_the_same_numbers(
