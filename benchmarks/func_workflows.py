@@ -151,30 +151,16 @@ batched_grad = vmap(grad(loss), in_dims=(0, None, None))
 # ---------------------------------------------------------------- ensemble and sweep contenders
 
 
-def tf_stacked(tx: tf.GradientTransformation, start: list[Tensors]) -> Case:
+def tf_stacked(tx: tf.GradientTransformation, start: list[Tensors], in_vmap: bool = False) -> Case:
+    """``tx`` on the members' params stacked: the update on the stacked tree, or (``in_vmap``)
+    one member's update under `vmap`."""
+    init, update_fn = (vmap(tx.init), vmap(tx.update)) if in_vmap else (tx.init, tx.update)
     x, y = digits_batch()
     box = {"p": tf.tree_stack(start)}
-    box["s"] = tx.init(box["p"])
+    box["s"] = init(box["p"])
 
     def update(grads: Tensors) -> None:
-        updates, box["s"] = tx.update(grads, box["s"], box["p"])
-        box["p"] = tf.apply_updates(box["p"], updates)
-
-    def unit() -> float:
-        return seconds(update, batched_grad(box["p"], x, y))
-
-    return Case(unit, displacement(lambda: box["p"], box["p"]))
-
-
-def tf_vmap_update(members: int) -> Case:
-    tx = tf.adamw(LR, weight_decay=WEIGHT_DECAY)
-    x, y = digits_batch()
-    box = {"p": tf.tree_stack(member_params(members))}
-    box["s"] = vmap(tx.init)(box["p"])
-    vupdate = vmap(tx.update)
-
-    def update(grads: Tensors) -> None:
-        updates, box["s"] = vupdate(grads, box["s"], box["p"])
+        updates, box["s"] = update_fn(grads, box["s"], box["p"])
         box["p"] = tf.apply_updates(box["p"], updates)
 
     def unit() -> float:
@@ -184,7 +170,7 @@ def tf_vmap_update(members: int) -> Case:
 
 
 def tf_vmap_step(members: int) -> Case:
-    tx = tf.adamw(LR, weight_decay=WEIGHT_DECAY)
+    tx = _ensemble_adamw()
     x, y = digits_batch()
     box = {"p": tf.tree_stack(member_params(members))}
     box["s"] = vmap(tx.init)(box["p"])
@@ -732,7 +718,7 @@ WORKFLOWS: dict[str, list[Contender]] = {
         Contender(
             "torchopt_fn: `vmap(grad)`, `vmap(tx.update)`",
             "tf",
-            lambda: tf_vmap_update(MEMBERS),
+            lambda: tf_stacked(_ensemble_adamw(), member_params(MEMBERS), in_vmap=True),
         ),
         Contender(
             "torchopt_fn: the whole step in `vmap`",
