@@ -365,11 +365,11 @@ def _quantized_adapter() -> list[str]:
             opt.step()
         return opt
 
+    from torch.distributed.fsdp import fully_shard
+
     plain, sharded = model().double(), model().double()
     run(plain)
     for layer in (sharded[0], sharded[2]):
-        from torch.distributed.fsdp import fully_shard
-
         fully_shard(layer)
     opt = run(sharded)
     failures = []

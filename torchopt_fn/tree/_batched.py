@@ -91,14 +91,8 @@ def under_batch(x: torch.Tensor, vmap: VmapLevel) -> torch.Tensor:
     return x.expand(vmap.size, *x.shape)
 
 
-def batched_again(x: Any, vmap: VmapLevel) -> Any:
-    """A result computed under the batch (batch axis first) as a batched tensor again.
-
-    A result that is batched already (a count advanced from a batched count) is returned as
-    it is.
-    """
-    if not isinstance(x, torch.Tensor) or _functorch.is_batchedtensor(x):
-        return x
+def batched_again(x: torch.Tensor, vmap: VmapLevel) -> torch.Tensor:
+    """A plain tensor computed under the batch (batch axis first) as a batched tensor again."""
     return _functorch._add_batch_dim(x, 0, vmap.level)
 
 
